@@ -1,0 +1,32 @@
+"""Tensor bundles that the op table's kernels take (shared by the reference and the fast versions)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..weights.mxfp4 import dequantize_mxfp4
+
+
+@dataclass(frozen=True)
+class ExpertWeight:
+    """One projection of all E experts, output-major [E, out, in]: dense, or MXFP4-packed (4.25 bits/weight).
+
+    Exactly one of `dense` or (`blocks`, `scales`) is set; `bias` is [E, out] in either case.
+    """
+
+    bias: torch.Tensor  # [E, out]
+    dense: torch.Tensor | None = None  # [E, out, in]
+    blocks: torch.Tensor | None = None  # uint8 [E, out, in/32, 16], two e2m1 codes a byte, low nibble first
+    scales: torch.Tensor | None = None  # uint8 [E, out, in/32], e8m0
+
+    @property
+    def is_mxfp4(self) -> bool:
+        return self.blocks is not None
+
+    def expert(self, e: int, dtype: torch.dtype) -> torch.Tensor:
+        """Expert e's weight [out, in] in `dtype`, dequantized on the fly for MXFP4 (never kept)."""
+        if self.blocks is not None:
+            return dequantize_mxfp4(self.blocks[e], self.scales[e], dtype=dtype)
+        return self.dense[e].to(dtype)

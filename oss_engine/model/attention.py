@@ -1,0 +1,43 @@
+"""Attention block: fused QKV with biases, YaRN RoPE, paged KV store, sink/sliding-window attention, o_proj.
+
+Legend: T tokens, H q-heads, K kv-heads, hd head_dim, D hidden.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..config import ModelConfig
+from ..kernels import Ops
+from .forward_batch import ForwardBatch
+from .layers import Linear
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int, dtype: torch.dtype, ops: Ops):
+        super().__init__()
+        H, K, hd, D = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.hidden_size
+        self.num_heads, self.num_kv_heads, self.head_dim = H, K, hd
+        self.layer_type = cfg.layer_types[layer]
+        self.window = cfg.window_of(layer)
+        self.scale = hd ** -0.5
+        self.qkv = Linear(D, (H + 2 * K) * hd, cfg.attention_bias, dtype)  # rows: q heads | k heads | v heads
+        self.o_proj = Linear(H * hd, D, cfg.attention_bias, dtype)
+        self.sinks = nn.Parameter(torch.empty(H, dtype=torch.float32), requires_grad=False)
+        self.ops = ops
+
+    def forward(self, h: torch.Tensor, batch: ForwardBatch, rope: tuple[torch.Tensor, torch.Tensor],
+                kv_cache: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        # h [T, D] -> [T, D]
+        T = h.shape[0]
+        H, K, hd = self.num_heads, self.num_kv_heads, self.head_dim
+        q, k, v = self.qkv(h).split([H * hd, K * hd, K * hd], dim=-1)
+        q = self.ops.apply_rope(q.view(T, H, hd), *rope)  # [T, H, hd]
+        k = self.ops.apply_rope(k.view(T, K, hd), *rope)  # [T, K, hd]
+        v = v.view(T, K, hd)
+        meta = batch.attention[self.layer_type]
+        k_cache, v_cache = kv_cache
+        self.ops.store_kv(k, v, k_cache, v_cache, meta.slot_mapping)
+        o = self.ops.attention(q, k_cache, v_cache, self.sinks, meta, batch.positions, self.window, self.scale)
+        return self.o_proj(o.reshape(T, H * hd))
