@@ -1,0 +1,120 @@
+"""`oss-engine`: argparse -> LLM / make-tiny. No logic beyond wiring."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Sequence
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None,
+                   help="checkpoint directory (Hugging Face layout); default: the embedded tiny random model")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                   help="compute dtype (auto: bfloat16 on CUDA, float32 on CPU)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    p.add_argument("--max-model-len", type=int, default=None, help="longest prompt + output, in tokens")
+    p.add_argument("--seed", type=int, default=0, help="seed for unseeded sampling")
+
+
+def _add_sampling_args(p: argparse.ArgumentParser, max_tokens: int) -> None:
+    p.add_argument("--max-tokens", type=int, default=max_tokens, help="tokens to generate at most")
+    p.add_argument("--temperature", type=float, default=1.0, help="0 for greedy decoding")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=-1)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="oss-engine", description="Run OpenAI's gpt-oss models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    g = sub.add_parser("generate", help="complete one prompt and print the text",
+                       description="Complete PROMPT with the model and print the generated text.")
+    _add_model_args(g)
+    _add_sampling_args(g, max_tokens=64)
+    g.add_argument("prompt", help="the text to complete")
+
+    c = sub.add_parser("chat", help="interactive chat in the harmony format",
+                       description="Chat with the model; reasoning is shown apart from the answer. "
+                                   "Reads one user message a line; an empty line or EOF ends the chat.")
+    _add_model_args(c)
+    _add_sampling_args(c, max_tokens=1024)
+    c.add_argument("--reasoning-effort", default="medium", choices=["low", "medium", "high"])
+    c.add_argument("--system", default=None, help="instructions for the model (a developer message)")
+
+    t = sub.add_parser("make-tiny", help="write a tiny random gpt-oss checkpoint",
+                       description="Write a small random checkpoint in the exact Hugging Face layout "
+                                   "(config, weights, tokenizer files; vocab 201088).")
+    t.add_argument("dir", help="output directory")
+    t.add_argument("--format", default="mxfp4", choices=["mxfp4", "bf16"], help="expert weight format")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--layers", type=int, default=4)
+    t.add_argument("--experts", type=int, default=8)
+    t.add_argument("--max-shard-bytes", type=int, default=None, help="split into shards with an index")
+    return parser
+
+
+def _llm(args: argparse.Namespace):
+    from .llm import LLM
+
+    return LLM(args.model, dtype=args.dtype, device=args.device, max_model_len=args.max_model_len, seed=args.seed)
+
+
+def _params(args: argparse.Namespace):
+    from .sampling_params import SamplingParams
+
+    return SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
+                          top_k=args.top_k)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    out = _llm(args).generate(args.prompt, _params(args))[0]
+    print(out.outputs[0].text)
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    llm, params = _llm(args), _params(args)
+    history = [{"role": "developer", "content": args.system}] if args.system else []
+    interactive = sys.stdin.isatty()
+    while True:
+        if interactive:
+            print("you> ", end="", flush=True)
+        line = sys.stdin.readline()
+        if not line or not line.strip():
+            return 0
+        history.append({"role": "user", "content": line.rstrip("\n")})
+        comp = llm.chat(history, params, reasoning_effort=args.reasoning_effort)[0].outputs[0]
+        if comp.reasoning:
+            print(f"[reasoning] {comp.reasoning}")
+        for call in comp.tool_calls:
+            print(f"[tool call] {call.name}({call.arguments})")
+        print(f"assistant> {comp.text}", flush=True)
+        history.append({"role": "assistant", "content": comp.text})
+
+
+def cmd_make_tiny(args: argparse.Namespace) -> int:
+    from .tiny import make_tiny_checkpoint
+
+    path = make_tiny_checkpoint(args.dir, fmt=args.format, seed=args.seed, num_layers=args.layers,
+                                num_experts=args.experts, max_shard_bytes=args.max_shard_bytes)
+    print(f"wrote a tiny random gpt-oss checkpoint ({args.format}) to {path}")
+    return 0
+
+
+COMMANDS = {"generate": cmd_generate, "chat": cmd_chat, "make-tiny": cmd_make_tiny}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        return COMMANDS[args.command](args)
+    except (ValueError, OSError) as e:  # configuration, checkpoint and input errors: a clear line, no traceback
+        print(f"oss-engine {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

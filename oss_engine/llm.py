@@ -1,0 +1,131 @@
+"""`LLM`: the offline Python API, shaped like vLLM's (generate from text or token ids, chat in harmony)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Sequence
+
+import torch
+
+from .config import ConfigError, EngineConfig, ModelConfig, generation_eos_ids, resolve_device, resolve_dtype
+from .defaults import default_model_dir
+from .engine.llm_engine import LLMEngine
+from .engine.runner import ModelRunner
+from .model.build import DTYPES, build_model
+from .outputs import RequestOutput
+from .sampling_params import SamplingParams
+
+log = logging.getLogger(__name__)
+
+_CPU_KV_BYTES = 1 << 30  # default KV-cache budget on CPU
+_CUDA_ACTIVATION_RESERVE = 2 << 30  # left free on the GPU for activations and logits
+
+
+class LLM:
+    def __init__(self, model: str | None = None, *, dtype: str = "auto", device: str = "auto",
+                 skip_tokenizer_init: bool = False, seed: int = 0, max_model_len: int | None = None,
+                 max_num_seqs: int = 64, block_size: int = 16, num_kv_blocks: int | None = None,
+                 kv_cache_memory_bytes: int | None = None, gpu_memory_utilization: float = 0.9,
+                 progress: bool = True):
+        if model is None:
+            model = str(default_model_dir())
+        mcfg = ModelConfig.from_dir(model)
+        dev = resolve_device(device)
+        mlen = max_model_len or mcfg.max_position_embeddings
+        if not 1 < mlen <= mcfg.max_position_embeddings:
+            raise ConfigError(f"max_model_len must be in [2, {mcfg.max_position_embeddings}], got {mlen}")
+        self.config = EngineConfig(model_dir=str(model), model=mcfg, device=dev, dtype=resolve_dtype(dtype, dev),
+                                   max_model_len=mlen, skip_tokenizer_init=skip_tokenizer_init, seed=seed)
+        self.tokenizer = self.harmony = None
+        if not skip_tokenizer_init:
+            from .chat.tokenizer import load_tokenizer
+
+            self.tokenizer = load_tokenizer(model)
+            if mcfg.vocab_size < self.tokenizer.vocab_size:
+                raise ConfigError(f"vocab_size {mcfg.vocab_size} is smaller than the o200k_harmony vocabulary "
+                                  f"({self.tokenizer.vocab_size}); pass skip_tokenizer_init=True for token-id prompts")
+        self.model = build_model(self.config, progress=progress)
+        blocks = num_kv_blocks or self._kv_blocks(block_size, max_num_seqs, kv_cache_memory_bytes,
+                                                  gpu_memory_utilization)
+        runner = ModelRunner(self.config, self.model, blocks, block_size)
+        log.info("KV cache: %d blocks, %d tokens", blocks, blocks * block_size)
+        decode = self.tokenizer.decode if self.tokenizer is not None else None
+        self.engine = LLMEngine(runner, blocks, mlen, max_num_seqs, generation_eos_ids(model, mcfg), decode, seed)
+        self._next_id = 0
+
+    def _kv_blocks(self, block_size: int, max_num_seqs: int, budget: int | None, utilization: float) -> int:
+        m = self.config.model
+        per_block = 2 * m.num_hidden_layers * block_size * m.num_key_value_heads * m.head_dim * \
+            DTYPES[self.config.dtype].itemsize
+        if budget is None:
+            if self.config.device.startswith("cuda"):
+                total = torch.cuda.get_device_properties(self.config.device).total_memory
+                budget = int(total * utilization) - torch.cuda.memory_allocated(self.config.device) - _CUDA_ACTIVATION_RESERVE
+            else:
+                budget = _CPU_KV_BYTES
+        enough = max_num_seqs * -(-self.config.max_model_len // block_size)
+        blocks = min(budget // per_block, enough)
+        if blocks < 1:
+            raise ConfigError(f"no memory left for the KV cache (budget {budget} bytes)")
+        return blocks
+
+    def generate(self, prompts: str | Sequence[str] | None = None, sampling_params: SamplingParams | None = None,
+                 *, prompt_token_ids: Sequence[Sequence[int]] | None = None) -> list[RequestOutput]:
+        """Complete each prompt (text, or token ids); outputs come back in the prompts' order."""
+        params = sampling_params or SamplingParams()
+        if (prompts is None) == (prompt_token_ids is None):
+            raise ValueError("pass exactly one of prompts or prompt_token_ids")
+        if prompts is not None:
+            if self.tokenizer is None:
+                raise ValueError("text prompts need a tokenizer; this LLM was made with skip_tokenizer_init=True")
+            texts = [prompts] if isinstance(prompts, str) else list(prompts)
+            items = [(t, self.tokenizer.encode(t)) for t in texts]
+        else:
+            items = [(None, self._check_ids(ids)) for ids in prompt_token_ids]
+        return self._run(items, params)
+
+    def chat(self, messages: list[dict[str, Any]] | list[list[dict[str, Any]]],
+             sampling_params: SamplingParams | None = None, *, reasoning_effort: str = "medium",
+             tools: list[dict[str, Any]] | None = None) -> list[RequestOutput]:
+        """Render each conversation in harmony, generate until <|return|> or <|call|>, and split the answer:
+        `.text` holds the final channel, `.reasoning` the analysis channel, `.tool_calls` any function calls."""
+        if self.tokenizer is None:
+            raise ValueError("chat needs a tokenizer; this LLM was made with skip_tokenizer_init=True")
+        from dataclasses import replace
+
+        from .chat.harmony import HarmonyRenderer
+
+        if self.harmony is None:
+            self.harmony = HarmonyRenderer()
+        convs = [messages] if messages and isinstance(messages[0], dict) else list(messages)
+        params = sampling_params or SamplingParams()
+        params = replace(params, extra_stop_token_ids=tuple(self.harmony.stop_token_ids))
+        items = [(None, self.harmony.render_chat(c, reasoning_effort=reasoning_effort, tools=tools)) for c in convs]
+        outs = self._run(items, params)
+        for out in outs:
+            comp = out.outputs[0]
+            parsed = self.harmony.parse_completion(comp.token_ids)
+            comp.text, comp.reasoning, comp.tool_calls = parsed.content, parsed.reasoning, list(parsed.tool_calls)
+        return outs
+
+    def _check_ids(self, ids: Sequence[int]) -> list[int]:
+        ids = list(ids)
+        V = self.config.model.vocab_size
+        bad = [t for t in ids if not isinstance(t, int) or not 0 <= t < V]
+        if bad:
+            raise ValueError(f"token id {bad[0]!r} is out of range [0, {V})")
+        return ids
+
+    def _run(self, items: list[tuple[str | None, list[int]]], params: SamplingParams) -> list[RequestOutput]:
+        ids = []
+        for text, toks in items:
+            rid = str(self._next_id)
+            self._next_id += 1
+            self.engine.add_request(rid, toks, params, prompt=text)
+            ids.append(rid)
+        done: dict[str, RequestOutput] = {}
+        while self.engine.has_unfinished_requests():
+            for out in self.engine.step():
+                if out.finished:
+                    done[out.request_id] = out
+        return [done[i] for i in ids]
