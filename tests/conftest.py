@@ -13,6 +13,23 @@ PARITY_SPEC = dict(num_layers=3, num_experts=8, experts_per_token=2, sliding_win
                    original_max_position_embeddings=64)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache_dir(tmp_path_factory):
+    """Tests never touch the user's cache: the tokenizer ranks and the default model go to a temp dir."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("OSS_ENGINE_CACHE_DIR", str(tmp_path_factory.mktemp("oss_engine_cache")))
+    yield
+    mp.undo()
+
+
+@pytest.fixture(scope="session")
+def tiny_with_tokenizer(tmp_path_factory):
+    """A tiny mxfp4 checkpoint with the real vocabulary and tokenizer files (text prompts work)."""
+    path = tmp_path_factory.mktemp("tiny-tok")
+    make_tiny_checkpoint(path, fmt="mxfp4", seed=0, num_layers=2)
+    return path
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return

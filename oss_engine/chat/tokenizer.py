@@ -27,7 +27,6 @@ import tiktoken
 O200K_BASE_SHA256 = "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d"
 RANKS_FILE_NAME = "o200k_base.tiktoken"
 VENDORED_RANKS_GZ = Path(__file__).resolve().parent.parent / "data" / "o200k_base.tiktoken.gz"
-DEFAULT_CACHE_DIR = Path("~/.cache/oss_engine/tokenizer")
 
 NUM_BASE_TOKENS = 199_998  # ids 0..199997 are BPE ranks
 VOCAB_SIZE = 201_088  # ids 0..201087 (the model's embedding rows)
@@ -116,7 +115,11 @@ def write_atomically(path: Path, data: bytes) -> None:
 
 
 def resolve_cache_dir(cache_dir: str | os.PathLike | None) -> Path:
-    return Path(cache_dir if cache_dir is not None else DEFAULT_CACHE_DIR).expanduser()
+    if cache_dir is None:
+        from ..config import cache_dir as engine_cache_dir  # $OSS_ENGINE_CACHE_DIR or ~/.cache/oss_engine
+
+        return engine_cache_dir() / "tokenizer"
+    return Path(cache_dir).expanduser()
 
 
 def ensure_ranks_file(cache_dir: str | os.PathLike | None = None) -> Path:
