@@ -21,8 +21,13 @@ def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
 @pytest.fixture(scope="module")
 def pair(parity_checkpoint):
     fmt, path = parity_checkpoint
-    hf = transformers.GptOssForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="eager")
-    hf.eval()
+    # transformers dequantizes MXFP4 for a CPU model, but on a machine with CUDA some versions keep the
+    # dequantized experts in bf16; every MXFP4 value is exact in bf16, so `.float()` restores the float32
+    # reference exactly whatever the version does.
+    kwargs = {"quantization_config": transformers.Mxfp4Config(dequantize=True)} if fmt == "mxfp4" else {}
+    hf = transformers.GptOssForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="eager",
+                                                        **kwargs).float().eval()
+    assert all(p.dtype == torch.float32 for p in hf.parameters())
     ours = LLM(str(path), dtype="float32", device="cpu", skip_tokenizer_init=True, progress=False)
     return fmt, hf, ours
 
