@@ -260,17 +260,63 @@ def _int_tuple(v: Any, name: str) -> tuple[int, ...]:
 
 
 @dataclass(frozen=True)
+class CacheConfig:
+    """Paged KV cache. Capacity: `num_kv_blocks` (an explicit override per cache group, for tests), else a
+    memory budget: `kv_cache_memory_bytes`, or on CUDA `gpu_memory_utilization` of the device after a
+    profiling pass (on CPU the default budget is 1 GiB)."""
+
+    block_size: int = 16
+    enable_prefix_caching: bool = True
+    gpu_memory_utilization: float = 0.9
+    kv_cache_memory_bytes: int | None = None
+    num_kv_blocks: int | None = None
+
+    def validate(self) -> None:
+        if self.block_size < 1 or self.block_size > 1024:
+            raise ConfigError(f"block_size must be in [1, 1024], got {self.block_size}")
+        if not 0.0 < self.gpu_memory_utilization <= 1.0:
+            raise ConfigError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
+        if self.kv_cache_memory_bytes is not None and self.kv_cache_memory_bytes <= 0:
+            raise ConfigError(f"kv_cache_memory_bytes must be positive, got {self.kv_cache_memory_bytes}")
+        if self.num_kv_blocks is not None and self.num_kv_blocks < 1:
+            raise ConfigError(f"num_kv_blocks must be >= 1, got {self.num_kv_blocks}")
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    """Continuous batching: each step grants at most `max_num_batched_tokens` tokens to at most
+    `max_num_seqs` running requests; a request's prompt + output never exceeds `max_model_len`."""
+
+    max_model_len: int
+    max_num_seqs: int = 256
+    max_num_batched_tokens: int = 8192
+    debug_checks: bool = False  # KV accounting checked after every step (tests)
+
+    def validate(self) -> None:
+        if self.max_num_seqs < 1:
+            raise ConfigError(f"max_num_seqs must be >= 1, got {self.max_num_seqs}")
+        if self.max_num_batched_tokens < 1:
+            raise ConfigError(f"max_num_batched_tokens must be >= 1, got {self.max_num_batched_tokens}")
+
+
+@dataclass(frozen=True)
 class EngineConfig:
-    """What an `LLM` runs with: the model, where, in which dtype. Built once by `LLM` or the CLI."""
+    """What an engine runs with: the model, where, in which dtype, and its cache and scheduler settings.
+    Built once by `LLM` or the CLI, then passed down."""
 
     model_dir: str
     model: ModelConfig
     device: str  # "cpu" or "cuda[:N]", resolved from "auto"
     dtype: str  # "float32" or "bfloat16", resolved from "auto"
+    cache: CacheConfig
+    scheduler: SchedulerConfig
     kernels: str = "ref"  # op table: "ref" (torch reference); "triton" arrives with the GPU fast path
-    max_model_len: int = 0  # resolved: at most max_position_embeddings
     skip_tokenizer_init: bool = False
     seed: int = 0
+
+    @property
+    def max_model_len(self) -> int:
+        return self.scheduler.max_model_len
 
 
 def cache_dir() -> Path:

@@ -5,28 +5,27 @@ from __future__ import annotations
 import logging
 from typing import Any, Sequence
 
-import torch
-
-from .config import ConfigError, EngineConfig, ModelConfig, generation_eos_ids, resolve_device, resolve_dtype
+from .config import (CacheConfig, ConfigError, EngineConfig, ModelConfig, SchedulerConfig, generation_eos_ids,
+                     resolve_device, resolve_dtype)
 from .defaults import default_model_dir
+from .engine.kv_capacity import log_capacity, plan_kv_blocks
 from .engine.llm_engine import LLMEngine
 from .engine.runner import ModelRunner
-from .model.build import DTYPES, build_model
+from .model.build import build_model
 from .outputs import RequestOutput
 from .sampling_params import SamplingParams
 
 log = logging.getLogger(__name__)
 
-_CPU_KV_BYTES = 1 << 30  # default KV-cache budget on CPU
-_CUDA_ACTIVATION_RESERVE = 2 << 30  # left free on the GPU for activations and logits
 
 
 class LLM:
     def __init__(self, model: str | None = None, *, dtype: str = "auto", device: str = "auto",
                  skip_tokenizer_init: bool = False, seed: int = 0, max_model_len: int | None = None,
-                 max_num_seqs: int = 64, block_size: int = 16, num_kv_blocks: int | None = None,
-                 kv_cache_memory_bytes: int | None = None, gpu_memory_utilization: float = 0.9,
-                 progress: bool = True):
+                 max_num_seqs: int = 256, max_num_batched_tokens: int = 8192, block_size: int = 16,
+                 enable_prefix_caching: bool = True, gpu_memory_utilization: float = 0.9,
+                 kv_cache_memory_bytes: int | None = None, num_kv_blocks: int | None = None,
+                 debug_checks: bool = False, progress: bool = True):
         if model is None:
             model = str(default_model_dir())
         mcfg = ModelConfig.from_dir(model)
@@ -34,8 +33,13 @@ class LLM:
         mlen = max_model_len or mcfg.max_position_embeddings
         if not 1 < mlen <= mcfg.max_position_embeddings:
             raise ConfigError(f"max_model_len must be in [2, {mcfg.max_position_embeddings}], got {mlen}")
+        cache = CacheConfig(block_size, enable_prefix_caching, gpu_memory_utilization, kv_cache_memory_bytes,
+                            num_kv_blocks)
+        sched = SchedulerConfig(mlen, max_num_seqs, max_num_batched_tokens, debug_checks)
+        cache.validate()
+        sched.validate()
         self.config = EngineConfig(model_dir=str(model), model=mcfg, device=dev, dtype=resolve_dtype(dtype, dev),
-                                   max_model_len=mlen, skip_tokenizer_init=skip_tokenizer_init, seed=seed)
+                                   cache=cache, scheduler=sched, skip_tokenizer_init=skip_tokenizer_init, seed=seed)
         self.tokenizer = self.harmony = None
         if not skip_tokenizer_init:
             from .chat.tokenizer import load_tokenizer
@@ -45,31 +49,14 @@ class LLM:
                 raise ConfigError(f"vocab_size {mcfg.vocab_size} is smaller than the o200k_harmony vocabulary "
                                   f"({self.tokenizer.vocab_size}); pass skip_tokenizer_init=True for token-id prompts")
         self.model = build_model(self.config, progress=progress)
-        blocks = num_kv_blocks or self._kv_blocks(block_size, max_num_seqs, kv_cache_memory_bytes,
-                                                  gpu_memory_utilization)
-        runner = ModelRunner(self.config, self.model, blocks, block_size)
-        log.info("KV cache: %d blocks, %d tokens", blocks, blocks * block_size)
-        decode = self.tokenizer.decode if self.tokenizer is not None else None
-        self.engine = LLMEngine(runner, blocks, mlen, max_num_seqs, generation_eos_ids(model, mcfg), decode, seed)
+        blocks = plan_kv_blocks(self.config, self.model)
+        log_capacity(self.config, blocks)
+        runner = ModelRunner(self.config, self.model, blocks)
+        self.engine = LLMEngine(self.config, runner, blocks, self.tokenizer, generation_eos_ids(model, mcfg))
         self._next_id = 0
 
-    def _kv_blocks(self, block_size: int, max_num_seqs: int, budget: int | None, utilization: float) -> int:
-        m = self.config.model
-        per_block = 2 * m.num_hidden_layers * block_size * m.num_key_value_heads * m.head_dim * \
-            DTYPES[self.config.dtype].itemsize
-        if budget is None:
-            if self.config.device.startswith("cuda"):
-                total = torch.cuda.get_device_properties(self.config.device).total_memory
-                budget = int(total * utilization) - torch.cuda.memory_allocated(self.config.device) - _CUDA_ACTIVATION_RESERVE
-            else:
-                budget = _CPU_KV_BYTES
-        enough = max_num_seqs * -(-self.config.max_model_len // block_size)
-        blocks = min(budget // per_block, enough)
-        if blocks < 1:
-            raise ConfigError(f"no memory left for the KV cache (budget {budget} bytes)")
-        return blocks
-
-    def generate(self, prompts: str | Sequence[str] | None = None, sampling_params: SamplingParams | None = None,
+    def generate(self, prompts: str | Sequence[str] | None = None,
+                 sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
                  *, prompt_token_ids: Sequence[Sequence[int]] | None = None) -> list[RequestOutput]:
         """Complete each prompt (text, or token ids); outputs come back in the prompts' order."""
         params = sampling_params or SamplingParams()
@@ -116,16 +103,23 @@ class LLM:
             raise ValueError(f"token id {bad[0]!r} is out of range [0, {V})")
         return ids
 
-    def _run(self, items: list[tuple[str | None, list[int]]], params: SamplingParams) -> list[RequestOutput]:
+    def _run(self, items: list[tuple[str | None, list[int]]],
+             params: SamplingParams | Sequence[SamplingParams]) -> list[RequestOutput]:
+        per = [params] * len(items) if isinstance(params, SamplingParams) else list(params)
+        if len(per) != len(items):
+            raise ValueError(f"got {len(per)} sampling params for {len(items)} prompts")
         ids = []
-        for text, toks in items:
-            rid = str(self._next_id)
-            self._next_id += 1
-            self.engine.add_request(rid, toks, params, prompt=text)
-            ids.append(rid)
-        done: dict[str, RequestOutput] = {}
-        while self.engine.has_unfinished_requests():
-            for out in self.engine.step():
+        try:
+            for (text, toks), p in zip(items, per):
+                rid = str(self._next_id)
+                self._next_id += 1
+                self.engine.add_request(rid, toks, p, prompt=text)
+                ids.append(rid)
+            done: dict[str, RequestOutput] = {}
+            for out in self.engine.iterate():
                 if out.finished:
                     done[out.request_id] = out
+        finally:  # an error (or Ctrl-C) leaves no request behind
+            for rid in ids:
+                self.engine.abort(rid)
         return [done[i] for i in ids]

@@ -1,4 +1,8 @@
-"""What `LLM.generate` and `LLM.chat` return (vLLM's shapes)."""
+"""What the engine, `LLM.generate` and `LLM.chat` return (vLLM's shapes).
+
+Each engine step returns, for every request that advanced, a RequestOutput holding the cumulative state
+(text, token ids, logprobs) and what this step added (`delta_*`), which the server streams.
+"""
 
 from __future__ import annotations
 
@@ -14,8 +18,14 @@ class CompletionOutput:
     token_ids: list[int]
     finish_reason: str | None  # "stop" | "length" | None while running
     logprobs: list[Logprobs] | None = None
+    delta_text: str = ""
+    delta_token_ids: list[int] = field(default_factory=list)
     reasoning: str | None = None  # chat: the analysis channel, apart from the final text
     tool_calls: list = field(default_factory=list)  # chat: ParsedToolCall(name, arguments)
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
 
 
 @dataclass
@@ -26,3 +36,4 @@ class RequestOutput:
     outputs: list[CompletionOutput]
     prompt_logprobs: list[Logprobs | None] | None = None
     finished: bool = False
+    num_cached_tokens: int = 0  # prompt tokens served from the prefix cache

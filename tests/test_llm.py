@@ -122,8 +122,8 @@ class ScriptedSampler:
     def __init__(self, tokens: list[int]):
         self.tokens = list(tokens)
 
-    def sample(self, logits, params, generators):
-        return SampleResult([self.tokens.pop(0) for _ in params], [None] * len(params))
+    def sample(self, logits, batch):
+        return SampleResult([self.tokens.pop(0) for _ in batch.params], [None] * len(batch.params))
 
 
 def test_chat_separates_reasoning_and_stops_on_return(llm, monkeypatch):

@@ -1,158 +1,258 @@
 """LLMEngine: requests in, incremental outputs out, one model step at a time.
 
-This first engine admits requests first come, first served while the KV pool can hold each one's whole
-budget (prompt + max_tokens), and never preempts: a step runs every admitted request once (the prompt in
-one piece, then one token a step). Contract kept for the scheduler that replaces it: `add_request`, `step`,
-`abort`, `has_unfinished_requests`.
+`step()` is: schedule -> run the model on one flat varlen batch -> sample the requests that caught up ->
+detokenize and check stops -> report. The nouns: Request, Scheduler (what runs), KVCacheManager (where its
+KV lives), ModelRunner (the model), Sampler (next tokens), Detokenizer (text and stop strings).
+A request with n > 1 becomes n child requests ("<id>#<i>") that share the prompt's cached blocks.
 """
 
 from __future__ import annotations
 
 import logging
-from collections import deque
+import time
 from dataclasses import dataclass, field
+from typing import Iterator, Protocol
 
 import torch
 
-from ..outputs import CompletionOutput, Logprobs, RequestOutput
+from ..config import EngineConfig
+from ..outputs import CompletionOutput, RequestOutput
 from ..sampling_params import SamplingParams
-from .runner import ModelRunner, ScheduledSeq
-from .sampler import Sampler, top_logprobs
+from .detokenizer import Detokenizer
+from .kv_cache import GroupSpec, KVCacheManager
+from .request import Request
+from .runner import ScheduledSeq, StepLogits
+from .sampler import Sampler, SamplingBatch, top_logprobs
+from .scheduler import Scheduler, SchedulerOutput
 
 log = logging.getLogger(__name__)
 
 
+class Runner(Protocol):
+    """The model seam: the engine needs only this (tests inject a fake)."""
+
+    device: torch.device
+
+    def execute(self, seqs: list[ScheduledSeq]) -> StepLogits: ...
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    num_running: int
+    num_waiting: int
+    num_preemptions_total: int
+    kv_blocks_used: dict[str, int]
+    kv_blocks_free: dict[str, int]
+    kv_usage: float  # used / total of the fullest cache group
+    prefix_cache_queries: int  # prompt tokens looked up
+    prefix_cache_hits: int  # of which served from the cache
+    num_scheduled_tokens: int  # in the last step
+    num_steps: int
+
+
 @dataclass
-class Request:
+class _Parent:
     request_id: str
     prompt: str | None
-    prompt_ids: list[int]
-    params: SamplingParams
-    generator: torch.Generator | None
-    token_ids: list[int] = field(default_factory=list)  # prompt + generated
-    num_computed: int = 0
-    block_table: list[int] = field(default_factory=list)
-    logprobs: list[Logprobs] = field(default_factory=list)
-    prompt_logprobs: list[Logprobs | None] | None = None
-    text: str = ""
-    finish_reason: str | None = None
+    children: list[Request]
+    detoks: list[Detokenizer]
+    texts: list[str] = field(default_factory=list)  # per child: the text so far
+    deltas: list[str] = field(default_factory=list)  # per child: text not yet reported
 
-    @property
-    def output_ids(self) -> list[int]:
-        return self.token_ids[len(self.prompt_ids):]
+    def __post_init__(self) -> None:
+        self.texts = [""] * len(self.children)
+        self.deltas = [""] * len(self.children)
 
 
 class LLMEngine:
-    def __init__(self, runner: ModelRunner, num_blocks: int, max_model_len: int, max_num_seqs: int,
-                 eos_token_ids: tuple[int, ...], decode, seed: int = 0):
-        self.runner = runner
-        self.block_size = runner.block_size
-        self.free_blocks = deque(range(num_blocks))
-        self.max_model_len, self.max_num_seqs = max_model_len, max_num_seqs
-        self.eos_token_ids = set(eos_token_ids)
-        self.decode = decode  # token ids -> text, or None when there is no tokenizer
-        self.sampler = Sampler(seed, runner.device)
-        self.waiting: deque[Request] = deque()
-        self.running: list[Request] = []
+    def __init__(self, cfg: EngineConfig, runner: Runner, num_blocks: dict[str, int], tokenizer=None,
+                 eos_token_ids: tuple[int, ...] = ()):
+        self.cfg, self.runner, self.tokenizer = cfg, runner, tokenizer
+        windows = {g: (cfg.model.sliding_window if g == "sliding_attention" else None) for g in num_blocks}
+        self.kv = KVCacheManager([GroupSpec(g, n, windows[g]) for g, n in sorted(num_blocks.items())],
+                                 cfg.cache.block_size, cfg.cache.enable_prefix_caching)
+        self.scheduler = Scheduler(cfg.scheduler, self.kv, cfg.cache.enable_prefix_caching)
+        self.sampler = Sampler(cfg.seed, runner.device)
+        self.eos_token_ids = frozenset(eos_token_ids)
+        self.parents: dict[str, _Parent] = {}
+        self.requests: dict[str, Request] = {}
+        self._last_step_tokens = 0
+        self._num_steps = 0
 
-    def add_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams,
+    # ---- requests in -------------------------------------------------------------------------------
+
+    def add_request(self, request_id: str, prompt_token_ids: list[int], sampling_params: SamplingParams,
                     prompt: str | None = None) -> None:
-        n = len(prompt_token_ids)
+        """Queue a request; raises ValueError (nothing queued) for one that can never run."""
+        p = sampling_params
+        if request_id in self.parents:
+            raise ValueError(f"request id {request_id!r} is already in use")
+        self._check_feasible(prompt_token_ids, p)
+        stop_ids = frozenset(p.stop_token_ids or ()) | frozenset(p.extra_stop_token_ids)
+        if not p.ignore_eos:
+            stop_ids |= self.eos_token_ids
+        now = time.monotonic()
+        children, detoks = [], []
+        for i in range(p.n):
+            seed = None if p.seed is None else p.seed + i  # n seeded samples differ, reproducibly
+            gen = None if seed is None else torch.Generator(device=self.runner.device).manual_seed(seed)
+            rid = request_id if p.n == 1 else f"{request_id}#{i}"
+            children.append(Request(rid, request_id, i, list(prompt_token_ids), p, gen, stop_ids, now))
+            detoks.append(Detokenizer(self.tokenizer, p.stop, skip_special=True))
+        self.parents[request_id] = _Parent(request_id, prompt, children, detoks)
+        for child in children:
+            self.requests[child.request_id] = child
+            self.scheduler.add(child)
+
+    def _check_feasible(self, ids: list[int], p: SamplingParams) -> None:
+        n, limit = len(ids), self.cfg.max_model_len
         if n == 0:
             raise ValueError("the prompt is empty")
-        if n >= self.max_model_len:
-            raise ValueError(f"prompt of {n} tokens does not fit max_model_len {self.max_model_len} "
-                             f"(at least one token must be generated)")
-        budget = min(n + params.max_tokens, self.max_model_len)
-        if self._blocks_for(budget) > len(self.free_blocks) + sum(len(r.block_table) for r in self.running):
-            raise ValueError(f"request needs {budget} tokens of KV cache, more than the whole pool holds")
-        gen = None
-        if params.seed is not None:
-            gen = torch.Generator(device=self.runner.device).manual_seed(params.seed)
-        self.waiting.append(Request(request_id, prompt, list(prompt_token_ids), params, gen,
-                                    token_ids=list(prompt_token_ids)))
-
-    def has_unfinished_requests(self) -> bool:
-        return bool(self.waiting or self.running)
+        V = self.cfg.model.vocab_size
+        if any(not isinstance(t, int) or not 0 <= t < V for t in ids):
+            raise ValueError(f"prompt token ids must be integers in [0, {V})")
+        if n + p.max_tokens > limit:
+            raise ValueError(f"prompt ({n} tokens) + max_tokens ({p.max_tokens}) = {n + p.max_tokens} exceeds "
+                             f"max_model_len ({limit})")
+        for group, need in self.kv.blocks_needed(n + p.max_tokens).items():
+            if need > self.kv.num_blocks(group):
+                raise ValueError(f"prompt + max_tokens needs {need} KV blocks ({group}) but the whole pool has "
+                                 f"{self.kv.num_blocks(group)}")
+        for t in (p.logit_bias or {}):
+            if t >= V:
+                raise ValueError(f"logit_bias token id {t} is out of range [0, {V})")
 
     def abort(self, request_id: str) -> None:
-        for r in list(self.running):
-            if r.request_id == request_id:
-                self._free(r)
-                self.running.remove(r)
-        self.waiting = deque(r for r in self.waiting if r.request_id != request_id)
+        """Drop a request (all its samples) and free its KV blocks at once. Unknown ids are ignored."""
+        parent = self.parents.pop(request_id, None)
+        if parent is None:
+            return
+        for child in parent.children:
+            if not child.finished:
+                self.scheduler.finish(child, "abort")
+            self.requests.pop(child.request_id, None)
+
+    def has_unfinished_requests(self) -> bool:
+        return bool(self.parents)
+
+    # ---- one step ----------------------------------------------------------------------------------
 
     def step(self) -> list[RequestOutput]:
-        self._admit()
-        if not self.running:
+        sched = self.scheduler.schedule()
+        self._num_steps += 1
+        self._last_step_tokens = sched.num_tokens
+        if not sched.scheduled:
             return []
-        seqs = [ScheduledSeq(r.token_ids, r.num_computed, len(r.token_ids) - r.num_computed, r.block_table,
-                             all_logits=r.num_computed == 0 and r.params.prompt_logprobs is not None)
-                for r in self.running]
-        step = self.runner.execute(seqs)
-        last_rows = [stop - 1 for (_, stop) in step.rows]
-        if any(r.num_computed == 0 and r.params.prompt_logprobs is not None for r in self.running):
-            for r, (start, stop) in zip(self.running, step.rows):
-                if r.num_computed == 0 and r.params.prompt_logprobs is not None:
-                    r.prompt_logprobs = self._prompt_logprobs(r, step.logits[start:stop])
-        sample = self.sampler.sample(step.logits[last_rows], [r.params for r in self.running],
-                                     [r.generator for r in self.running])
-        outputs = []
-        for r, tok, lp in zip(self.running, sample.token_ids, sample.logprobs):
-            r.num_computed = len(r.token_ids)
-            r.token_ids.append(tok)
-            if lp is not None:
-                r.logprobs.append(lp)
-            self._check_stop(r, tok)
-            outputs.append(self._output(r))
-        for r in [r for r in self.running if r.finish_reason is not None]:
-            self._free(r)
-            self.running.remove(r)
-        return outputs
+        logits = self.runner.execute([
+            ScheduledSeq(s.request.token_ids, s.request.num_computed_tokens, s.num_new_tokens,
+                         self.kv.block_tables(s.request.request_id), all_logits=s.request.wants_prompt_logprobs)
+            for s in sched.scheduled])
+        sampling = self._advance(sched, logits)
+        touched = self._sample(sampling, logits)
+        if self.cfg.scheduler.debug_checks:
+            self.kv.check_accounting(self.scheduler.live_request_ids())
+        return self._outputs(touched)
 
-    def _prompt_logprobs(self, r: Request, logits: torch.Tensor) -> list[Logprobs | None]:
-        # logits [P, V]: row i predicts prompt token i + 1
+    def _advance(self, sched: SchedulerOutput, step: StepLogits) -> list[tuple[Request, int]]:
+        """Move num_computed forward; collect prompt logprobs; return (request, logits row) of those that sample."""
+        sampling = []
+        for s, (start, stop) in zip(sched.scheduled, step.rows):
+            r = s.request
+            if r.wants_prompt_logprobs:
+                self._prompt_logprobs(r, step.logits[start:stop])
+            r.num_computed_tokens += s.num_new_tokens
+            self.kv.release_out_of_window(r.request_id, r.num_computed_tokens)
+            if r.num_computed_tokens == r.num_tokens:
+                sampling.append((r, stop - 1))
+        return sampling
+
+    def _prompt_logprobs(self, r: Request, logits: torch.Tensor) -> None:
+        # logits [n, V]: row j sits at position p = num_computed + j and predicts the token at p + 1
+        if r.num_computed_tokens == 0:
+            r.prompt_logprobs = [None]  # (re)started from the beginning
         lps = torch.log_softmax(logits, dim=-1)
         k = r.params.prompt_logprobs
-        return [None] + [top_logprobs(lps[i], k, r.prompt_ids[i + 1]) for i in range(len(r.prompt_ids) - 1)]
+        for j in range(logits.shape[0]):
+            p = r.num_computed_tokens + j
+            if p + 1 < r.num_prompt_tokens:
+                r.prompt_logprobs.append(top_logprobs(lps[j], k, r.prompt_token_ids[p + 1]))
 
-    def _check_stop(self, r: Request, tok: int) -> None:
-        p = r.params
-        n_out = len(r.output_ids)
-        if self.decode is not None:
-            r.text = self.decode(r.output_ids)
-        stops = set(p.stop_token_ids or ()) | set(p.extra_stop_token_ids)
-        if not p.ignore_eos:
-            stops |= self.eos_token_ids
-        if tok in stops:
-            r.finish_reason = "stop"
-            if self.decode is not None:
-                r.text = self.decode(r.output_ids[:-1])  # the stop token is not part of the text
-        elif p.stop and any(s in r.text for s in p.stop):
-            cut = min(r.text.find(s) for s in p.stop if s in r.text)
-            r.text, r.finish_reason = r.text[:cut], "stop"
-        elif n_out >= p.max_tokens or len(r.token_ids) >= self.max_model_len:
-            r.finish_reason = "length"
+    def _sample(self, sampling: list[tuple[Request, int]], step: StepLogits) -> list[Request]:
+        if not sampling:
+            return []
+        reqs = [r for r, _ in sampling]
+        batch = SamplingBatch(params=[r.params for r in reqs], generators=[r.generator for r in reqs],
+                              prompt_ids=[r.prompt_token_ids for r in reqs],
+                              output_ids=[r.output_token_ids for r in reqs], stop_ids=[r.stop_ids for r in reqs])
+        result = self.sampler.sample(step.logits[[row for _, row in sampling]], batch)
+        now = time.monotonic()
+        for r, tok, lp in zip(reqs, result.token_ids, result.logprobs):
+            r.token_ids.append(tok)
+            r.first_token_time = r.first_token_time or now
+            if lp is not None:
+                r.logprobs.append(lp)
+            reason = self._stop_reason(r, tok)
+            if reason is not None:
+                self.scheduler.finish(r, reason)
+        return reqs
 
-    def _output(self, r: Request) -> RequestOutput:
-        comp = CompletionOutput(0, r.text, list(r.output_ids), r.finish_reason,
-                                list(r.logprobs) if r.params.logprobs is not None else None)
-        return RequestOutput(r.request_id, r.prompt, r.prompt_ids, [comp], r.prompt_logprobs,
-                             finished=r.finish_reason is not None)
+    def _stop_reason(self, r: Request, tok: int) -> str | None:
+        parent = self.parents[r.parent_id]
+        detok = parent.detoks[r.index]
+        reason = None
+        if tok in r.stop_ids:  # the stop token stays in token_ids; its text is not part of the output
+            reason = "stop"
+        else:
+            d = detok.push(tok)
+            parent.texts[r.index] = d.text
+            parent.deltas[r.index] += d.delta_text
+            if d.stopped:
+                return "stop"  # the text is already cut before the stop string
+            if r.num_output_tokens >= r.params.max_tokens or r.num_tokens >= self.cfg.max_model_len:
+                reason = "length"
+        if reason is not None:
+            parent.deltas[r.index] += detok.finish()  # text held back in case a stop string followed
+            parent.texts[r.index] = detok.text
+        return reason
 
-    def _blocks_for(self, tokens: int) -> int:
-        return (tokens + self.block_size - 1) // self.block_size
+    # ---- outputs -----------------------------------------------------------------------------------
 
-    def _admit(self) -> None:
-        while self.waiting and len(self.running) < self.max_num_seqs:
-            r = self.waiting[0]
-            need = self._blocks_for(min(len(r.prompt_ids) + r.params.max_tokens, self.max_model_len))
-            if need > len(self.free_blocks):
-                break
-            self.waiting.popleft()
-            r.block_table = [self.free_blocks.popleft() for _ in range(need)]
-            self.running.append(r)
+    def _outputs(self, touched: list[Request]) -> list[RequestOutput]:
+        outs = []
+        for pid in dict.fromkeys(r.parent_id for r in touched):
+            parent = self.parents[pid]
+            comps = []
+            for child in parent.children:
+                new = [child.token_ids[-1]] if child in touched else []
+                delta, parent.deltas[child.index] = parent.deltas[child.index], ""
+                comps.append(CompletionOutput(child.index, parent.texts[child.index], list(child.output_token_ids),
+                                              child.finish_reason,
+                                              list(child.logprobs) if child.params.logprobs is not None else None,
+                                              delta_text=delta, delta_token_ids=new))
+            finished = all(c.finished for c in parent.children)
+            first = parent.children[0]
+            outs.append(RequestOutput(pid, parent.prompt, first.prompt_token_ids, comps,
+                                      first.prompt_logprobs if first.params.prompt_logprobs is not None else None,
+                                      finished=finished))
+            if finished:
+                self.parents.pop(pid)
+                for c in parent.children:
+                    self.requests.pop(c.request_id, None)
+        return outs
 
-    def _free(self, r: Request) -> None:
-        self.free_blocks.extend(r.block_table)
-        r.block_table = []
+    def iterate(self) -> Iterator[RequestOutput]:
+        """Step until every request finished, yielding each incremental output (the streaming iterator)."""
+        while self.has_unfinished_requests():
+            yield from self.step()
+
+    def stats(self) -> EngineStats:
+        pc = self.kv.prefix_cache_stats()
+        groups = self.kv.group_names()
+        return EngineStats(
+            num_running=len(self.scheduler.running), num_waiting=len(self.scheduler.waiting),
+            num_preemptions_total=self.scheduler.num_preemptions_total,
+            kv_blocks_used={g: self.kv.num_used_blocks(g) for g in groups},
+            kv_blocks_free={g: self.kv.num_free_blocks(g) for g in groups},
+            kv_usage=self.kv.usage(), prefix_cache_queries=pc.queries, prefix_cache_hits=pc.hits,
+            num_scheduled_tokens=self._last_step_tokens, num_steps=self._num_steps)
+

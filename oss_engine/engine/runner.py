@@ -1,7 +1,9 @@
-"""ModelRunner: owns the model and its KV cache; turns a list of scheduled sequences into one flat varlen
-ForwardBatch, runs it, and returns the logits of the rows that need them.
+"""ModelRunner: owns the model and the KV cache tensors; turns a step's scheduled sequences into one flat
+varlen ForwardBatch, runs it, and returns the logits of the rows that need them.
 
-Legend: T tokens in the step, B sequences, N blocks, S block size, K kv-heads, hd head_dim.
+Legend: T tokens in the step, B sequences, N blocks of a cache group, S block size, K kv-heads, hd head_dim.
+Each cache group ("full_attention", "sliding_attention") has its own block pool; a layer's KV tensors are
+[N_group, S, K, hd], indexed by the block ids of its group's block tables.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ class ScheduledSeq:
     token_ids: list[int]
     num_computed: int
     num_new: int
-    block_table: list[int]
+    block_tables: dict[str, list[int]]  # per cache group, logical block -> physical block
     all_logits: bool = False  # logits for every new row (prompt logprobs), not just the last
 
 
@@ -33,31 +35,38 @@ class StepLogits:
     rows: list[tuple[int, int]]  # per sequence, its logits rows [start, stop) (empty when none needed)
 
 
+def kv_bytes_per_block(cfg: EngineConfig, group: str) -> int:
+    m = cfg.model
+    layers = sum(1 for t in m.layer_types if t == group)
+    return 2 * layers * cfg.cache.block_size * m.num_key_value_heads * m.head_dim * DTYPES[cfg.dtype].itemsize
+
+
 class ModelRunner:
-    def __init__(self, cfg: EngineConfig, model: GptOssModel, num_blocks: int, block_size: int):
+    def __init__(self, cfg: EngineConfig, model: GptOssModel, num_blocks: dict[str, int]):
         self.cfg, self.model = cfg, model
         self.device = torch.device(cfg.device)
-        self.block_size = block_size
-        m = cfg.model
-        shape = (num_blocks, block_size, m.num_key_value_heads, m.head_dim)  # [N, S, K, hd]
-        dtype = DTYPES[cfg.dtype]
-        self.kv_caches = [(torch.zeros(shape, dtype=dtype, device=self.device),
-                           torch.zeros(shape, dtype=dtype, device=self.device)) for _ in range(m.num_hidden_layers)]
+        self.block_size = cfg.cache.block_size
+        self.groups = sorted(num_blocks)
+        m, dtype = cfg.model, DTYPES[cfg.dtype]
+        self.kv_caches = []
+        for layer_type in m.layer_types:
+            shape = (num_blocks[layer_type], self.block_size, m.num_key_value_heads, m.head_dim)  # [N, S, K, hd]
+            # zeros, not empty: placeholder blocks are read (then masked) and must hold finite values
+            self.kv_caches.append((torch.zeros(shape, dtype=dtype, device=self.device),
+                                   torch.zeros(shape, dtype=dtype, device=self.device)))
 
     @torch.inference_mode()
     def execute(self, seqs: list[ScheduledSeq]) -> StepLogits:
-        batch, rows = self._prepare(seqs)
+        batch, rows = self.prepare(seqs)
         hidden = self.model(batch, self.kv_caches)  # [T, D]
         return StepLogits(self.model.compute_logits(hidden[batch.logits_indices]), rows)
 
-    def _prepare(self, seqs: list[ScheduledSeq]) -> tuple[ForwardBatch, list[tuple[int, int]]]:
-        S = self.block_size
-        ids, pos, slots, qsl, lens, logit_idx, rows = [], [], [], [0], [], [], []
+    def prepare(self, seqs: list[ScheduledSeq]) -> tuple[ForwardBatch, list[tuple[int, int]]]:
+        ids, pos, qsl, lens, logit_idx, rows = [], [], [0], [], [], []
         for s in seqs:
             start, stop = s.num_computed, s.num_computed + s.num_new
             ids += s.token_ids[start:stop]
             pos += range(start, stop)
-            slots += [s.block_table[p // S] * S + p % S for p in range(start, stop)]  # e.g. S=16, p=35 -> block 2, row 3
             qsl.append(qsl[-1] + s.num_new)
             lens.append(stop)
             first = len(logit_idx)
@@ -66,19 +75,30 @@ class ModelRunner:
             elif stop == len(s.token_ids):  # caught up: the last row predicts the next token
                 logit_idx.append(qsl[-1] - 1)
             rows.append((first, len(logit_idx)))
-        width = max(len(s.block_table) for s in seqs)
-        tables = [s.block_table + [0] * (width - len(s.block_table)) for s in seqs]
         dev = self.device
-        meta = AttentionMetadata(
+        attention = {g: self._group_metadata(g, seqs, qsl, lens) for g in self.groups}
+        batch = ForwardBatch(
+            input_ids=torch.tensor(ids, dtype=torch.int64, device=dev),
+            positions=torch.tensor(pos, dtype=torch.int64, device=dev),
+            attention=attention,
+            logits_indices=torch.tensor(logit_idx, dtype=torch.int64, device=dev),
+        )
+        return batch, rows
+
+    def _group_metadata(self, group: str, seqs: list[ScheduledSeq], qsl: list[int],
+                        lens: list[int]) -> AttentionMetadata:
+        S = self.block_size
+        slots = []
+        for s in seqs:
+            table = s.block_tables[group]
+            # position p lives in block table[p // S], row p % S; e.g. S = 16, p = 35 -> table[2] * 16 + 3
+            slots += [table[p // S] * S + p % S for p in range(s.num_computed, s.num_computed + s.num_new)]
+        width = max(len(s.block_tables[group]) for s in seqs)
+        tables = [s.block_tables[group] + [0] * (width - len(s.block_tables[group])) for s in seqs]
+        dev = self.device
+        return AttentionMetadata(
             query_start_loc=torch.tensor(qsl, dtype=torch.int32, device=dev),
             seq_lens=torch.tensor(lens, dtype=torch.int32, device=dev),
             block_tables=torch.tensor(tables, dtype=torch.int32, device=dev),
             slot_mapping=torch.tensor(slots, dtype=torch.int64, device=dev),
         )
-        batch = ForwardBatch(
-            input_ids=torch.tensor(ids, dtype=torch.int64, device=dev),
-            positions=torch.tensor(pos, dtype=torch.int64, device=dev),
-            attention={"full_attention": meta, "sliding_attention": meta},  # one block table for both groups
-            logits_indices=torch.tensor(logit_idx, dtype=torch.int64, device=dev),
-        )
-        return batch, rows

@@ -40,10 +40,10 @@ def prompt(seed: int, n: int = PROMPT_LEN) -> list[int]:
 def our_logits(llm: LLM, ids: list[int], chunks: list[int] | None = None) -> torch.Tensor:
     """Logits at every position, computing the prompt in the given chunk sizes through the paged cache."""
     runner = llm.engine.runner
-    blocks = list(range(-(-len(ids) // runner.block_size)))
+    blocks = list(range(-(-len(ids) // runner.block_size)))  # the same blocks in every cache group
     out, done = [], 0
     for n in chunks or [len(ids)]:
-        step = runner.execute([ScheduledSeq(ids, done, n, blocks, all_logits=True)])
+        step = runner.execute([ScheduledSeq(ids, done, n, {g: blocks for g in runner.groups}, all_logits=True)])
         out.append(step.logits)
         done += n
     return torch.cat(out)

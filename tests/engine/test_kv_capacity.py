@@ -1,0 +1,51 @@
+"""KV capacity from a memory budget, split between the cache groups, and the capacity log line."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import pytest
+
+from oss_engine import LLM
+from oss_engine.config import ConfigError
+from oss_engine.engine.kv_capacity import sliding_blocks_needed
+from oss_engine.engine.runner import kv_bytes_per_block
+from oss_engine.tiny import make_tiny_checkpoint
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cap")
+    make_tiny_checkpoint(path, num_layers=4, vocab_size=512, write_tokenizer=False)
+    return path
+
+
+def test_budget_split_and_logged(ckpt, caplog):
+    budget = 8 << 20
+    with caplog.at_level(logging.INFO):
+        llm = LLM(str(ckpt), device="cpu", skip_tokenizer_init=True, progress=False, kv_cache_memory_bytes=budget,
+                  max_num_seqs=8, max_num_batched_tokens=256)
+    cfg, kv = llm.config, llm.engine.kv
+    sliding, full = kv.num_blocks("sliding_attention"), kv.num_blocks("full_attention")
+    assert sliding == sliding_blocks_needed(cfg)
+    per_full, per_sliding = kv_bytes_per_block(cfg, "full_attention"), kv_bytes_per_block(cfg, "sliding_attention")
+    assert full == (budget - sliding * per_sliding) // per_full
+    used = full * per_full + sliding * per_sliding
+    assert budget - per_full < used <= budget  # the budget is spent, never exceeded
+    tokens = full * cfg.cache.block_size
+    assert f"KV cache: {full} blocks, {tokens} tokens, max concurrency {tokens / cfg.max_model_len:.2f}" in caplog.text
+    runner_k = llm.engine.runner.kv_caches[1][0]  # layer 1 is full attention
+    assert runner_k.shape[0] == full and llm.engine.runner.kv_caches[0][0].shape[0] == sliding
+
+
+def test_budget_too_small_for_one_request_is_a_clear_error(ckpt):
+    with pytest.raises(ConfigError, match="max_model_len"):
+        LLM(str(ckpt), device="cpu", skip_tokenizer_init=True, progress=False, kv_cache_memory_bytes=64 << 10)
+
+
+def test_num_kv_blocks_override(ckpt):
+    llm = LLM(str(ckpt), device="cpu", skip_tokenizer_init=True, progress=False, num_kv_blocks=50)
+    assert {g: llm.engine.kv.num_blocks(g) for g in llm.engine.kv.group_names()} == \
+        {"full_attention": 50, "sliding_attention": 50}
+    assert math.isclose(llm.engine.stats().kv_usage, 0.0)
