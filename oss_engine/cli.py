@@ -43,6 +43,28 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--reasoning-effort", default="medium", choices=["low", "medium", "high"])
     c.add_argument("--system", default=None, help="instructions for the model (a developer message)")
 
+    s = sub.add_parser("serve", help="the OpenAI-compatible HTTP server",
+                       description="Serve the model over the OpenAI API (chat completions with harmony, "
+                                   "completions, responses, models, health, metrics).")
+    _add_model_args(s)
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on every route but /health")
+    s.add_argument("--served-model-name", default=None, help="the model name clients use (default: the --model "
+                   "argument, or 'tiny-gpt-oss' for the embedded model)")
+    s.add_argument("--max-num-seqs", type=int, default=256, help="requests computed at once")
+    s.add_argument("--max-num-batched-tokens", type=int, default=8192, help="tokens computed per step")
+    s.add_argument("--max-queued-requests", type=int, default=256,
+                   help="requests waiting beyond the running ones; more get 429")
+    s.add_argument("--shutdown-timeout", type=float, default=30.0, help="seconds to finish in-flight requests "
+                   "after SIGTERM")
+    s.add_argument("--block-size", type=int, default=16)
+    s.add_argument("--no-enable-prefix-caching", dest="enable_prefix_caching", action="store_false")
+    s.add_argument("--gpu-memory-utilization", type=float, default=0.9)
+    s.add_argument("--kv-cache-memory-bytes", type=int, default=None)
+    s.add_argument("--num-kv-blocks", type=int, default=None, help=argparse.SUPPRESS)
+    s.add_argument("--max-request-bytes", type=int, default=4 << 20, help="larger request bodies get 413")
+
     t = sub.add_parser("make-tiny", help="write a tiny random gpt-oss checkpoint",
                        description="Write a small random checkpoint in the exact Hugging Face layout "
                                    "(config, weights, tokenizer files; vocab 201088).")
@@ -103,7 +125,28 @@ def cmd_make_tiny(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"generate": cmd_generate, "chat": cmd_chat, "make-tiny": cmd_make_tiny}
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .defaults import default_model_dir
+    from .server.context import ServerSettings
+    from .server.serve import ServeOptions, serve
+
+    model = args.model or str(default_model_dir())
+    name = args.served_model_name or (args.model if args.model else "tiny-gpt-oss")
+    llm_kwargs = dict(model=model, dtype=args.dtype, device=args.device, max_model_len=args.max_model_len,
+                      seed=args.seed, max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
+                      block_size=args.block_size, enable_prefix_caching=args.enable_prefix_caching,
+                      gpu_memory_utilization=args.gpu_memory_utilization,
+                      kv_cache_memory_bytes=args.kv_cache_memory_bytes, num_kv_blocks=args.num_kv_blocks)
+    from .config import ModelConfig
+
+    mcfg = ModelConfig.from_dir(model)  # fail fast on a bad directory, before the server starts
+    settings = ServerSettings(served_model_name=name, max_model_len=args.max_model_len or mcfg.max_position_embeddings,
+                              api_key=args.api_key, max_request_bytes=args.max_request_bytes,
+                              max_queued_requests=args.max_queued_requests, shutdown_timeout=args.shutdown_timeout)
+    return serve(ServeOptions(args.host, args.port, settings, llm_kwargs))
+
+
+COMMANDS = {"generate": cmd_generate, "chat": cmd_chat, "serve": cmd_serve, "make-tiny": cmd_make_tiny}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -103,7 +103,7 @@ def test_bad_inputs_are_clear_errors(llm):
         SamplingParams(max_tokens=0)
     with pytest.raises(ValueError, match="temperature"):
         SamplingParams(temperature=float("nan"))
-    with pytest.raises(ValueError, match="max_model_len"):
+    with pytest.raises(ValueError, match="maximum context length"):
         llm.generate(prompt_token_ids=[[1] * llm.config.max_model_len])
 
 

@@ -18,6 +18,9 @@ logger = logging.getLogger(__name__)
 T = HARMONY_TOKENS
 _MESSAGE_END_IDS = frozenset((T.end, T.return_, T.call))
 _FALLBACK_SKIP_IDS = frozenset((T.return_, T.call, T.endoftext))
+# A message header longer than this (the longest real one, a tool call to a 64-character name, is ~30
+# tokens) is malformed output: it and what follows become plain content, so a stream never goes silent.
+MAX_HEADER_TOKENS = 64
 
 
 # ---------------------------------------------------------------------------------------------
@@ -138,6 +141,9 @@ class StreamingParser:
             delta = self._parser.last_content_delta
             if not delta:
                 self._pending.append(token_id)
+                if len(self._pending) > MAX_HEADER_TOKENS and not self._emitted:
+                    return self._enter_fallback(self._pending, ValueError(
+                        f"no message header completed within {MAX_HEADER_TOKENS} tokens"))
                 return None
             if not self._emitted:
                 self._channel = self._parser.current_channel

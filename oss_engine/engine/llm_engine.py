@@ -28,6 +28,16 @@ from .scheduler import Scheduler, SchedulerOutput
 log = logging.getLogger(__name__)
 
 
+class ContextLengthError(ValueError):
+    """prompt + max_tokens beyond max_model_len (the server's 400 `context_length_exceeded`)."""
+
+    def __init__(self, prompt_tokens: int, max_tokens: int, max_model_len: int):
+        super().__init__(f"This model's maximum context length is {max_model_len} tokens. However, you requested "
+                         f"{prompt_tokens + max_tokens} tokens ({prompt_tokens} in the prompt, {max_tokens} for the "
+                         f"completion). Please reduce the prompt or max_tokens.")
+        self.prompt_tokens, self.max_tokens, self.max_model_len = prompt_tokens, max_tokens, max_model_len
+
+
 class Runner(Protocol):
     """The model seam: the engine needs only this (tests inject a fake)."""
 
@@ -82,12 +92,16 @@ class LLMEngine:
     # ---- requests in -------------------------------------------------------------------------------
 
     def add_request(self, request_id: str, prompt_token_ids: list[int], sampling_params: SamplingParams,
-                    prompt: str | None = None) -> None:
-        """Queue a request; raises ValueError (nothing queued) for one that can never run."""
+                    prompt: str | None = None, constraint_factory=None) -> None:
+        """Queue a request; raises ValueError (nothing queued) for one that can never run.
+
+        `constraint_factory()`, when given, makes one constraint per sample: an object whose
+        `allowed_ids(output_token_ids)` returns the only token ids the next step may produce, or None.
+        """
         p = sampling_params
         if request_id in self.parents:
             raise ValueError(f"request id {request_id!r} is already in use")
-        self._check_feasible(prompt_token_ids, p)
+        self.check_request(prompt_token_ids, p)
         stop_ids = frozenset(p.stop_token_ids or ()) | frozenset(p.extra_stop_token_ids)
         if not p.ignore_eos:
             stop_ids |= self.eos_token_ids
@@ -97,14 +111,17 @@ class LLMEngine:
             seed = None if p.seed is None else p.seed + i  # n seeded samples differ, reproducibly
             gen = None if seed is None else torch.Generator(device=self.runner.device).manual_seed(seed)
             rid = request_id if p.n == 1 else f"{request_id}#{i}"
-            children.append(Request(rid, request_id, i, list(prompt_token_ids), p, gen, stop_ids, now))
+            children.append(Request(rid, request_id, i, list(prompt_token_ids), p, gen, stop_ids, now,
+                                    constraint=constraint_factory() if constraint_factory else None))
             detoks.append(Detokenizer(self.tokenizer, p.stop, skip_special=True))
         self.parents[request_id] = _Parent(request_id, prompt, children, detoks)
         for child in children:
             self.requests[child.request_id] = child
             self.scheduler.add(child)
 
-    def _check_feasible(self, ids: list[int], p: SamplingParams) -> None:
+    def check_request(self, ids: list[int], p: SamplingParams) -> None:
+        """Raise ValueError (ContextLengthError for the length) if the request can never run. Reads only
+        the configuration and the pool sizes, so any thread may call it."""
         n, limit = len(ids), self.cfg.max_model_len
         if n == 0:
             raise ValueError("the prompt is empty")
@@ -112,8 +129,7 @@ class LLMEngine:
         if any(not isinstance(t, int) or not 0 <= t < V for t in ids):
             raise ValueError(f"prompt token ids must be integers in [0, {V})")
         if n + p.max_tokens > limit:
-            raise ValueError(f"prompt ({n} tokens) + max_tokens ({p.max_tokens}) = {n + p.max_tokens} exceeds "
-                             f"max_model_len ({limit})")
+            raise ContextLengthError(n, p.max_tokens, limit)
         for group, need in self.kv.blocks_needed(n + p.max_tokens).items():
             if need > self.kv.num_blocks(group):
                 raise ValueError(f"prompt + max_tokens needs {need} KV blocks ({group}) but the whole pool has "
@@ -183,7 +199,9 @@ class LLMEngine:
         reqs = [r for r, _ in sampling]
         batch = SamplingBatch(params=[r.params for r in reqs], generators=[r.generator for r in reqs],
                               prompt_ids=[r.prompt_token_ids for r in reqs],
-                              output_ids=[r.output_token_ids for r in reqs], stop_ids=[r.stop_ids for r in reqs])
+                              output_ids=[r.output_token_ids for r in reqs], stop_ids=[r.stop_ids for r in reqs],
+                              allowed=[r.constraint.allowed_ids(r.output_token_ids) if r.constraint else None
+                                       for r in reqs])
         result = self.sampler.sample(step.logits[[row for _, row in sampling]], batch)
         now = time.monotonic()
         for r, tok, lp in zip(reqs, result.token_ids, result.logprobs):

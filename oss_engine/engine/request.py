@@ -41,6 +41,7 @@ class Request:
     logprobs: list[Logprobs] = field(default_factory=list)
     prompt_logprobs: list[Logprobs | None] = field(default_factory=list)
     first_token_time: float | None = None
+    constraint: object | None = None  # has allowed_ids(output_token_ids) -> ids or None (e.g. tool_choice)
 
     def __post_init__(self) -> None:
         if not self.token_ids:

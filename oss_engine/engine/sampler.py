@@ -21,6 +21,7 @@ V vocabulary, K candidate tokens.
 from __future__ import annotations
 
 from array import array
+from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import chain
 
@@ -43,6 +44,7 @@ class SamplingBatch:
     prompt_ids: list[list[int]]  # for the repetition penalty
     output_ids: list[list[int]]  # generated so far (penalties, min_tokens)
     stop_ids: list[frozenset[int]]  # per row: ids masked while len(output) < min_tokens (eos + stop_token_ids)
+    allowed: list[Sequence[int] | None] | None = None  # per row: the only ids it may produce (a constraint)
 
     def __post_init__(self) -> None:
         n = len(self.params)
@@ -82,7 +84,8 @@ def process_logits(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
     min_rows = [i for i in range(B) if batch.stop_ids[i] and len(batch.output_ids[i]) < ps[i].min_tokens]
     rep_rows = [i for i in range(B) if ps[i].repetition_penalty != 1.0]
     out_rows = [i for i in range(B) if (ps[i].presence_penalty or ps[i].frequency_penalty) and batch.output_ids[i]]
-    if not (bias_rows or min_rows or rep_rows or out_rows):
+    allowed_rows = [i for i in range(B) if batch.allowed is not None and batch.allowed[i] is not None]
+    if not (bias_rows or min_rows or rep_rows or out_rows or allowed_rows):
         return logits
     out = logits.clone()
     flat = out.view(-1)  # [B * V]: flat[r * V + t] is out[r, t]
@@ -114,6 +117,11 @@ def process_logits(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
         pres = torch.tensor([p.presence_penalty for p in ps], dtype=out.dtype, device=dev)
         flat.index_add_(0, keys, -freq[row])
         flat[keys] = flat[keys] - pres[row]
+    if allowed_rows:  # last: a constrained row keeps only its allowed ids, whatever the other processing did
+        keys = _flat_keys(allowed_rows, [list(batch.allowed[i]) for i in allowed_rows], V, dev)
+        kept = flat[keys]
+        out[allowed_rows] = float("-inf")
+        flat[keys] = kept
     return out
 
 

@@ -305,3 +305,19 @@ def test_random_token_soup_never_raises(renderer):
     for _ in range(300):
         ids = [rng.choice(vocabulary) for _ in range(rng.randint(0, 30))]
         _assert_stream_matches(renderer, ids)
+
+
+def test_endless_header_degrades_to_streamed_content():
+    """Output that never completes a header (a random model) streams as content instead of going silent."""
+    from oss_engine.chat.harmony import HarmonyRenderer
+    from oss_engine.chat.harmony_parse import MAX_HEADER_TOKENS
+
+    r = HarmonyRenderer()
+    ids = r.tokenizer.encode("word " * (MAX_HEADER_TOKENS + 40))
+    parser = r.streaming_parser()
+    deltas = [d for d in (parser.feed(t) for t in ids) if d is not None]
+    assert deltas and deltas[0].kind == "content"  # text flows before the end
+    tail = parser.finish()
+    streamed = "".join(d.text for d in deltas) + (tail.text if tail else "")
+    whole = r.parse_completion(ids)
+    assert streamed == whole.content == "word " * (MAX_HEADER_TOKENS + 40) and whole.malformed

@@ -220,3 +220,16 @@ def test_sample_does_not_modify_logits():
 def test_batch_rows_must_agree():
     with pytest.raises(ValueError, match="one entry per row"):
         SamplingBatch([SP()], [None, None], [[]], [[]], [frozenset()])
+
+
+def test_allowed_ids_constrain_greedy_and_sampled_rows():
+    from oss_engine.engine.sampler import Sampler, SamplingBatch
+    from oss_engine.sampling_params import SamplingParams
+
+    logits = torch.randn(3, 50, generator=torch.Generator().manual_seed(0))
+    logits[:, 7] = 100.0  # the unconstrained favourite
+    params = [SamplingParams(temperature=0.0), SamplingParams(temperature=1.0, seed=1), SamplingParams(temperature=0.0)]
+    batch = SamplingBatch(params, [None, torch.Generator().manual_seed(1), None], [[1]] * 3, [[]] * 3,
+                          [frozenset()] * 3, allowed=[[3, 4], [10, 11, 12], None])
+    out = Sampler(0, "cpu").sample(logits, batch).token_ids
+    assert out[0] == [3, 4][int(logits[0, 4] > logits[0, 3])] and out[1] in (10, 11, 12) and out[2] == 7

@@ -1,0 +1,97 @@
+"""`oss-engine serve`: start the HTTP server at once (health answers 503 while the model loads), load the
+model on a background thread, then serve. SIGTERM/SIGINT: refuse new requests (503), let in-flight ones
+finish within `shutdown_timeout`, stop the engine, exit 0. One listening socket: the API port."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import threading
+from dataclasses import dataclass
+
+import uvicorn
+
+from .async_engine import AsyncEngine, EngineState
+from .context import ServerContext, ServerSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    host: str
+    port: int
+    settings: ServerSettings
+    llm_kwargs: dict  # passed to oss_engine.LLM
+
+
+class _Loading:
+    """Stands in for the engine until the model is loaded (or failed to load)."""
+
+    def __init__(self):
+        self.state = EngineState.LOADING
+
+    def stats(self):
+        return None
+
+
+def _load(ctx: ServerContext, opts: ServeOptions) -> None:
+    from ..chat.harmony import HarmonyRenderer
+    from ..llm import LLM
+
+    try:
+        llm = LLM(**opts.llm_kwargs)
+        engine = AsyncEngine(llm.engine, max_running=llm.config.scheduler.max_num_seqs,
+                             max_queued=opts.settings.max_queued_requests, metrics=ctx.metrics)
+        ctx.tokenizer, ctx.harmony = llm.tokenizer, HarmonyRenderer(llm.tokenizer)
+        engine.start()
+        ctx.engine = engine
+        log.info("oss-engine is serving %s on http://%s:%d", opts.settings.served_model_name, opts.host, opts.port)
+    except Exception:
+        log.exception("loading the model failed")
+        ctx.engine.state = EngineState.FAILED
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, plus: the first exit signal turns the engine to draining (new requests get 503)."""
+
+    def __init__(self, config: uvicorn.Config, ctx: ServerContext):
+        super().__init__(config)
+        self.ctx = ctx
+
+    def handle_exit(self, sig, frame) -> None:
+        engine = self.ctx.engine
+        if getattr(engine, "state", None) is EngineState.READY:
+            engine.state = EngineState.DRAINING
+            log.info("received signal %s: draining (up to %.0f s for in-flight requests)", sig,
+                     self.ctx.settings.shutdown_timeout)
+        super().handle_exit(sig, frame)
+
+
+def build_context(settings: ServerSettings) -> ServerContext:
+    from .metrics import Metrics
+
+    ctx = ServerContext(settings=settings, engine=_Loading(), tokenizer=None, harmony=None, metrics=None)
+    ctx.metrics = Metrics(lambda: ctx.engine.stats())
+    return ctx
+
+
+def serve(opts: ServeOptions) -> int:
+    from .app import create_app
+
+    ctx = build_context(opts.settings)
+    app = create_app(ctx)
+    threading.Thread(target=_load, args=(ctx, opts), name="oss-engine-load", daemon=True).start()
+    config = uvicorn.Config(app, host=opts.host, port=opts.port, log_level="info", lifespan="off",
+                            timeout_graceful_shutdown=int(opts.settings.shutdown_timeout) or 1)
+    server = _Server(config, ctx)
+    # uvicorn drains on SIGTERM/SIGINT and then re-raises the signal through the handler that was installed
+    # before it; a no-op there lets a drained server exit with status 0.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
+    asyncio.run(server.serve())
+    engine = ctx.engine
+    if isinstance(engine, AsyncEngine):
+        engine.stop()
+    return 0 if engine.state is not EngineState.FAILED else 1
