@@ -233,3 +233,12 @@ class StreamingParser:
 # ---------------------------------------------------------------------------------------------
 # OpenAI chat messages -> harmony messages.
 # ---------------------------------------------------------------------------------------------
+
+
+def is_analysis_message(segment: list[int], tokenizer) -> bool:
+    """Whether one message's ids (`[<|start|>assistant]<|channel|>analysis<|message|>...`) are reasoning."""
+    if T.channel not in segment:
+        return False
+    i = segment.index(T.channel) + 1
+    j = next((k for k in range(i, len(segment)) if segment[k] in (T.message, T.constrain)), None)
+    return j is not None and tokenizer.decode(segment[i:j]).strip() == "analysis"

@@ -21,10 +21,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import re
 import time
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -43,6 +41,7 @@ from ..sampling_params import (
     MAX_STOP_STRINGS,
     SamplingParams,
 )
+from .chat_stream import Choice, Prepared
 from .context import ServerContext, get_ctx
 from .errors import APIError, error_body
 from .sse import SSE_DONE, SSE_HEADERS, SSE_MEDIA_TYPE, sse_event
@@ -54,9 +53,7 @@ T = HARMONY_TOKENS
 MAX_MESSAGES = 2048
 MAX_MESSAGE_CHARS = 1_000_000  # all message texts together, checked before tokenization
 MAX_TOOLS = 128
-LOGPROB_FLOOR = -9999.0  # -inf is not JSON
 DISCONNECT_POLL_S = 0.25
-_SEGMENT_END_IDS = frozenset((T.end, T.return_, T.call))
 
 # ---------------------------------------------------------------------------------------------
 # The request.
@@ -175,15 +172,6 @@ class ChatCompletionRequest(_Model):
 # ---------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Prepared:
-    prompt_ids: list[int]
-    params: SamplingParams
-    constraint_factory: ToolChoiceGrammar | None
-    stops: tuple[str, ...]
-    top_logprobs: int | None  # None: no logprobs
-
-
 def _message_chars(m: ChatMessage) -> int:
     n = len(m.reasoning_content or "") + len(m.reasoning or "")
     if isinstance(m.content, str):
@@ -263,169 +251,13 @@ def _sampling_params(body: ChatCompletionRequest, ctx: ServerContext, prompt_len
         raise APIError(400, str(e).replace("SamplingParams.", ""), param=param) from None
 
 
-async def _prepare(body: ChatCompletionRequest, ctx: ServerContext) -> _Prepared:
+async def _prepare(body: ChatCompletionRequest, ctx: ServerContext) -> Prepared:
     _check(body, ctx)
     allowed = _allowed_tools(body)
     prompt_ids = await run_in_threadpool(_render, body, ctx)  # large prompts: off the event loop
     params = _sampling_params(body, ctx, len(prompt_ids))
     grammar = ToolChoiceGrammar(ctx.tokenizer, allowed, max_tokens=params.max_tokens) if allowed else None
-    return _Prepared(prompt_ids, params, grammar, tuple(body.stop or ()), body.top_logprobs if body.logprobs else None)
-
-
-# ---------------------------------------------------------------------------------------------
-# One choice: harmony parsed as tokens arrive, stop strings, reasoning tokens, logprobs.
-# ---------------------------------------------------------------------------------------------
-
-
-def _is_analysis(segment: list[int], tokenizer) -> bool:
-    """Whether one message's ids (`[<|start|>assistant]<|channel|>analysis<|message|>...`) are reasoning."""
-    if T.channel not in segment:
-        return False
-    i = segment.index(T.channel) + 1
-    j = next((k for k in range(i, len(segment)) if segment[k] in (T.message, T.constrain)), None)
-    return j is not None and tokenizer.decode(segment[i:j]).strip() == "analysis"
-
-
-class _Choice:
-    """Feed a choice's ids as they arrive; get OpenAI `delta` dicts in order. Their concatenation is the
-    non-streamed message (`message()`). The final text is held back while it may begin a stop string."""
-
-    def __init__(self, index: int, ctx: ServerContext, prep: _Prepared):
-        self.index, self._tok, self._prep = index, ctx.tokenizer, prep
-        self._parser = ctx.harmony.streaming_parser()
-        self._hold = max((len(s) for s in prep.stops), default=1) - 1
-        self.num_tokens = self.reasoning_tokens = 0
-        self._segment: list[int] = []  # ids of the message in progress (reasoning count)
-        self.content, self._held = "", ""
-        self._call_index: dict[int, int] = {}  # harmony message index -> tool call index
-        self.call_ids: list[str] = []
-        self.logprobs: list[dict] = []
-        self._logprobs_sent = 0
-        self.stopped = False  # a stop string was found: the rest is ignored
-        self.finish_reason: str | None = None
-        self.parsed = None  # ParsedCompletion, once finished
-
-    def feed(self, token_ids: list[int], logprobs: list[dict[int, float]] | None) -> list[dict]:
-        out: list[dict] = []
-        for j, token in enumerate(token_ids):
-            if self.stopped or self.finish_reason:
-                break
-            self.num_tokens += 1
-            self._segment.append(token)
-            if token in _SEGMENT_END_IDS:
-                self._close_segment()
-            if self._prep.top_logprobs is not None and logprobs is not None and j < len(logprobs):
-                self.logprobs.append(_logprob_entry(self._tok, token, logprobs[j], self._prep.top_logprobs))
-            self._on_delta(self._parser.feed(token), out)
-        return _merge(out)
-
-    def finish(self, engine_reason: str | None) -> list[dict]:
-        if self.finish_reason:
-            return []
-        out: list[dict] = []
-        if not self.stopped:
-            self._on_delta(self._parser.finish(), out)
-            self._flush(out)
-        self._close_segment()
-        self.parsed = self._parser.completion()
-        for call in self.parsed.tool_calls[len(self.call_ids):]:  # calls without argument text had no delta
-            out += self._call_deltas(len(self.call_ids), call.name, call.arguments)
-        if self.stopped:
-            self.finish_reason = "stop"
-        elif engine_reason == "length":
-            self.finish_reason = "length"
-        else:
-            self.finish_reason = "tool_calls" if self.parsed.tool_calls else "stop"
-        return _merge(out)
-
-    def take_logprobs(self) -> dict | None:
-        if self._prep.top_logprobs is None:
-            return None
-        new, self._logprobs_sent = self.logprobs[self._logprobs_sent:], len(self.logprobs)
-        return {"content": new}
-
-    def message(self) -> dict:
-        msg = {"role": "assistant", "content": self.content or None,
-               "reasoning_content": self.parsed.reasoning or None}
-        if self.parsed.tool_calls:
-            msg["tool_calls"] = [{"id": cid, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
-                                 for cid, c in zip(self.call_ids, self.parsed.tool_calls)]
-        return msg
-
-    # -- internals ---------------------------------------------------------------------------
-
-    def _close_segment(self) -> None:
-        if self._segment and _is_analysis(self._segment, self._tok):
-            self.reasoning_tokens += len(self._segment)
-        self._segment = []
-
-    def _on_delta(self, d, out: list[dict]) -> None:
-        if d is None or not d.text:
-            return
-        if d.kind == "content":
-            return self._content(d.text, out)
-        self._flush(out)
-        if d.kind == "reasoning":
-            out.append({"reasoning_content": d.text})
-        elif d.kind == "tool_call":
-            index = self._call_index.get(d.message_index)
-            if index is None:
-                index = self._call_index[d.message_index] = len(self.call_ids)
-                out += self._call_deltas(index, d.tool_name, "")
-            out.append({"tool_calls": [{"index": index, "function": {"arguments": d.text}}]})
-        # kind "other" (a non-function recipient) has no place in a chat completion
-
-    def _call_deltas(self, index: int, name: str, arguments: str) -> list[dict]:
-        self.call_ids.append(f"call_{uuid.uuid4().hex[:24]}")
-        head = {"tool_calls": [{"index": index, "id": self.call_ids[-1], "type": "function",
-                                "function": {"name": name, "arguments": ""}}]}
-        return [head] + ([{"tool_calls": [{"index": index, "function": {"arguments": arguments}}]}] if arguments else [])
-
-    def _content(self, text: str, out: list[dict]) -> None:
-        buf = self._held + text
-        hits = [i for i in (buf.find(s) for s in self._prep.stops) if i >= 0]
-        if hits:
-            self._held = ""
-            self.stopped = True
-            return self._emit(buf[: min(hits)], out)
-        cut = max(len(buf) - self._hold, 0)
-        self._held = buf[cut:]
-        self._emit(buf[:cut], out)
-
-    def _flush(self, out: list[dict]) -> None:
-        held, self._held = self._held, ""
-        self._emit(held, out)
-
-    def _emit(self, text: str, out: list[dict]) -> None:
-        if text:
-            self.content += text
-            out.append({"content": text})
-
-
-def _merge(deltas: list[dict]) -> list[dict]:
-    """Join neighbouring text deltas of the same kind (and argument pieces of the same call)."""
-    out: list[dict] = []
-    for d in deltas:
-        prev = out[-1] if out else None
-        if prev and d.keys() == prev.keys() and ("content" in d or "reasoning_content" in d):
-            key = next(iter(d))
-            prev[key] += d[key]
-        elif (prev and "tool_calls" in d and "tool_calls" in prev and "id" not in d["tool_calls"][0]
-              and "id" not in prev["tool_calls"][0] and prev["tool_calls"][0]["index"] == d["tool_calls"][0]["index"]):
-            prev["tool_calls"][0]["function"]["arguments"] += d["tool_calls"][0]["function"]["arguments"]
-        else:
-            out.append(d)
-    return out
-
-
-def _logprob_entry(tokenizer, token_id: int, logprobs: dict[int, float], k: int) -> dict:
-    def item(i: int, lp: float) -> dict:
-        b = tokenizer.decode_bytes([i])
-        lp = LOGPROB_FLOOR if math.isnan(lp) else max(lp, LOGPROB_FLOOR)  # -inf and NaN are not JSON
-        return {"token": b.decode("utf-8", errors="replace"), "logprob": lp, "bytes": list(b)}
-
-    top = sorted(logprobs.items(), key=lambda kv: -kv[1])[:k]
-    return {**item(token_id, logprobs.get(token_id, LOGPROB_FLOOR)), "top_logprobs": [item(i, lp) for i, lp in top]}
+    return Prepared(prompt_ids, params, grammar, tuple(body.stop or ()), body.top_logprobs if body.logprobs else None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -441,14 +273,14 @@ class _Run:
     created: int
     model: str
     prompt_tokens: int
-    choices: list[_Choice]
+    choices: list[Choice]
     cached_tokens: int = 0
 
     @property
     def done(self) -> bool:
         return all(c.finish_reason for c in self.choices)
 
-    def apply(self, out: RequestOutput) -> list[tuple[_Choice, list[dict], bool]]:
+    def apply(self, out: RequestOutput) -> list[tuple[Choice, list[dict], bool]]:
         """Feed one engine output to the choices: (choice, deltas, whether it just finished) per choice."""
         self.cached_tokens = out.num_cached_tokens
         steps = []
@@ -542,7 +374,7 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request):
     prep = await _prepare(body, ctx)
     request_id = ctx.engine.new_request_id("chatcmpl")
     run = _Run(request_id, int(time.time()), body.model, len(prep.prompt_ids),
-               [_Choice(i, ctx, prep) for i in range(body.n)])
+               [Choice(i, ctx, prep) for i in range(body.n)])
     gen = ctx.engine.generate(request_id, prep.prompt_ids, prep.params, constraint_factory=prep.constraint_factory)
     if not body.stream:
         return JSONResponse(await _complete(run, gen, request))

@@ -22,7 +22,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 
-from ..chat.harmony_parse import StreamDelta, StreamingParser, message_kind
+from ..chat.harmony_parse import StreamDelta, StreamingParser, is_analysis_message, message_kind
 from ..chat.tokenizer import HARMONY_TOKENS
 
 T = HARMONY_TOKENS
@@ -45,15 +45,6 @@ class _Open:
     text: str = ""
     name: str | None = None
     call_id: str | None = None
-
-
-def _is_analysis(segment: list[int], tokenizer) -> bool:
-    """Whether one message's ids (`[<|start|>assistant]<|channel|>analysis<|message|>...`) are reasoning."""
-    if T.channel not in segment:
-        return False
-    i = segment.index(T.channel) + 1
-    j = next((k for k in range(i, len(segment)) if segment[k] in (T.message, T.constrain)), None)
-    return j is not None and tokenizer.decode(segment[i:j]).strip() == "analysis"
 
 
 class OutputBuilder:
@@ -94,7 +85,7 @@ class OutputBuilder:
     # -- internals ---------------------------------------------------------------------------------
 
     def _close_segment(self) -> None:
-        if self._segment and _is_analysis(self._segment, self._tok):
+        if self._segment and is_analysis_message(self._segment, self._tok):
             self.reasoning_tokens += len(self._segment)
         self._segment = []
 

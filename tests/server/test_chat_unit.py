@@ -18,7 +18,7 @@ from oss_engine.chat.tokenizer import HARMONY_TOKENS as T
 from oss_engine.chat.tokenizer import load_tokenizer
 from oss_engine.chat.tool_choice import ToolChoiceGrammar
 from oss_engine.outputs import CompletionOutput, RequestOutput
-from oss_engine.server import chat
+from oss_engine.server import chat, chat_stream
 from oss_engine.server.context import ServerContext, ServerSettings
 from oss_engine.server.errors import APIError, install_error_handlers
 
@@ -321,7 +321,7 @@ def test_logprobs_whole_and_streamed(harmony, tok):
     assert [e["token"] for e in entries] == [tok.decode([t]) for t in script]
     assert all(e["logprob"] == -0.5 and len(e["top_logprobs"]) == 3 for e in entries)
     assert entries[0]["bytes"] == list(tok.decode_bytes([script[0]]))
-    assert min(t["logprob"] for e in entries for t in e["top_logprobs"]) == chat.LOGPROB_FLOOR  # -inf clamped
+    assert min(t["logprob"] for e in entries for t in e["top_logprobs"]) == chat_stream.LOGPROB_FLOOR  # -inf clamped
 
     events = sse(client.post("/v1/chat/completions", json=body(logprobs=True, top_logprobs=3, stream=True)))
     streamed = [e for c in events if isinstance(c, dict) for ch in c["choices"] if ch["logprobs"]
