@@ -1,0 +1,1 @@
+"""Triton kernels, each the fast twin of a `kernels/ref` function with the same contract."""
