@@ -1,0 +1,422 @@
+"""Mixture-of-experts experts in Triton: the twin of `kernels/ref/moe.py` `moe_experts_ref` (same contract,
+read its docstring). Two grouped GEMMs that gather token rows and read MXFP4 (or dense) weights directly.
+
+Legend: T tokens, D hidden, I intermediate, E experts, A experts per token, P = T * A (token, slot) pairs,
+BM rows of a block (BLOCK_M), r a sorted row (0 <= r < P), p = t * A + a a pair.
+
+Pipeline, with no host synchronisation (every grid is sized from shapes):
+  1. group    order [P] = stable argsort(ids.flat): sorted row r holds pair order[r], rows grouped by
+              expert; bounds [E + 1] int32: bounds[e] = first sorted row of expert e. One Triton program
+              for P <= 256 (`_group_small_kernel`), else torch.sort + searchsorted.
+  2. GEMM 1   act[r] = swiglu(x[order[r] // A] @ W1[e]^T + b1[e])            act [P, I] (compute dtype)
+  3. GEMM 2   y[order[r]] = weight[order[r]] * (act[r] @ W2[e]^T + b2[e])    y [P, D] float32
+  4. combine  out[t] = sum over a of y[t * A + a]                            out [T, D] (x.dtype)
+The combine writes each pair's row once and sums the A rows in a fixed order: deterministic, unlike atomics
+into out, for a [P, D] float32 round trip (negligible at decode; ~190 MB, ~60 us at T = 2048 on an H100).
+
+Blocks. Expert e owns ceil(count_e / BM) consecutive blocks of BM sorted rows (the last one padded, pad rows
+masked). Each GEMM derives its own blocks from `bounds` inside the kernel (`_expert_block`), so the two
+GEMMs may use different BM. The axis-0 grid is the static bound ceil(P / BM) + min(E, P) >= sum over e of
+ceil(count_e / BM); programs past the last block return at once.
+Worked example, E = 4, BM = 16, counts [20, 0, 3, 1]: bounds = [0, 20, 20, 23, 24], blocks per expert
+nb = [2, 0, 1, 1], inclusive cumsum [2, 2, 3, 4], grid ceil(24 / 16) + 4 = 6. Program 1: experts with
+cumsum <= 1: none -> e = 0, rows [16, 20) (12 pad rows). Program 2: cumsum <= 2 for e = 0 and 1 -> e = 2
+(empty expert 1 skipped), rows [20, 23). Program 3 -> e = 3, rows [23, 24). Programs 4, 5 return.
+
+GEMM 1 tiles. A program owns BLOCK_N consecutive rows of W1, i.e. BLOCK_N / 2 (gate 2i, up 2i + 1) pairs: one
+accumulator [BM, BLOCK_N] (one tall dot keeps the tensor-core warps along the weight rows, so no warp decodes
+a weight another warp also decodes), split into gate and up [BM, BLOCK_N / 2] in the epilogue for the bias
+and the clamped SwiGLU; each program writes BLOCK_N / 2 activation columns.
+
+Weight decode, chosen by `MoeTritonConfig.mxfp4_decode`. Weights stay in the stored layout: row n of an
+[E, out, in/32, 16] block tensor is in/2 contiguous bytes, so a [BN, BK] tile is BN runs of BK/2 contiguous
+bytes (16-byte vector loads) plus BN x BK/32 scale bytes, so no load-time re-layout is done. (What would
+pay next: a layout whose bytes land in each thread in tensor-core operand order, which the upcast now
+reaches through shared memory byte by byte; see the report in the issue.)
+  "dot_scaled"       tl.dot_scaled(a bf16 [BM, BK], None, "bf16", w e2m1 [BK/2, BN], scales [BN, BK/32]):
+                     Triton's own upcast (a PRMT lookup, then the scale as a bf16 multiply) in registers,
+                     then the tensor cores. GPU only (raises in the CPU interpreter). The default on CUDA.
+  "dot_scaled_swap"  the same with the weights as the left operand (w [BN, BK/2] @ a^T, acc [BN, BM]);
+                     Triton already puts the e2m1 operand on the left for small BM, so this mostly changes
+                     register use (it avoids GEMM 2's spills at 128 x 128 tiles).
+  "arith"            the e2m1 code c -> float32 bits by integer arithmetic (`_e2m1_to_f32`), times
+                     2**(s - 127), cast to the compute dtype, tl.dot. The A operand is read as its even and
+                     odd columns (a_even, a_odd [BM, BK/2]) so the low nibbles (elements 2j) meet a_even and
+                     the high ones a_odd: acc += a_even @ lo^T + a_odd @ hi^T, no interleave. Portable (the
+                     CPU interpreter runs it) but ~14 instructions a weight on sm_90 against ~5.2 for
+                     "dot_scaled" (counted in the SASS of both at the decode tiles), so only a fallback there.
+  "dense"            bf16 checkpoints: the same kernels reading plain [BN, BK] tiles.
+Scale byte 0 decodes as 2**-127 like the reference; byte 255 (NaN in the OCP spec, never produced) is not
+special-cased.
+A operand addressing: "arith" reads logical column k = 2q + h at q * s_aq + h * s_ah (x: s_aq = 2 s_xk,
+s_ah = s_xk; act in the split layout [P, 2, I/2] that GEMM 1 writes for it: s_aq = 1, s_ah = I/2); the
+other modes read a natural row, column k at k * s_ah.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from ..types import ExpertWeight
+
+_TL_DTYPE = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
+_MODES = {"dense": 0, "arith": 1, "dot_scaled": 2, "dot_scaled_swap": 3}
+_SMALL_GROUP = 256  # pairs up to which one Triton program groups them (`_group_small_kernel`)
+
+
+@dataclass(frozen=True)
+class GemmTiles:
+    block_m: int = 16  # sorted rows per program (>= 16)
+    block_n: int = 32  # output columns per program (GEMM 1: W1 rows, i.e. block_n / 2 activations)
+    block_k: int = 128  # reduction step, a multiple of 32 (one scale group)
+    num_warps: int = 4
+    num_stages: int = 3
+
+
+@dataclass(frozen=True)
+class MoeTritonConfig:
+    gemm1: GemmTiles
+    gemm2: GemmTiles
+    mxfp4_decode: str = "arith"  # "arith" | "dot_scaled" | "dot_scaled_swap" (ignored for dense weights)
+
+
+def default_config(num_pairs: int, num_experts: int, device: torch.device) -> MoeTritonConfig:
+    """Tiles per regime, by mean rows per expert. Chosen offline from sm_90 builds (instructions per decoded
+    weight, registers, spills); to be confirmed by scripts/gpu_bench_moe.py.
+    Decode (<= 16 rows an expert): BM = 16 and narrow N tiles of 2 warps, so one token's 4 experts still
+    make 360 programs per GEMM on gpt-oss-20b and no two warps decode the same weights (~5.2 instructions
+    a weight with Triton's e2m1 upcast, about the HBM rate). Prefill: tensor-core tiles, weights upcast once
+    per 128 rows."""
+    if device.type != "cuda":  # the interpreter: few programs and steps keep the CPU tests fast
+        t = GemmTiles(16, 64, 64, 4, 1)
+        return MoeTritonConfig(t, t, "arith")
+    scaled = hasattr(tl, "dot_scaled")
+    rows_per_expert = num_pairs / max(1, num_experts)
+    if rows_per_expert <= 16:
+        return MoeTritonConfig(GemmTiles(16, 64, 128, 2, 4), GemmTiles(16, 32, 256, 2, 3),
+                               "dot_scaled" if scaled else "arith")
+    if rows_per_expert <= 64:
+        t = GemmTiles(32, 128, 128, 4, 4)
+        return MoeTritonConfig(t, t, "dot_scaled" if scaled else "arith")
+    t = GemmTiles(128, 128, 64, 8, 3)
+    # measured on an H100 (gpt-oss-20b shapes, T = 2048): dot_scaled 1,807 us, dot_scaled_swap 4,316 us
+    return MoeTritonConfig(t, t, "dot_scaled" if scaled else "arith")
+
+
+# ----------------------------------------------------------------------------------------------- device code
+
+
+@triton.jit
+def _expert_block(bounds_ptr, pid_m, E: tl.constexpr, E_PAD: tl.constexpr, BLOCK_M: tl.constexpr):
+    """Block pid_m -> (expert, first sorted row, end row, blocks in all); see the module docstring."""
+    e_idx = tl.arange(0, E_PAD)
+    e_mask = e_idx < E
+    lo = tl.load(bounds_ptr + e_idx, mask=e_mask, other=0)  # [E_PAD]
+    hi = tl.load(bounds_ptr + e_idx + 1, mask=e_mask, other=0)
+    nb = (hi - lo + BLOCK_M - 1) // BLOCK_M  # blocks per expert, 0 for pads
+    ends = tl.cumsum(nb, axis=0)  # inclusive: expert e owns blocks [ends[e] - nb[e], ends[e])
+    expert = tl.sum((ends <= pid_m).to(tl.int32), axis=0)
+    first_block = tl.sum(tl.where(e_idx < expert, nb, 0), axis=0)
+    start = tl.sum(tl.where(e_idx == expert, lo, 0), axis=0) + (pid_m - first_block) * BLOCK_M
+    end = tl.sum(tl.where(e_idx == expert, hi, 0), axis=0)
+    return expert, start, end, tl.sum(nb, axis=0)
+
+
+@triton.jit
+def _e2m1_to_f32(c):
+    """int32 e2m1 codes 0..15 -> float32, exact. Magnitude code m = c & 7 (exponent m >> 1, mantissa m & 1):
+    m >= 2 is normal, value 2**((m >> 1) - 1) * (1 + (m & 1) / 2), i.e. float32 bits (m << 22) + (126 << 23)
+    (m = 2 -> 127 << 23 = 1.0; m = 7 -> 6.0); m = 1 is 0.5 = 126 << 23 and m = 0 is 0 (= m * (126 << 23));
+    bit 3 is the sign."""
+    m = c & 7
+    bits = tl.where(m > 1, (m << 22) + (126 << 23), (m & 1) * (126 << 23))
+    bits = bits.to(tl.uint32) | ((c & 8).to(tl.uint32) << 28)
+    return bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _e8m0_to_f32(s):
+    """uint8 scale bytes -> 2**(s - 127) in float32 (exponent field s; s = 0 is the subnormal 2**-127)."""
+    f = (s.to(tl.uint32) << 23).to(tl.float32, bitcast=True)
+    return tl.where(s == 0, 5.877471754111438e-39, f)
+
+
+@triton.jit
+def _load_a(a_ptr, row_off, rmask, k0, K, s_aq, s_ah, MODE: tl.constexpr, BLOCK_K: tl.constexpr,
+            COMPUTE: tl.constexpr):
+    """A tile for reduction step k0: (a_even, a_odd) [BM, BK/2] for "arith" (column 2q + h at q * s_aq +
+    h * s_ah), else (a, a) [BM, BK] from a natural row (column k at k * s_ah)."""
+    if MODE == 1:
+        q = k0 // 2 + tl.arange(0, BLOCK_K // 2)  # pair-of-columns index: columns 2q and 2q + 1
+        mask = rmask[:, None] & (q < K // 2)[None, :]
+        ptrs = a_ptr + row_off[:, None] + q[None, :] * s_aq
+        a_even = tl.load(ptrs, mask=mask, other=0.0).to(COMPUTE)
+        a_odd = tl.load(ptrs + s_ah, mask=mask, other=0.0).to(COMPUTE)
+        return a_even, a_odd
+    else:
+        k = k0 + tl.arange(0, BLOCK_K)
+        mask = rmask[:, None] & (k < K)[None, :]
+        a = tl.load(a_ptr + row_off[:, None] + k[None, :] * s_ah, mask=mask, other=0.0).to(COMPUTE)
+        return a, a
+
+
+@triton.jit
+def _load_scales(s_ptr, rows, nmask, k0, K, s_sn, s_sg, BLOCK_K: tl.constexpr):
+    g = k0 // 32 + tl.arange(0, BLOCK_K // 32)  # [G] scale groups of the step
+    gmask = nmask[:, None] & (g < K // 32)[None, :]  # [BN, G]
+    return tl.load(s_ptr + rows[:, None] * s_sn + g[None, :] * s_sg, mask=gmask, other=127), g, gmask
+
+
+@triton.jit
+def _mma_step(acc, a0, a1, w_ptr, s_ptr, rows, nmask, k0, K, s_wn, s_wk, s_sn, s_sg,
+              MODE: tl.constexpr, BN: tl.constexpr, BLOCK_K: tl.constexpr, COMPUTE: tl.constexpr,
+              PRECISION: tl.constexpr):
+    """acc += A[:, k0:k0+BK] @ W[rows, k0:k0+BK]^T for one expert's weight (w_ptr, s_ptr at its base).
+
+    acc is [BM, BN], or [BN, BM] in mode 3. Dense: w [out, in] with strides (s_wn, s_wk). MXFP4: w is the
+    byte view [out, in/2] (s_wk per byte = 2 values), scales [out, in/32] with strides (s_sn, s_sg).
+    """
+    if MODE == 0:
+        k = k0 + tl.arange(0, BLOCK_K)
+        w = tl.load(w_ptr + rows[:, None] * s_wn + k[None, :] * s_wk,
+                    mask=nmask[:, None] & (k < K)[None, :], other=0.0).to(COMPUTE)  # [BN, BK]
+        acc = tl.dot(a0, tl.trans(w), acc, input_precision=PRECISION)
+    elif MODE == 1:
+        scales, g, gmask = _load_scales(s_ptr, rows, nmask, k0, K, s_sn, s_sg, BLOCK_K)  # [BN, G]
+        j = tl.arange(0, 16)
+        byte_off = (g[None, :, None] * 16 + j[None, None, :]) * s_wk  # [1, G, 16]
+        packed = tl.load(w_ptr + rows[:, None, None] * s_wn + byte_off, mask=gmask[:, :, None],
+                         other=0).to(tl.int32)  # [BN, G, 16]: byte j of group g holds elements 2j, 2j+1
+        factor = _e8m0_to_f32(scales)[:, :, None]  # [BN, G, 1]
+        lo = tl.reshape((_e2m1_to_f32(packed & 15) * factor).to(COMPUTE), (BN, BLOCK_K // 2))  # elt k0 + 2q
+        hi = tl.reshape((_e2m1_to_f32(packed >> 4) * factor).to(COMPUTE), (BN, BLOCK_K // 2))  # k0 + 2q + 1
+        acc = tl.dot(a0, tl.trans(lo), acc, input_precision=PRECISION)
+        acc = tl.dot(a1, tl.trans(hi), acc, input_precision=PRECISION)
+    elif MODE == 2:
+        scales, g, gmask = _load_scales(s_ptr, rows, nmask, k0, K, s_sn, s_sg, BLOCK_K)
+        q = k0 // 2 + tl.arange(0, BLOCK_K // 2)  # byte index along in/2
+        packed = tl.load(w_ptr + rows[None, :] * s_wn + q[:, None] * s_wk,
+                         mask=nmask[None, :] & (q < K // 2)[:, None], other=0)  # [BK/2, BN]
+        acc = tl.dot_scaled(a0, None, "bf16", packed, scales, "e2m1", acc, fast_math=True)
+    else:
+        scales, g, gmask = _load_scales(s_ptr, rows, nmask, k0, K, s_sn, s_sg, BLOCK_K)
+        q = k0 // 2 + tl.arange(0, BLOCK_K // 2)
+        packed = tl.load(w_ptr + rows[:, None] * s_wn + q[None, :] * s_wk,
+                         mask=nmask[:, None] & (q < K // 2)[None, :], other=0)  # [BN, BK/2]
+        acc = tl.dot_scaled(packed, scales, "e2m1", tl.trans(a0), None, "bf16", acc, fast_math=True)
+    return acc
+
+
+@triton.jit
+def _moe_gemm1_kernel(
+    x_ptr, order_ptr, bounds_ptr, w_ptr, s_ptr, b_ptr, act_ptr,
+    s_xt, s_xk, s_we, s_wn, s_wk, s_se, s_sn, s_sg, s_be, s_bn, s_ar, s_aq, s_ah,
+    limit, alpha,
+    K: tl.constexpr, N: tl.constexpr, A: tl.constexpr, E: tl.constexpr, E_PAD: tl.constexpr,
+    MODE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    COMPUTE: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """act[r, i] = swiglu(x[tok(r)] @ W1[e]^T + b1[e])[i] for the block's rows and BLOCK_N / 2 columns i
+    (W1 rows n0 .. n0 + BLOCK_N, N = 2I)."""
+    pid_m = tl.program_id(0)
+    expert, start, end, total = _expert_block(bounds_ptr, pid_m, E, E_PAD, BLOCK_M)
+    if pid_m >= total:
+        return
+    rows = start + tl.arange(0, BLOCK_M)  # [BM] sorted rows
+    rmask = rows < end
+    tok = tl.load(order_ptr + rows, mask=rmask, other=0) // A  # [BM] token of each row
+    w_rows = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)  # [BN] interleaved: even gate, odd up
+    nmask = w_rows < N
+    w_base = w_ptr + expert.to(tl.int64) * s_we
+    s_base = s_ptr + expert.to(tl.int64) * s_se
+    if MODE == 3:
+        acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+    else:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        # x column k = 2q + h lives at q * (2 s_xk) + h * s_xk
+        a0, a1 = _load_a(x_ptr, tok.to(tl.int64) * s_xt, rmask, k0, K, 2 * s_xk, s_xk, MODE, BLOCK_K, COMPUTE)
+        acc = _mma_step(acc, a0, a1, w_base, s_base, w_rows, nmask, k0, K, s_wn, s_wk, s_sn, s_sg,
+                        MODE, BLOCK_N, BLOCK_K, COMPUTE, PRECISION)
+    if MODE == 3:
+        acc = tl.trans(acc)
+    acc += tl.load(b_ptr + expert * s_be + w_rows * s_bn, mask=nmask, other=0.0).to(tl.float32)[None, :]
+    gate, up = tl.split(tl.reshape(acc, (BLOCK_M, BLOCK_N // 2, 2)))  # [BM, BN/2] each: columns 2i, 2i + 1
+    gate = tl.minimum(gate, limit)
+    up = tl.minimum(tl.maximum(up, -limit), limit)
+    act = gate * tl.sigmoid(alpha * gate) * (up + 1.0)  # [BM, BN/2]
+    cols = tl.program_id(1) * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)  # activation columns
+    if MODE == 1:  # split layout: column i at (i // 2) * s_aq + (i % 2) * s_ah
+        col_off = (cols // 2) * s_aq + (cols % 2) * s_ah
+    else:  # natural row: column i at i * s_ah
+        col_off = cols * s_ah
+    ptrs = act_ptr + rows[:, None].to(tl.int64) * s_ar + col_off[None, :]
+    tl.store(ptrs, act.to(act_ptr.dtype.element_ty), mask=rmask[:, None] & (2 * cols < N)[None, :])
+
+
+@triton.jit
+def _moe_gemm2_kernel(
+    act_ptr, order_ptr, bounds_ptr, w_ptr, s_ptr, b_ptr, route_w_ptr, y_ptr,
+    s_ar, s_aq, s_ah, s_we, s_wn, s_wk, s_se, s_sn, s_sg, s_be, s_bn, s_yp,
+    K: tl.constexpr, N: tl.constexpr, E: tl.constexpr, E_PAD: tl.constexpr, MODE: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, COMPUTE: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """y[order[r], n] = route_w[order[r]] * (act[r] @ W2[e]^T + b2[e])[n] for the block's rows, BLOCK_N n."""
+    pid_m = tl.program_id(0)
+    expert, start, end, total = _expert_block(bounds_ptr, pid_m, E, E_PAD, BLOCK_M)
+    if pid_m >= total:
+        return
+    rows = start + tl.arange(0, BLOCK_M)
+    rmask = rows < end
+    pair = tl.load(order_ptr + rows, mask=rmask, other=0)  # [BM] p = t * A + a
+    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    nmask = cols < N
+    w_base = w_ptr + expert.to(tl.int64) * s_we
+    s_base = s_ptr + expert.to(tl.int64) * s_se
+    if MODE == 3:
+        acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+    else:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        a0, a1 = _load_a(act_ptr, rows.to(tl.int64) * s_ar, rmask, k0, K, s_aq, s_ah, MODE, BLOCK_K, COMPUTE)
+        acc = _mma_step(acc, a0, a1, w_base, s_base, cols, nmask, k0, K, s_wn, s_wk, s_sn, s_sg,
+                        MODE, BLOCK_N, BLOCK_K, COMPUTE, PRECISION)
+    if MODE == 3:
+        acc = tl.trans(acc)
+    bias = tl.load(b_ptr + expert * s_be + cols * s_bn, mask=nmask, other=0.0).to(tl.float32)
+    route_w = tl.load(route_w_ptr + pair, mask=rmask, other=0.0).to(tl.float32)
+    y = (acc + bias[None, :]) * route_w[:, None]
+    tl.store(y_ptr + pair[:, None].to(tl.int64) * s_yp + cols[None, :], y, mask=rmask[:, None] & nmask[None, :])
+
+
+@triton.jit
+def _combine_kernel(y_ptr, out_ptr, T, D, s_yp, s_ot, A: tl.constexpr, BLOCK_T: tl.constexpr,
+                    BLOCK_D: tl.constexpr):
+    """out[t, d] = sum over a (in order) of y[t * A + a, d], cast to out's dtype."""
+    t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
+    d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask = (t < T)[:, None] & (d < D)[None, :]
+    acc = tl.zeros((BLOCK_T, BLOCK_D), dtype=tl.float32)
+    for a in tl.static_range(A):
+        acc += tl.load(y_ptr + (t * A + a)[:, None].to(tl.int64) * s_yp + d[None, :], mask=mask, other=0.0)
+    tl.store(out_ptr + t[:, None].to(tl.int64) * s_ot + d[None, :], acc.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _group_small_kernel(ids_ptr, order_ptr, bounds_ptr, P, E: tl.constexpr, E_PAD: tl.constexpr,
+                        P_PAD: tl.constexpr, CHUNK: tl.constexpr):
+    """One program: a stable counting sort of P <= P_PAD expert ids (decode batches), the same (order,
+    bounds) as sort + searchsorted in one launch instead of five.
+    rank[p] = #{q < p : ids[q] == ids[p]}; order[bounds[ids[p]] + rank[p]] = p."""
+    p = tl.arange(0, P_PAD)
+    e_p = tl.load(ids_ptr + p, mask=p < P, other=E_PAD).to(tl.int32)  # pads match no expert
+    e = tl.arange(0, E_PAD)
+    counts = tl.sum((e[:, None] == e_p[None, :]).to(tl.int32), axis=1)  # [E_PAD]
+    ends = tl.cumsum(counts, axis=0)  # bounds[e + 1]
+    tl.store(bounds_ptr + 1 + e, ends, mask=e < E)
+    tl.store(bounds_ptr + e, 0, mask=e == 0)
+    first = tl.sum(tl.where(e[None, :] == e_p[:, None], (ends - counts)[None, :], 0), axis=1)  # [P_PAD]
+    rank = tl.zeros((P_PAD,), dtype=tl.int32)
+    for q0 in tl.static_range(0, P_PAD, CHUNK):
+        q = q0 + tl.arange(0, CHUNK)
+        e_q = tl.load(ids_ptr + q, mask=q < P, other=E_PAD + 1).to(tl.int32)
+        rank += tl.sum(((e_q[None, :] == e_p[:, None]) & (q[None, :] < p[:, None])).to(tl.int32), axis=1)
+    tl.store(order_ptr + first + rank, p.to(tl.int64), mask=p < P)
+
+
+# ------------------------------------------------------------------------------------------------- host code
+
+
+def _empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Every buffer this module allocates (tests replace it to poison the buffers with NaN)."""
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def _weight_args(w: ExpertWeight, mode: str) -> tuple[torch.Tensor, torch.Tensor, tuple[int, ...]]:
+    """(weight tensor, scales tensor, (s_we, s_wn, s_wk, s_se, s_sn, s_sg)) as the kernels read them."""
+    if mode == "dense":
+        d = w.dense  # [E, out, in]
+        return d, d, (d.stride(0), d.stride(1), d.stride(2), 0, 0, 0)
+    E, out, groups, _ = w.blocks.shape
+    b = w.blocks.reshape(E, out, groups * 16)  # [E, out, in/2] bytes; a view for the stored layout
+    s = w.scales  # [E, out, in/32]
+    return b, s, (b.stride(0), b.stride(1), b.stride(2), s.stride(0), s.stride(1), s.stride(2))
+
+
+def group_by_expert(ids: torch.Tensor, num_experts: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """ids [T, A] -> (order [P] int64: sorted row -> pair t*A + a, bounds [E + 1] int32). No host sync.
+
+    Rows of one expert keep their pair order (a stable sort) on both paths."""
+    flat = ids.reshape(-1)  # [P]
+    P = flat.numel()
+    e_pad = triton.next_power_of_2(num_experts)
+    p_pad = max(16, triton.next_power_of_2(P))
+    if P <= _SMALL_GROUP and p_pad * e_pad <= 8192:  # decode: one launch (larger spills registers)
+        order = _empty((P,), torch.int64, ids.device)
+        bounds = _empty((num_experts + 1,), torch.int32, ids.device)
+        _group_small_kernel[(1,)](flat, order, bounds, P, E=num_experts, E_PAD=e_pad, P_PAD=p_pad,
+                                  CHUNK=min(p_pad, 32), num_warps=8)
+        return order, bounds
+    sorted_ids, order = torch.sort(flat, stable=True)  # [P] each
+    experts = torch.arange(num_experts + 1, device=ids.device, dtype=sorted_ids.dtype)  # [E + 1]
+    bounds = torch.searchsorted(sorted_ids, experts, out_int32=True)  # [E + 1] first row of each expert
+    return order, bounds
+
+
+def moe_experts_triton(x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor, w1: ExpertWeight,
+                       w2: ExpertWeight, limit: float, alpha: float, config: MoeTritonConfig | None = None,
+                       compute_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """x [T, D], weights [T, A], ids [T, A] -> [T, D] in x.dtype; the contract of `moe_experts_ref`.
+
+    compute_dtype: the tl.dot operand dtype, bf16 on the GPU and float32 elsewhere by default (the CPU
+    interpreter's bf16 dot is wrong); accumulation is float32 in either case.
+    """
+    T, D = x.shape
+    A = ids.shape[1]
+    E, two_i = w1.bias.shape
+    I = two_i // 2
+    P = T * A
+    out = _empty((T, D), x.dtype, x.device)
+    if P == 0:
+        return out.zero_()
+    cfg = config or default_config(P, E, x.device)
+    compute = compute_dtype or (torch.bfloat16 if x.is_cuda else torch.float32)
+    mode = cfg.mxfp4_decode if w1.is_mxfp4 else "dense"
+    if mode not in _MODES or (w1.is_mxfp4 and mode == "dense"):
+        raise ValueError(f"unknown MXFP4 decode mode {cfg.mxfp4_decode!r}")
+    if mode.startswith("dot_scaled") and compute != torch.bfloat16:
+        mode = "arith"  # tl.dot_scaled multiplies in bf16 only
+    order, bounds = group_by_expert(ids, E)
+    route_w = weights.reshape(-1)  # [P]
+    common = {"E": E, "E_PAD": triton.next_power_of_2(E), "MODE": _MODES[mode], "COMPUTE": _TL_DTYPE[compute],
+              "PRECISION": "ieee" if compute == torch.float32 else "tf32"}  # ieee: no tf32 for float32
+
+    act = _empty((P, I), compute, x.device)  # rows in sorted order
+    s_aq, s_ah = (1, I // 2) if mode == "arith" else (2, 1)  # arith: [P, 2, I/2] (evens, odds)
+    w, s, ws = _weight_args(w1, mode)
+    t1 = cfg.gemm1
+    grid1 = (triton.cdiv(P, t1.block_m) + min(E, P), triton.cdiv(2 * I, t1.block_n))
+    _moe_gemm1_kernel[grid1](
+        x, order, bounds, w, s, w1.bias, act, x.stride(0), x.stride(1), *ws,
+        w1.bias.stride(0), w1.bias.stride(1), act.stride(0), s_aq, s_ah, float(limit), float(alpha),
+        K=D, N=2 * I, A=A, BLOCK_M=t1.block_m, BLOCK_N=t1.block_n, BLOCK_K=t1.block_k, num_warps=t1.num_warps,
+        num_stages=t1.num_stages, **common)
+
+    y = _empty((P, D), torch.float32, x.device)  # [P, D] pair rows, p = t * A + a
+    w, s, ws = _weight_args(w2, mode)
+    t2 = cfg.gemm2
+    grid2 = (triton.cdiv(P, t2.block_m) + min(E, P), triton.cdiv(D, t2.block_n))
+    _moe_gemm2_kernel[grid2](
+        act, order, bounds, w, s, w2.bias, route_w, y, act.stride(0), s_aq, s_ah, *ws,
+        w2.bias.stride(0), w2.bias.stride(1), y.stride(0), K=I, N=D,
+        BLOCK_M=t2.block_m, BLOCK_N=t2.block_n, BLOCK_K=t2.block_k, num_warps=t2.num_warps,
+        num_stages=t2.num_stages, **common)
+
+    block_t, block_d = 16, 128
+    _combine_kernel[(triton.cdiv(T, block_t), triton.cdiv(D, block_d))](
+        y, out, T, D, y.stride(0), out.stride(0), A=A, BLOCK_T=block_t, BLOCK_D=block_d)
+    return out

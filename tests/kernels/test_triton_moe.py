@@ -1,0 +1,237 @@
+"""The Triton MoE experts against their reference twin `moe_experts_ref`.
+
+Without a GPU the kernels run in Triton's interpreter with float32 operands (a bf16 tl.dot is garbage there);
+on a CUDA machine the same float32 cases run compiled, and a bf16 variant runs too. Buffers the kernels
+allocate start as NaN (`poisoned`), so anything never written fails the comparison.
+Legend: T tokens, D hidden, I intermediate, E experts, A experts per token.
+"""
+
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported: kernels run on the CPU
+
+import pytest
+
+pytest.importorskip("triton")
+
+from oss_engine.kernels.ref.moe import moe_experts_ref
+from oss_engine.kernels.triton import moe as moe_mod
+from oss_engine.kernels.triton.moe import (
+    GemmTiles,
+    MoeTritonConfig,
+    group_by_expert,
+    moe_experts_triton,
+)
+from oss_engine.kernels.types import ExpertWeight
+from oss_engine.weights.mxfp4 import quantize_mxfp4
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+DEV = torch.device("cpu" if INTERPRET else "cuda")  # the interpreter takes CPU tensors
+ALPHA = 1.702
+SMALL = MoeTritonConfig(GemmTiles(16, 32, 32), GemmTiles(16, 32, 32))  # many blocks, N tiles and K steps
+FP32 = MoeTritonConfig(GemmTiles(16, 64, 64), GemmTiles(16, 64, 64))  # float32 tiles that fit registers on a GPU
+
+
+@pytest.fixture
+def poisoned(monkeypatch):
+    """Every buffer the module allocates starts as NaN (integer ones as -1), so what is never written shows."""
+    def nan_empty(shape, dtype, device):
+        return torch.full(shape, float("nan") if dtype.is_floating_point else -1, dtype=dtype, device=device)
+    monkeypatch.setattr(moe_mod, "_empty", nan_empty)
+
+
+def make_ids(kind: str, T: int, E: int, A: int, gen: torch.Generator) -> torch.Tensor:
+    """[T, A] distinct experts per token. "uniform": random; "ragged": skewed, experts >= A/2 + 2 unused
+    when E allows; "one": every token picks the same A experts (one expert takes every token when A = 1)."""
+    if kind == "one":
+        return torch.arange(E - A, E).repeat(T, 1)  # [T, A]
+    prefs = torch.rand(T, E, generator=gen)  # [T, E]
+    if kind == "ragged":
+        used = max(A + 1, E // 2) if A < E else E
+        prefs[:, used:] = -1.0  # never chosen
+        prefs[:, 0] += 0.5  # expert 0 takes most tokens
+    return prefs.topk(A, dim=-1).indices
+
+
+def make_weight(fmt: str, E: int, out: int, inp: int, gen: torch.Generator) -> ExpertWeight:
+    """float32 [E, out, inp] experts on DEV: "dense", "mxfp4" (quantized), or "bytes" (random MXFP4 bytes)."""
+    bias = torch.randn(E, out, generator=gen).to(DEV)
+    if fmt == "dense":
+        return ExpertWeight(bias, dense=(torch.randn(E, out, inp, generator=gen) * inp**-0.5).to(DEV))
+    if fmt == "mxfp4":
+        q = quantize_mxfp4(torch.randn(E, out, inp, generator=gen) * inp**-0.5)
+        return ExpertWeight(bias, blocks=q.blocks.to(DEV), scales=q.scales.to(DEV))
+    # "bytes": every e2m1 code (and -0) with scales 2**-7 .. 2**3
+    blocks = torch.randint(0, 256, (E, out, inp // 32, 16), generator=gen, dtype=torch.uint8)
+    scales = torch.randint(120, 131, (E, out, inp // 32), generator=gen, dtype=torch.uint8)
+    return ExpertWeight(bias, blocks=blocks.to(DEV), scales=scales.to(DEV))
+
+
+def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
+def run_case(fmt, E, A, D, I, T, kind, limit=0.6, config=None, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(T, D, generator=gen).to(DEV)  # [T, D]
+    ids = make_ids(kind, T, E, A, gen).to(DEV)  # [T, A]
+    weights = torch.softmax(torch.randn(T, A, generator=gen), dim=-1).to(DEV)  # [T, A]
+    w1, w2 = make_weight(fmt, E, 2 * I, D, gen), make_weight(fmt, E, D, I, gen)
+    if fmt == "bytes":
+        limit = 20.0
+    out = moe_experts_triton(x, weights, ids, w1, w2, limit, ALPHA, config=config or FP32,
+                             compute_dtype=torch.float32)
+    ref = moe_experts_ref(x, weights, ids, w1, w2, limit, ALPHA)
+    assert out.shape == ref.shape and out.dtype == ref.dtype
+    assert torch.isfinite(out).all()
+    err = rel_l2(out, ref)
+    assert err < 1e-5, f"rel L2 {err:.2e}"
+    return x, ids, w1, limit
+
+
+# (E, A, D, I, T, routing): the sizes of the issue, ragged loads with empty experts, one expert with all
+# tokens, every expert used by every token (A = E)
+CASES = [
+    (4, 1, 32, 32, 1, "uniform"),
+    (4, 2, 64, 32, 3, "uniform"),
+    (8, 4, 32, 64, 17, "ragged"),
+    (8, 2, 64, 64, 64, "ragged"),
+    (4, 4, 64, 64, 17, "uniform"),
+    (8, 1, 64, 32, 64, "one"),
+    (8, 2, 32, 64, 3, "one"),
+    (8, 4, 64, 64, 64, "uniform"),
+]
+
+
+@pytest.mark.parametrize("fmt", ["mxfp4", "dense"])
+@pytest.mark.parametrize("E,A,D,I,T,kind", CASES)
+def test_matches_reference(poisoned, fmt, E, A, D, I, T, kind):
+    run_case(fmt, E, A, D, I, T, kind)
+
+
+@pytest.mark.parametrize("fmt", ["mxfp4", "dense"])
+@pytest.mark.parametrize("E,A,D,I,T,kind", [(8, 2, 64, 64, 17, "ragged"), (4, 4, 64, 32, 3, "uniform")])
+def test_small_tiles(poisoned, fmt, E, A, D, I, T, kind):
+    """Blocks of 16 rows, 16 activations / 32 outputs per program, 32-wide K steps: several of each."""
+    run_case(fmt, E, A, D, I, T, kind, config=SMALL)
+
+
+@pytest.mark.parametrize("fmt", ["mxfp4", "dense"])
+def test_ragged_tails(poisoned, fmt):
+    """D = I = 96 with 64-wide K steps and 128-row W1 tiles: partial K steps and partial N tiles."""
+    t = GemmTiles(16, 128, 64)
+    run_case(fmt, 4, 2, 96, 96, 5, "uniform", config=MoeTritonConfig(t, t))
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in exp")  # sigmoid of a large negative gate
+def test_every_code_and_scale(poisoned):
+    """Random bytes: all 256 byte values (every e2m1 code, -0 included) under scales 120..130."""
+    run_case("bytes", 8, 2, 64, 64, 17, "uniform")
+
+
+def test_clamps_bite(poisoned):
+    """limit 0.6 really clamps in these cases: some gates exceed it, some ups leave [-limit, limit]."""
+    x, ids, w1, limit = run_case("mxfp4", 4, 2, 64, 32, 3, "uniform")
+    u = x @ w1.expert(int(ids[0, 0]), torch.float32).T + w1.bias[int(ids[0, 0])]  # [T, 2I]
+    assert (u[:, 0::2] > limit).any() and (u[:, 1::2] < -limit).any() and (u[:, 1::2] > limit).any()
+
+
+def test_worked_example_blocks(poisoned):
+    """The module docstring's example: counts [20, 0, 3, 1] with BM = 16 (an empty expert, a padded block)."""
+    ids = torch.tensor([0] * 20 + [2] * 3 + [3])[torch.randperm(24, generator=torch.Generator().manual_seed(1))]
+    ids = ids.to(DEV)
+    order, bounds = group_by_expert(ids[:, None], 4)
+    assert bounds.tolist() == [0, 20, 20, 23, 24]
+    assert sorted(order.tolist()) == list(range(24)) and (ids[order].diff() >= 0).all()
+    gen = torch.Generator().manual_seed(2)
+    x, weights = torch.randn(24, 32, generator=gen).to(DEV), torch.ones(24, 1, device=DEV)
+    for fmt in ("mxfp4", "dense"):
+        w1, w2 = make_weight(fmt, 4, 64, 32, gen), make_weight(fmt, 4, 32, 32, gen)
+        out = moe_experts_triton(x, weights, ids[:, None], w1, w2, 0.6, ALPHA, config=SMALL,
+                                 compute_dtype=torch.float32)
+        assert rel_l2(out, moe_experts_ref(x, weights, ids[:, None], w1, w2, 0.6, ALPHA)) < 1e-5
+
+
+def test_bf16_input(poisoned):
+    """bf16 x and biases in, bf16 out (float32 compute): one bf16 rounding apart from the reference."""
+    gen = torch.Generator().manual_seed(3)
+    w1, w2 = make_weight("mxfp4", 8, 128, 64, gen), make_weight("mxfp4", 8, 64, 64, gen)
+    w1 = ExpertWeight(w1.bias.to(torch.bfloat16), blocks=w1.blocks, scales=w1.scales)
+    x = torch.randn(5, 64, generator=gen).to(DEV, torch.bfloat16)
+    ids = make_ids("uniform", 5, 8, 2, gen).to(DEV)
+    weights = torch.softmax(torch.randn(5, 2, generator=gen), dim=-1).to(DEV)
+    out = moe_experts_triton(x, weights, ids, w1, w2, 0.6, ALPHA, compute_dtype=torch.float32)
+    ref = moe_experts_ref(x, weights, ids, w1, w2, 0.6, ALPHA)
+    assert out.dtype == torch.bfloat16 and rel_l2(out, ref) < 1e-2
+
+
+@pytest.mark.parametrize("T,A,E", [(1, 4, 32), (17, 4, 8), (64, 4, 32), (65, 4, 32), (16, 4, 128), (300, 1, 4)])
+def test_group_by_expert(poisoned, T, A, E):
+    """Both grouping paths (one Triton program up to 256 pairs, torch.sort above) equal a stable sort."""
+    gen = torch.Generator().manual_seed(T)
+    ids = make_ids("ragged", T, E, A, gen).to(DEV)
+    order, bounds = group_by_expert(ids, E)
+    sorted_ids, expected = torch.sort(ids.reshape(-1), stable=True)
+    assert torch.equal(order, expected)
+    experts = torch.arange(E + 1, device=DEV)
+    assert torch.equal(bounds, torch.searchsorted(sorted_ids, experts, out_int32=True))
+
+
+def test_dot_scaled_falls_back_off_bf16(poisoned):
+    """A dot_scaled config with float32 compute (tl.dot_scaled is bf16-only) runs the arith decode."""
+    t = GemmTiles(16, 64, 64)
+    run_case("mxfp4", 4, 2, 64, 32, 3, "uniform", config=MoeTritonConfig(t, t, "dot_scaled_swap"))
+
+
+@pytest.mark.parametrize("T", [1, 8, 64, 256, 2048])
+def test_default_config_shapes(T):
+    """The CUDA defaults respect the kernels' constraints (dot dims >= 16, K steps of whole scale groups)."""
+    cfg = moe_mod.default_config(4 * T, 32, torch.device("cuda"))
+    assert cfg.mxfp4_decode in ("arith", "dot_scaled", "dot_scaled_swap")
+    for t in (cfg.gemm1, cfg.gemm2):
+        assert t.block_m >= 16 and t.block_k % 64 == 0 and t.block_n >= 16
+        assert all(v & (v - 1) == 0 for v in (t.block_m, t.block_n, t.block_k, t.num_warps))
+    assert cfg.gemm1.block_n >= 32  # GEMM 1 splits its tile into gate and up halves of >= 16
+
+
+def test_empty_batch():
+    gen = torch.Generator().manual_seed(0)
+    w1, w2 = make_weight("mxfp4", 4, 64, 32, gen), make_weight("mxfp4", 4, 32, 32, gen)
+    out = moe_experts_triton(torch.randn(0, 32, device=DEV), torch.ones(0, 2, device=DEV),
+                             torch.zeros(0, 2, dtype=torch.long, device=DEV), w1, w2, 0.6, ALPHA)
+    assert out.shape == (0, 32)
+
+
+def to_bf16(w: ExpertWeight) -> ExpertWeight:
+    """bf16 bias and dense weight; MXFP4 blocks and scales as they are."""
+    def cast(t):
+        return None if t is None else t.to(torch.bfloat16)
+    return ExpertWeight(cast(w.bias), cast(w.dense), w.blocks, w.scales)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(INTERPRET, reason="TRITON_INTERPRET=1: a bf16 tl.dot is wrong in the interpreter")
+@pytest.mark.parametrize("mode", ["default", "arith", "dot_scaled", "dot_scaled_swap", "dense"])
+@pytest.mark.parametrize("T", [1, 7, 64, 300])
+def test_gpu_bf16(mode, T):
+    """bf16 on CUDA (bf16 operands, float32 accumulation) against the float32 reference, with each regime's
+    default tiles. D = I = 320 is no multiple of the K steps, so the tails are masked."""
+    dev = torch.device("cuda")
+    gen = torch.Generator().manual_seed(T)
+    E, A, D, I = 8, 4, 320, 320
+    fmt = "dense" if mode == "dense" else "mxfp4"
+    w1, w2 = to_bf16(make_weight(fmt, E, 2 * I, D, gen)), to_bf16(make_weight(fmt, E, D, I, gen))
+    x = torch.randn(T, D, generator=gen).to(dev, torch.bfloat16)
+    ids = make_ids("ragged", T, E, A, gen).to(dev)
+    weights = torch.softmax(torch.randn(T, A, generator=gen), dim=-1).to(dev)
+    config = None
+    if mode not in ("default", "dense"):
+        base = moe_mod.default_config(T * A, E, dev)
+        config = MoeTritonConfig(base.gemm1, base.gemm2, mode)
+    out = moe_experts_triton(x, weights, ids, w1, w2, 7.0, ALPHA, config=config)
+    ref = moe_experts_ref(x, weights, ids, w1, w2, 7.0, ALPHA)
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
+    assert rel_l2(out, ref) < 2e-2
