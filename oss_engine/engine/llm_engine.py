@@ -126,8 +126,9 @@ class LLMEngine:
         if n == 0:
             raise ValueError("the prompt is empty")
         V = self.cfg.model.vocab_size
-        if any(not isinstance(t, int) or not 0 <= t < V for t in ids):
-            raise ValueError(f"prompt token ids must be integers in [0, {V})")
+        bad = next((t for t in ids if not isinstance(t, int) or not 0 <= t < V), None)
+        if bad is not None:
+            raise ValueError(f"prompt token id {bad!r} is out of range [0, {V})")
         if n + p.max_tokens > limit:
             raise ContextLengthError(n, p.max_tokens, limit)
         for group, need in self.kv.blocks_needed(n + p.max_tokens).items():
