@@ -28,10 +28,14 @@ class DecoderLayer(nn.Module):
         self.post_attn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, ops)
         self.mlp = MoE(cfg, dtype, ops)
 
-    def forward(self, x: torch.Tensor, batch: ForwardBatch, rope: tuple[torch.Tensor, torch.Tensor],
-                kv_cache: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        x = x + self.attn(self.input_norm(x), batch, rope, kv_cache)
-        return x + self.mlp(self.post_attn_norm(x))
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None, batch: ForwardBatch,
+                rope: tuple[torch.Tensor, torch.Tensor], kv_cache: tuple[torch.Tensor, torch.Tensor]
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The reference's h = h + attn(norm(h)); h = h + mlp(norm(h)), with each add deferred into the next
+        norm: in (x, residual), out (mlp output, residual), where the layer's h is their sum."""
+        h, residual = self.input_norm(x, residual)
+        h, residual = self.post_attn_norm(self.attn(h, batch, rope, kv_cache), residual)
+        return self.mlp(h), residual
 
 
 class GptOssModel(nn.Module):
@@ -46,11 +50,11 @@ class GptOssModel(nn.Module):
 
     def forward(self, batch: ForwardBatch, kv_caches: KVCaches) -> torch.Tensor:
         """The step's final hidden states (after the last norm), [T, D]."""
-        x = self.embed(batch.input_ids)  # [T, D]
+        x, residual = self.embed(batch.input_ids), None  # [T, D]
         rope = self.rotary(batch.positions)  # cos, sin [T, hd/2]
         for layer, kv in zip(self.layers, kv_caches):
-            x = layer(x, batch, rope, kv)
-        return self.norm(x)
+            x, residual = layer(x, residual, batch, rope, kv)
+        return self.norm(x, residual)[0]
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         # hidden [R, D] -> logits [R, V] float32

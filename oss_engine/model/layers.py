@@ -15,13 +15,18 @@ def _param(*shape: int, dtype: torch.dtype) -> nn.Parameter:
 
 
 class RMSNorm(nn.Module):
+    """Norm of the residual stream: called with the block output x and the running residual, it adds them
+    (fused, where the op table can) and returns (norm(x + residual), x + residual); residual None at the first
+    layer."""
+
     def __init__(self, dim: int, eps: float, ops: Ops):
         super().__init__()
         self.weight = _param(dim, dtype=torch.float32)  # kept in float32, as the reference does
         self.eps, self.ops = eps, ops
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.ops.rms_norm(x, self.weight, self.eps)
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        # x, residual [T, D] -> (normed [T, D], new residual [T, D])
+        return self.ops.add_rms_norm(x, residual, self.weight, self.eps)
 
 
 class Linear(nn.Module):

@@ -1,5 +1,7 @@
 """RMSNorm, the reference: computed in float32, cast back to the input dtype (GPT_OSS_SPEC section 2)."""
 
+from __future__ import annotations
+
 import torch
 
 
@@ -8,3 +10,11 @@ def rms_norm_ref(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Ten
     h = x.float()
     h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
     return (weight.float() * h).to(x.dtype)
+
+
+def add_rms_norm_ref(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor,
+                     eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The residual stream's step: r = x + residual (in x.dtype, rounded as the reference's `h = h + f(h)`;
+    r = x when residual is None, at the first layer) -> (rms_norm(r), r), both [T, D] in x.dtype."""
+    r = x if residual is None else x + residual
+    return rms_norm_ref(r, weight, eps), r
