@@ -13,10 +13,10 @@ from typing import Callable
 @dataclass(frozen=True)
 class Ops:
     name: str
-    rms_norm: Callable  # (x [T, D], w [D], eps) -> [T, D]
     add_rms_norm: Callable  # (x [T, D], residual [T, D] | None, w [D], eps) -> (normed, x + residual)
-    apply_rope: Callable  # (x [T, N, hd], cos [T, hd/2], sin [T, hd/2]) -> [T, N, hd]
-    store_kv: Callable  # (k [T, K, hd], v, k_cache [N, S, K, hd], v_cache, slot_mapping [T]) -> None
+    # (q [T, H, hd], k [T, K, hd], v, cos [T, hd/2], sin, k_cache [N, S, K, hd], v_cache, slot_mapping [T])
+    #   -> rotated q [T, H, hd]; the rotated k and v are written to the caches
+    rope_store_kv: Callable
     attention: Callable  # (q [T, H, hd], k_cache, v_cache, sinks [H], meta, positions [T], window, scale)
     route: Callable  # (router_logits [T, E], k) -> (weights [T, A], ids [T, A])
     moe_experts: Callable  # (x [T, D], weights [T, A], ids [T, A], w1, w2, limit, alpha) -> [T, D]
@@ -24,11 +24,10 @@ class Ops:
 
 def get_ops(name: str) -> Ops:
     if name == "ref":
-        from .ref.attention import paged_attention_ref, store_kv_ref
+        from .ref.attention import paged_attention_ref
         from .ref.moe import moe_experts_ref, route_ref
-        from .ref.norm import add_rms_norm_ref, rms_norm_ref
-        from .ref.rope import apply_rope_ref
+        from .ref.norm import add_rms_norm_ref
+        from .ref.rope import rope_store_kv_ref
 
-        return Ops("ref", rms_norm_ref, add_rms_norm_ref, apply_rope_ref, store_kv_ref, paged_attention_ref, route_ref,
-                   moe_experts_ref)
+        return Ops("ref", add_rms_norm_ref, rope_store_kv_ref, paged_attention_ref, route_ref, moe_experts_ref)
     raise ValueError(f"unknown kernel table {name!r} (available: 'ref')")
