@@ -16,6 +16,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     p.add_argument("--max-model-len", type=int, default=None, help="longest prompt + output, in tokens")
     p.add_argument("--seed", type=int, default=0, help="seed for unseeded sampling")
+    p.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs (decode steps run eagerly)")
 
 
 def _add_sampling_args(p: argparse.ArgumentParser, max_tokens: int) -> None:
@@ -65,6 +66,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--num-kv-blocks", type=int, default=None, help=argparse.SUPPRESS)
     s.add_argument("--max-request-bytes", type=int, default=4 << 20, help="larger request bodies get 413")
 
+    b = sub.add_parser("bench", help="measure decode and prefill rates against this GPU's ceilings",
+                       description="Benchmark the engine: decode tok/s by batch (with roofline fractions), "
+                                   "prefill tok/s, time to first token, memory; optionally single layers and "
+                                   "Hugging Face transformers on the same weights.")
+    from .bench.main import add_arguments
+
+    add_arguments(b)
+
     t = sub.add_parser("make-tiny", help="write a tiny random gpt-oss checkpoint",
                        description="Write a small random checkpoint in the exact Hugging Face layout "
                                    "(config, weights, tokenizer files; vocab 201088).")
@@ -80,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _llm(args: argparse.Namespace):
     from .llm import LLM
 
-    return LLM(args.model, dtype=args.dtype, device=args.device, max_model_len=args.max_model_len, seed=args.seed)
+    return LLM(args.model, dtype=args.dtype, device=args.device, max_model_len=args.max_model_len, seed=args.seed,
+               enforce_eager=args.enforce_eager)
 
 
 def _params(args: argparse.Namespace):
@@ -136,7 +146,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                       seed=args.seed, max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
                       block_size=args.block_size, enable_prefix_caching=args.enable_prefix_caching,
                       gpu_memory_utilization=args.gpu_memory_utilization,
-                      kv_cache_memory_bytes=args.kv_cache_memory_bytes, num_kv_blocks=args.num_kv_blocks)
+                      kv_cache_memory_bytes=args.kv_cache_memory_bytes, num_kv_blocks=args.num_kv_blocks,
+                      enforce_eager=args.enforce_eager)
     from .config import ModelConfig
 
     mcfg = ModelConfig.from_dir(model)  # fail fast on a bad directory, before the server starts
@@ -146,7 +157,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return serve(ServeOptions(args.host, args.port, settings, llm_kwargs))
 
 
-COMMANDS = {"generate": cmd_generate, "chat": cmd_chat, "serve": cmd_serve, "make-tiny": cmd_make_tiny}
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench.main import main as bench_main
+
+    return bench_main(args)
+
+
+COMMANDS = {"generate": cmd_generate, "chat": cmd_chat, "serve": cmd_serve, "make-tiny": cmd_make_tiny,
+            "bench": cmd_bench}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

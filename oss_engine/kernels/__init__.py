@@ -1,7 +1,8 @@
-"""The op table: every compute-heavy step the model takes, chosen once by name ("ref" now; "triton" later).
+"""The op table: every compute-heavy step the model takes, chosen once by name: "ref" (torch, float32-exact,
+any device) or "triton" (the GPU kernels; "auto" picks it on CUDA).
 
 The model calls only these; the reference table runs the whole model and is what faster tables are tested
-against.
+against. The triton table uses a reference op where no kernel exists yet (named in `TRITON_FALLBACKS`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,34 @@ class Ops:
     moe_experts: Callable  # (x [T, D], weights [T, A], ids [T, A], w1, w2, limit, alpha) -> [T, D]
 
 
+TRITON_FALLBACKS: tuple[str, ...] = ("add_rms_norm", "rope_store_kv", "route")
+
+
+def resolve_kernels(name: str, device: str) -> str:
+    if name == "auto":
+        return "triton" if device.startswith("cuda") else "ref"
+    if name not in ("ref", "triton"):
+        from ..config import ConfigError
+
+        raise ConfigError(f"kernels must be 'auto', 'ref' or 'triton', got {name!r}")
+    return name
+
+
+def _attention_triton(q, k_cache, v_cache, sinks, meta, positions, window, scale):
+    from .triton.attention import paged_attention_triton
+
+    return paged_attention_triton(q, k_cache, v_cache, sinks, meta, positions, window, scale,
+                                  max_query_len=meta.max_query_len)
+
+
 def get_ops(name: str) -> Ops:
+    if name == "triton":
+        from .ref.moe import route_ref
+        from .ref.norm import add_rms_norm_ref
+        from .ref.rope import rope_store_kv_ref
+        from .triton.moe import moe_experts_triton
+
+        return Ops("triton", add_rms_norm_ref, rope_store_kv_ref, _attention_triton, route_ref, moe_experts_triton)
     if name == "ref":
         from .ref.attention import paged_attention_ref
         from .ref.moe import moe_experts_ref, route_ref
@@ -30,4 +58,4 @@ def get_ops(name: str) -> Ops:
         from .ref.rope import rope_store_kv_ref
 
         return Ops("ref", add_rms_norm_ref, rope_store_kv_ref, paged_attention_ref, route_ref, moe_experts_ref)
-    raise ValueError(f"unknown kernel table {name!r} (available: 'ref')")
+    raise ValueError(f"unknown kernel table {name!r} (available: 'ref', 'triton')")
