@@ -89,6 +89,16 @@ def test_strided_rows(with_residual):
     check_fp32(x, residual, weight)
 
 
+def test_transposed_operands():
+    # x, residual stored transposed (column stride T) and a strided weight: every stride is used
+    x, residual, weight = make(9, 100, True)
+    tx, tres = (torch.randn(100, 9).t().copy_(a) for a in (x, residual))
+    tw = torch.randn(200)[::2].copy_(weight)
+    want_n, want_r = add_rms_norm_ref(x, residual, weight, EPS)
+    got_n, got_r = add_rms_norm_triton(tx, tres, tw, EPS)
+    assert torch.equal(got_r, want_r) and rel_l2(got_n, want_n) < 2e-6
+
+
 def test_rows_are_independent():
     # one row scaled by 1000 changes only that row's residual sum, and its normed row only through rounding
     x, residual, weight = make(5, 64, True)

@@ -99,6 +99,22 @@ def test_rope_store_kv(T, H, K, D):
     assert torch.equal(got_k.view(-1, K, D)[untouched], k_cache.view(-1, K, D)[untouched])
 
 
+def test_any_strides():
+    # every operand with a non-unit last stride (transposed storage), caches too: the kernel must use each stride
+    T, H, K, D, S = 7, 4, 2, 16, 4
+    q, k, v, cos, sin, k_cache, v_cache, slots = make(T, H, K, D, S=S)
+    tq = torch.randn(D, H, T).permute(2, 1, 0).copy_(q)  # [T, H, D], strides (1, T, H T)
+    tk, tv = (torch.randn(D, K, T).permute(2, 1, 0).copy_(x) for x in (k, v))
+    tcos, tsin = (torch.randn(D // 2, T).t().copy_(x) for x in (cos, sin))
+    tkc, tvc = (torch.randn(D, K, S, x.shape[0]).permute(3, 2, 1, 0).copy_(x) for x in (k_cache, v_cache))
+    want_k, want_v = k_cache.clone(), v_cache.clone()
+    want_q = rope_store_kv_ref(q, k, v, cos, sin, want_k, want_v, slots)
+    got_q = rope_store_kv_triton(tq, tk, tv, tcos, tsin, tkc, tvc, slots)
+    assert tq.stride(-1) != 1 and tkc.stride(-1) != 1 and tcos.stride(-1) != 1
+    assert torch.allclose(got_q, want_q, rtol=1e-5, atol=1e-5)
+    assert torch.allclose(tkc, want_k, rtol=1e-5, atol=1e-5) and torch.equal(tvc, want_v)
+
+
 def test_rotation_identity():
     # cos = 1, sin = 0 leaves q and k unchanged; cos = 0, sin = 1 maps (x1, x2) -> (-x2, x1)
     q, k, v, cos, sin, k_cache, v_cache, slots = make(5, 4, 2, 16)
