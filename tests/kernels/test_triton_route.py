@@ -65,7 +65,8 @@ def check(logits: torch.Tensor, k: int, ties_possible: bool) -> None:
         assert torch.equal(logits.gather(1, got_ids), logits.gather(1, want_ids))
     else:
         assert torch.equal(got_ids, want_ids)
-    assert torch.allclose(got_w, want_w, rtol=1e-6, atol=1e-7)
+    # rtol: the GPU's exp is ex2.approx after a multiply by log2(e), ~|logit gap| * 1e-7 relative
+    assert torch.allclose(got_w, want_w, rtol=1e-5, atol=1e-7)
     assert torch.allclose(got_w.sum(-1), torch.ones(T, device=got_w.device), atol=1e-6)
 
 
@@ -148,7 +149,7 @@ def test_cuda_graph_capture_gpu():
     logits.copy_(torch.randn_like(logits))  # new inputs in the same buffer: the replay must see them
     g.replay()
     assert torch.equal(ids, stable_topk(logits, 4))
-    assert torch.allclose(w, route_ref(logits, 4)[0], rtol=1e-6, atol=1e-7)
+    assert torch.allclose(w, route_ref(logits, 4)[0], rtol=1e-5, atol=1e-7)
 
 
 # Compiles the kernel for sm_90 (PTX and cubin through the bundled ptxas; nothing launched) for bf16 logits at
