@@ -33,9 +33,9 @@ def _empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> 
 
 
 @triton.jit
-def _add_rms_norm_kernel(x_ptr, res_ptr, w_ptr, out_ptr, r_out_ptr, s_xt, s_xd, s_rt, s_rd, s_wd, s_ot, s_qt, D, eps,
-                         HAS_RESIDUAL: tl.constexpr, BLOCK_D: tl.constexpr):
-    # one program per row t: x[t], residual[t] [D] -> out[t] = norm(r), r_out[t] = r
+def _add_rms_norm_kernel(x_ptr, res_ptr, w_ptr, out_ptr, r_out_ptr, s_xt, s_xd, s_rt, s_rd, s_wd, s_ot, s_nt,
+                         D, eps, HAS_RESIDUAL: tl.constexpr, BLOCK_D: tl.constexpr):
+    # one program per row t: x[t], residual[t] [D] -> out[t] = norm(r), r_out[t] = r (out, r_out contiguous)
     t = tl.program_id(0).to(tl.int64)
     d = tl.arange(0, BLOCK_D)
     ok = d < D
@@ -43,7 +43,7 @@ def _add_rms_norm_kernel(x_ptr, res_ptr, w_ptr, out_ptr, r_out_ptr, s_xt, s_xd, 
     if HAS_RESIDUAL:
         res = tl.load(res_ptr + t * s_rt + d * s_rd, mask=ok, other=0.0)
         r = (x.to(tl.float32) + res.to(tl.float32)).to(x.dtype)  # rounded to x.dtype first, as torch's add
-        tl.store(r_out_ptr + t * s_qt + d, r, mask=ok)
+        tl.store(r_out_ptr + t * s_nt + d, r, mask=ok)
     else:
         r = x
     h = r.to(tl.float32)  # pad lanes are 0 and add nothing to the sum
@@ -63,6 +63,6 @@ def add_rms_norm_triton(x: torch.Tensor, residual: torch.Tensor | None, weight: 
     block = triton.next_power_of_2(D)
     res = x if residual is None else residual  # unread when HAS_RESIDUAL is False
     _add_rms_norm_kernel[(T,)](x, res, weight, out, r_out, *x.stride(), *res.stride(), weight.stride(0),
-                               out.stride(0), r_out.stride(0), D, eps, HAS_RESIDUAL=residual is not None, BLOCK_D=block,
-                               num_warps=min(max(block // 512, 1), 8))
+                               out.stride(0), r_out.stride(0), D, eps, HAS_RESIDUAL=residual is not None,
+                               BLOCK_D=block, num_warps=min(max(block // 512, 1), 8))
     return out, r_out
