@@ -2,7 +2,7 @@
 any device) or "triton" (the GPU kernels; "auto" picks it on CUDA).
 
 The model calls only these; the reference table runs the whole model and is what faster tables are tested
-against. The triton table uses a reference op where no kernel exists yet (named in `TRITON_FALLBACKS`).
+against.
 """
 
 from __future__ import annotations
@@ -23,9 +23,6 @@ class Ops:
     moe_experts: Callable  # (x [T, D], weights [T, A], ids [T, A], w1, w2, limit, alpha) -> [T, D]
 
 
-TRITON_FALLBACKS: tuple[str, ...] = ("add_rms_norm", "rope_store_kv", "route")
-
-
 def resolve_kernels(name: str, device: str) -> str:
     if name == "auto":
         return "triton" if device.startswith("cuda") else "ref"
@@ -36,21 +33,20 @@ def resolve_kernels(name: str, device: str) -> str:
     return name
 
 
-def _attention_triton(q, k_cache, v_cache, sinks, meta, positions, window, scale):
-    from .triton.attention import paged_attention_triton
-
-    return paged_attention_triton(q, k_cache, v_cache, sinks, meta, positions, window, scale,
-                                  max_query_len=meta.max_query_len)
-
-
 def get_ops(name: str) -> Ops:
     if name == "triton":
-        from .ref.moe import route_ref
-        from .ref.norm import add_rms_norm_ref
-        from .ref.rope import rope_store_kv_ref
+        from .triton.attention import paged_attention_triton
         from .triton.moe import moe_experts_triton
+        from .triton.norm import add_rms_norm_triton
+        from .triton.rope import rope_store_kv_triton
+        from .triton.route import route_triton
 
-        return Ops("triton", add_rms_norm_ref, rope_store_kv_ref, _attention_triton, route_ref, moe_experts_triton)
+        def attention(q, k_cache, v_cache, sinks, meta, positions, window, scale):
+            return paged_attention_triton(q, k_cache, v_cache, sinks, meta, positions, window, scale,
+                                          max_query_len=meta.max_query_len)
+
+        return Ops("triton", add_rms_norm_triton, rope_store_kv_triton, attention, route_triton,
+                   moe_experts_triton)
     if name == "ref":
         from .ref.attention import paged_attention_ref
         from .ref.moe import moe_experts_ref, route_ref
