@@ -4,6 +4,8 @@ Budget (the runner's pad block per group included): `num_kv_blocks` (per group, 
 `gpu_memory_utilization` x device memory minus the peak of a profiling pass (the weights plus the
 activations of a `max_num_batched_tokens` step), else on CPU 1 GiB.
 
+The main group is capped at what max_num_seqs requests of max_model_len can hold.
+
 Split: a sliding-window layer never needs more than the blocks covering window - 1 earlier positions plus
 the step's new tokens, so the sliding group gets what `max_num_seqs` requests need at most (plus one full
 token budget of prefill), and the full-attention group gets the rest.
@@ -66,8 +68,10 @@ def plan_kv_blocks(cfg: EngineConfig, model) -> dict[str, int]:
         out[LAYER_SLIDING] = min(sliding_blocks_needed(cfg), most, max(budget // 2 // per[LAYER_SLIDING], 1))
         budget -= out[LAYER_SLIDING] * per[LAYER_SLIDING]
     main = LAYER_FULL if LAYER_FULL in groups else LAYER_SLIDING
-    out[main] = budget // per[main]
     need = math.ceil(cfg.max_model_len / c.block_size)
+    # never more than max_num_seqs requests of max_model_len can use (a small model on a large GPU would
+    # otherwise get hundreds of millions of blocks, and the block pool's bookkeeping is per block)
+    out[main] = min(budget // per[main], cfg.scheduler.max_num_seqs * need)
     if out[main] < need:
         raise ConfigError(f"the KV cache budget holds {max(out[main], 0) * c.block_size} tokens, fewer than one "
                           f"request of max_model_len {cfg.max_model_len}: lower max_model_len or raise "
