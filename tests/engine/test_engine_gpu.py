@@ -1,8 +1,10 @@
 """The engine's GPU path (Triton op table, decode CUDA graphs) against the float32 CPU reference.
 
-In float32 the Triton kernels use exact ("ieee") dots, so greedy tokens must equal the CPU reference's
-exactly: through batching (32 prompts at once vs one at a time: padded graph buckets and prefill batches of
-every shape), through preemption with a tiny pool, and with graphs on or off. Run on the GPU machine.
+In float32 (the Triton kernels use "ieee" dots) greedy tokens equal the CPU reference's except at near-ties,
+where the few-ulp differences of another device's summation order may flip an argmax or an expert choice
+(measured on an H200: 1 of 32 prompts, a lead of 5e-4). On the GPU itself nothing may change them: batching
+(32 prompts at once vs one at a time: padded graph buckets and prefill batches of every shape), preemption
+with a tiny pool, graphs on or off. Run on the GPU machine.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from oss_engine.tiny import make_tiny_checkpoint
 pytestmark = pytest.mark.gpu
 
 VOCAB = 4096
+NEAR_TIE = 1e-2  # float32 on two devices: logits agree to ~1e-4
+ROUTER_NEAR_TIE = 1e-2
 GREEDY = SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)
 
 
@@ -31,6 +35,7 @@ def ckpt(tmp_path_factory):
 
 def make(ckpt, device, **kw):
     kw.setdefault("debug_checks", True)
+    kw.setdefault("kv_cache_memory_bytes", 256 << 20)
     return LLM(str(ckpt), device=device, dtype="float32", skip_tokenizer_init=True, progress=False, **kw)
 
 
@@ -54,30 +59,51 @@ def test_gpu_path_is_the_triton_table_with_graphs(ckpt):
     assert llm.engine.runner.graphs is not None and llm.engine.runner.graphs.sizes[-1] == 64
 
 
+def assert_reference_or_near_tie(ref: LLM, ps, got):
+    """Each GPU token equals the CPU reference's greedy choice, or the reference's choice there is a near-tie
+    (teacher-forced through the reference: its argmax leads by < NEAR_TIE, or a router top-k margin on the
+    path is < ROUTER_NEAR_TIE, where float32 rounding on another device may flip an expert)."""
+    from tests.model.test_parity_bf16 import logits_and_router_margin
+
+    near = 0
+    for ids, toks in zip(ps, got):
+        logits, margin = logits_and_router_margin(ref, ids + toks)
+        logits, margin = logits[len(ids) - 1:-1], margin[len(ids) - 1:-1]  # row i predicts toks[i]
+        for i, tok in enumerate(toks):
+            best = int(logits[i].argmax())
+            if tok != best:
+                gap = float(logits[i, best] - logits[i, tok])
+                assert gap < NEAR_TIE or margin[i] < ROUTER_NEAR_TIE, f"token {i}: {tok}, reference {best} leads by {gap}"
+                near += 1
+                break  # past a divergence the two continuations are different texts
+    assert near <= len(ps) // 8, f"{near} near-tie divergences in {len(ps)} prompts"
+
+
 def test_batch_invariance_and_reference_tokens_on_gpu(ckpt, cpu_ref):
     ps = prompts(32, 1, 200, seed=0)
     gpu = make(ckpt, "cuda", max_num_seqs=64)
-    want = tokens(cpu_ref.generate(prompt_token_ids=ps, sampling_params=GREEDY))
     together = tokens(gpu.generate(prompt_token_ids=ps, sampling_params=GREEDY))
-    alone = [tokens(gpu.generate(prompt_token_ids=[p], sampling_params=GREEDY))[0] for p in ps[:8]]
-    assert together == want
-    assert alone == want[:8]
-    assert len({tuple(t) for t in want}) > 20
+    alone = [tokens(gpu.generate(prompt_token_ids=[p], sampling_params=GREEDY))[0] for p in ps]
+    assert together == alone  # batch composition and graph bucket change nothing
+    assert len({tuple(t) for t in together}) > 20
+    assert_reference_or_near_tie(cpu_ref, ps, together)
 
 
 def test_eager_equals_graphs(ckpt, cpu_ref):
     ps = prompts(12, 5, 80, seed=1)
     graphs = tokens(make(ckpt, "cuda", max_num_seqs=16).generate(prompt_token_ids=ps, sampling_params=GREEDY))
     eager = tokens(make(ckpt, "cuda", enforce_eager=True).generate(prompt_token_ids=ps, sampling_params=GREEDY))
-    assert graphs == eager == tokens(cpu_ref.generate(prompt_token_ids=ps, sampling_params=GREEDY))
+    assert graphs == eager
+    assert_reference_or_near_tie(cpu_ref, ps, graphs)
 
 
-def test_preemption_on_gpu_changes_nothing(ckpt, cpu_ref):
+def test_preemption_on_gpu_changes_nothing(ckpt):
     ps = prompts(12, 10, 60, seed=4)
     params = SamplingParams(max_tokens=24, temperature=0.0, ignore_eos=True)
     small = make(ckpt, "cuda", num_kv_blocks=12, block_size=8, max_num_seqs=16)
+    large = make(ckpt, "cuda", num_kv_blocks=400, block_size=8, max_num_seqs=16)
     assert tokens(small.generate(prompt_token_ids=ps, sampling_params=params)) == \
-        tokens(cpu_ref.generate(prompt_token_ids=ps, sampling_params=params))
+        tokens(large.generate(prompt_token_ids=ps, sampling_params=params))
     stats = small.engine.stats()
     assert stats.num_preemptions_total > 0
     assert all(v == 0 for v in stats.kv_blocks_used.values())
