@@ -58,7 +58,7 @@ def plan_kv_blocks(cfg: EngineConfig, model) -> dict[str, int]:
         budget = int(total * c.gpu_memory_utilization) - profile_peak_bytes(cfg, model)
     else:
         budget = CPU_DEFAULT_KV_BYTES
-    per = {g: kv_bytes_per_block(cfg, g) for g in groups}
+    per = {g: kv_bytes_per_block(cfg, g, model.shard) for g in groups}  # this rank's share
     out: dict[str, int] = {}
     if LAYER_SLIDING in groups and LAYER_FULL in groups:
         most = cfg.scheduler.max_num_seqs * math.ceil(cfg.max_model_len / c.block_size)

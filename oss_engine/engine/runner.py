@@ -16,6 +16,7 @@ from ..config import EngineConfig
 from ..model.build import DTYPES
 from ..model.forward_batch import AttentionMetadata, ForwardBatch
 from ..model.gpt_oss import GptOssModel
+from ..parallel.shard import RankShard
 
 
 @dataclass(frozen=True)
@@ -35,10 +36,11 @@ class StepLogits:
     rows: list[tuple[int, int]]  # per sequence, its logits rows [start, stop) (empty when none needed)
 
 
-def kv_bytes_per_block(cfg: EngineConfig, group: str) -> int:
-    m = cfg.model
-    layers = sum(1 for t in m.layer_types if t == group)
-    return 2 * layers * cfg.cache.block_size * m.num_key_value_heads * m.head_dim * DTYPES[cfg.dtype].itemsize
+def kv_bytes_per_block(cfg: EngineConfig, group: str, shard: RankShard | None = None) -> int:
+    """Bytes of one block of `group` on the rank of `shard` (its stage's layers, its kv heads)."""
+    m, shard = cfg.model, shard or RankShard.full(cfg.model)
+    layers = sum(1 for i in range(*shard.layers) if m.layer_types[i] == group)
+    return 2 * layers * cfg.cache.block_size * shard.num_kv_heads * m.head_dim * DTYPES[cfg.dtype].itemsize
 
 
 class ModelRunner:
@@ -47,10 +49,10 @@ class ModelRunner:
         self.device = torch.device(cfg.device)
         self.block_size = cfg.cache.block_size
         self.groups = sorted(num_blocks)
-        m, dtype = cfg.model, DTYPES[cfg.dtype]
-        self.kv_caches = []
-        for layer_type in m.layer_types:
-            shape = (num_blocks[layer_type], self.block_size, m.num_key_value_heads, m.head_dim)  # [N, S, K, hd]
+        m, dtype, shard = cfg.model, DTYPES[cfg.dtype], model.shard
+        self.kv_caches = []  # the layers of this pipeline stage, this rank's kv heads
+        for layer_type in m.layer_types[shard.layers[0]:shard.layers[1]]:
+            shape = (num_blocks[layer_type], self.block_size, shard.num_kv_heads, m.head_dim)  # [N, S, K, hd]
             # zeros, not empty: placeholder blocks are read (then masked) and must hold finite values
             self.kv_caches.append((torch.zeros(shape, dtype=dtype, device=self.device),
                                    torch.zeros(shape, dtype=dtype, device=self.device)))
@@ -58,7 +60,7 @@ class ModelRunner:
     @torch.inference_mode()
     def execute(self, seqs: list[ScheduledSeq]) -> StepLogits:
         batch, rows = self.prepare(seqs)
-        hidden = self.model(batch, self.kv_caches)  # [T, D]
+        hidden = self.model.final_hidden(self.model(batch, self.kv_caches))  # [T, D]
         return StepLogits(self.model.compute_logits(hidden[batch.logits_indices]), rows)
 
     def prepare(self, seqs: list[ScheduledSeq]) -> tuple[ForwardBatch, list[tuple[int, int]]]:
