@@ -53,6 +53,9 @@ def plan_kv_blocks(cfg: EngineConfig, model) -> dict[str, int]:
         return {g: c.num_kv_blocks for g in groups}
     if c.kv_cache_memory_bytes is not None:
         budget = c.kv_cache_memory_bytes
+    elif cfg.device.startswith("cuda") and cfg.parallel.world_size > 1:
+        raise ConfigError("with several ranks on CUDA pass kv_cache_memory_bytes (per rank) or num_kv_blocks: the "
+                          "profiling pass runs on one process only")
     elif cfg.device.startswith("cuda"):
         total = torch.cuda.get_device_properties(cfg.device).total_memory
         budget = int(total * c.gpu_memory_utilization) - profile_peak_bytes(cfg, model)

@@ -95,12 +95,12 @@ class ModelRunner:
             table = s.block_tables[group]
             # position p lives in block table[p // S], row p % S; e.g. S = 16, p = 35 -> table[2] * 16 + 3
             slots += [table[p // S] * S + p % S for p in range(s.num_computed, s.num_computed + s.num_new)]
-        width = max(len(s.block_tables[group]) for s in seqs)
+        width = max((len(s.block_tables[group]) for s in seqs), default=0)  # no seqs: an empty micro-batch
         tables = [s.block_tables[group] + [0] * (width - len(s.block_tables[group])) for s in seqs]
         dev = self.device
         return AttentionMetadata(
             query_start_loc=torch.tensor(qsl, dtype=torch.int32, device=dev),
             seq_lens=torch.tensor(lens, dtype=torch.int32, device=dev),
-            block_tables=torch.tensor(tables, dtype=torch.int32, device=dev),
+            block_tables=torch.tensor(tables, dtype=torch.int32, device=dev).view(len(seqs), width),
             slot_mapping=torch.tensor(slots, dtype=torch.int64, device=dev),
         )

@@ -1,5 +1,6 @@
 """Collective wrappers the model's parallel layers call; a group of one makes each of them the identity, so
-a single process runs the same model code with no process group at all.
+a single process runs the same model code with no process group at all. An empty tensor skips its
+collective: its size is known alike on every member (sizes come from the step plan that all ranks share).
 
 Legend: T tokens of this rank's replica, Ta tokens of every data-parallel replica together, D hidden,
 V vocab, R logits rows.
@@ -27,7 +28,7 @@ class GroupComm:
 
     def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
         """Sum over the group, in place; returns x."""
-        if self.size > 1:
+        if self.size > 1 and x.numel():
             dist.all_reduce(x, group=self.group)
         return x
 
@@ -37,6 +38,8 @@ class GroupComm:
         if self.size == 1:
             return x
         width = max(counts)
+        if width == 0:
+            return x
         padded = x.new_zeros((width, *x.shape[1:]))
         padded[: x.shape[0]] = x
         parts = [torch.empty_like(padded) for _ in range(self.size)]
@@ -47,6 +50,8 @@ class GroupComm:
         """Member i's x [R, widths[i]]; member 0 gets them side by side [R, sum(widths)], the others None."""
         if self.size == 1:
             return x
+        if x.shape[0] == 0:
+            return x.new_zeros((0, sum(widths))) if self.rank == 0 else None
         width = max(widths)
         padded = x.new_zeros((x.shape[0], width))
         padded[:, : x.shape[1]] = x
