@@ -18,6 +18,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     p.add_argument("--max-model-len", type=int, default=None, help="longest prompt + output, in tokens")
     p.add_argument("--seed", type=int, default=0, help="seed for unseeded sampling")
+    p.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs (decode steps run eagerly)")
     par = p.add_argument_group("parallelism (one process per rank on this host; gloo on CPU, NCCL on CUDA)")
     par.add_argument("--tensor-parallel-size", "-tp", type=int, default=1,
                      help="ranks splitting attention heads, the vocabulary and (without EP) the MoE")
@@ -75,6 +76,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--num-kv-blocks", type=int, default=None, help=argparse.SUPPRESS)
     s.add_argument("--max-request-bytes", type=int, default=4 << 20, help="larger request bodies get 413")
 
+    b = sub.add_parser("bench", help="measure decode and prefill rates against this GPU's ceilings",
+                       description="Benchmark the engine: decode tok/s by batch (with roofline fractions), "
+                                   "prefill tok/s, time to first token, memory; optionally single layers and "
+                                   "Hugging Face transformers on the same weights.")
+    from .bench.main import add_arguments
+
+    add_arguments(b)
+
     t = sub.add_parser("make-tiny", help="write a tiny random gpt-oss checkpoint",
                        description="Write a small random checkpoint in the exact Hugging Face layout "
                                    "(config, weights, tokenizer files; vocab 201088).")
@@ -91,7 +100,7 @@ def _llm(args: argparse.Namespace):
     from .llm import LLM
 
     return LLM(args.model, dtype=args.dtype, device=args.device, max_model_len=args.max_model_len, seed=args.seed,
-               **_parallel_kwargs(args))
+               enforce_eager=args.enforce_eager, **_parallel_kwargs(args))
 
 
 def _parallel_kwargs(args: argparse.Namespace) -> dict:
@@ -158,7 +167,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                       block_size=args.block_size, enable_prefix_caching=args.enable_prefix_caching,
                       gpu_memory_utilization=args.gpu_memory_utilization,
                       kv_cache_memory_bytes=args.kv_cache_memory_bytes, num_kv_blocks=args.num_kv_blocks,
-                      **_parallel_kwargs(args))
+                      enforce_eager=args.enforce_eager, **_parallel_kwargs(args))
     from .config import ModelConfig
 
     mcfg = ModelConfig.from_dir(model)  # fail fast on a bad directory, before the server starts
@@ -168,7 +177,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return serve(ServeOptions(args.host, args.port, settings, llm_kwargs))
 
 
-COMMANDS = {"generate": cmd_generate, "chat": cmd_chat, "serve": cmd_serve, "make-tiny": cmd_make_tiny}
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench.main import main as bench_main
+
+    return bench_main(args)
+
+
+COMMANDS = {"generate": cmd_generate, "chat": cmd_chat, "serve": cmd_serve, "make-tiny": cmd_make_tiny,
+            "bench": cmd_bench}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -363,7 +363,9 @@ class EngineConfig:
     dtype: str  # "float32" or "bfloat16", resolved from "auto"
     cache: CacheConfig
     scheduler: SchedulerConfig
-    kernels: str = "ref"  # op table: "ref" (torch reference); "triton" arrives with the GPU fast path
+    kernels: str = "ref"  # op table: "ref" (torch reference) or "triton" (GPU kernels), resolved from "auto"
+    enforce_eager: bool = False  # no CUDA graphs: every step runs eagerly
+    load_format: str = "auto"  # "auto": read the checkpoint; "dummy": random weights made on the device
     parallel: ParallelConfig = ParallelConfig()
     skip_tokenizer_init: bool = False
     seed: int = 0

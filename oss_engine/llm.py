@@ -11,6 +11,7 @@ from .defaults import default_model_dir
 from .engine.kv_capacity import log_capacity, plan_kv_blocks
 from .engine.llm_engine import LLMEngine
 from .engine.runner import ModelRunner
+from .kernels import resolve_kernels
 from .model.build import build_model
 from .outputs import RequestOutput
 from .sampling_params import SamplingParams
@@ -25,7 +26,8 @@ class LLM:
                  max_num_seqs: int = 256, max_num_batched_tokens: int = 8192, block_size: int = 16,
                  enable_prefix_caching: bool = True, gpu_memory_utilization: float = 0.9,
                  kv_cache_memory_bytes: int | None = None, num_kv_blocks: int | None = None,
-                 debug_checks: bool = False, progress: bool = True, tensor_parallel_size: int = 1,
+                 debug_checks: bool = False, progress: bool = True, kernels: str = "auto",
+                 enforce_eager: bool = False, load_format: str = "auto", tensor_parallel_size: int = 1,
                  pipeline_parallel_size: int = 1, data_parallel_size: int = 1, enable_expert_parallel: bool = False,
                  distributed_timeout_s: float = 300.0):
         if model is None:
@@ -40,12 +42,15 @@ class LLM:
         sched = SchedulerConfig(mlen, max_num_seqs, max_num_batched_tokens, debug_checks)
         cache.validate()
         sched.validate()
+        if load_format not in ("auto", "dummy"):
+            raise ConfigError(f"load_format must be 'auto' or 'dummy' (random weights), got {load_format!r}")
         par = ParallelConfig(tensor_parallel_size, pipeline_parallel_size, data_parallel_size, enable_expert_parallel,
                              backend="nccl" if dev.startswith("cuda") else "gloo", timeout_s=distributed_timeout_s)
         par.validate(mcfg)
         self.config = EngineConfig(model_dir=str(model), model=mcfg, device=dev, dtype=resolve_dtype(dtype, dev),
-                                   cache=cache, scheduler=sched, skip_tokenizer_init=skip_tokenizer_init, seed=seed,
-                                   parallel=par)
+                                   cache=cache, scheduler=sched, kernels=resolve_kernels(kernels, dev),
+                                   enforce_eager=enforce_eager, load_format=load_format,
+                                   skip_tokenizer_init=skip_tokenizer_init, seed=seed, parallel=par)
         self.tokenizer = self.harmony = None
         if not skip_tokenizer_init:
             from .chat.tokenizer import load_tokenizer

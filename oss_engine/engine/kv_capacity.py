@@ -1,6 +1,6 @@
 """How many KV blocks each cache group gets.
 
-Budget: `num_kv_blocks` (per group, an explicit override) else `kv_cache_memory_bytes`, else on CUDA
+Budget (the runner's pad block per group included): `num_kv_blocks` (per group, an explicit override) else `kv_cache_memory_bytes`, else on CUDA
 `gpu_memory_utilization` x device memory minus the peak of a profiling pass (the weights plus the
 activations of a `max_num_batched_tokens` step), else on CPU 1 GiB.
 
@@ -35,7 +35,7 @@ def profile_peak_bytes(cfg: EngineConfig, model) -> int:
     n = min(cfg.scheduler.max_num_batched_tokens, cfg.max_model_len)
     blocks = math.ceil(n / cfg.cache.block_size)
     groups = set(cfg.model.layer_types)
-    runner = ModelRunner(cfg, model, {g: blocks for g in groups})
+    runner = ModelRunner(cfg, model, {g: blocks for g in groups}, capture_graphs=False)
     torch.cuda.reset_peak_memory_stats(cfg.device)
     ids = torch.randint(0, cfg.model.vocab_size, (n,)).tolist()  # never profile on zeros
     runner.execute([ScheduledSeq(ids, 0, n, {g: list(range(blocks)) for g in groups})])
@@ -62,6 +62,7 @@ def plan_kv_blocks(cfg: EngineConfig, model) -> dict[str, int]:
     else:
         budget = CPU_DEFAULT_KV_BYTES
     per = {g: kv_bytes_per_block(cfg, g, model.shard) for g in groups}  # this rank's share
+    budget -= sum(per.values())  # each group's pad block (engine/runner.py)
     out: dict[str, int] = {}
     if LAYER_SLIDING in groups and LAYER_FULL in groups:
         most = cfg.scheduler.max_num_seqs * math.ceil(cfg.max_model_len / c.block_size)

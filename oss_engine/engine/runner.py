@@ -3,7 +3,11 @@ varlen ForwardBatch, runs it, and returns the logits of the rows that need them.
 
 Legend: T tokens in the step, B sequences, N blocks of a cache group, S block size, K kv-heads, hd head_dim.
 Each cache group ("full_attention", "sliding_attention") has its own block pool; a layer's KV tensors are
-[N_group, S, K, hd], indexed by the block ids of its group's block tables.
+[N_group + 1, S, K, hd], indexed by the block ids of its group's block tables. The extra last block is the
+pad block, never handed out by the KV manager: CUDA-graph padding rows write and read only it.
+
+On CUDA (unless `enforce_eager`), decode steps replay CUDA graphs (engine/cuda_graphs.py); other steps run
+eagerly.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from ..model.build import DTYPES
 from ..model.forward_batch import AttentionMetadata, ForwardBatch
 from ..model.gpt_oss import GptOssModel
 from ..parallel.shard import RankShard
+from .cuda_graphs import DecodeGraphs, DecodeRow
 
 
 @dataclass(frozen=True)
@@ -44,21 +49,44 @@ def kv_bytes_per_block(cfg: EngineConfig, group: str, shard: RankShard | None = 
 
 
 class ModelRunner:
-    def __init__(self, cfg: EngineConfig, model: GptOssModel, num_blocks: dict[str, int]):
+    def __init__(self, cfg: EngineConfig, model: GptOssModel, num_blocks: dict[str, int],
+                 capture_graphs: bool = True):
         self.cfg, self.model = cfg, model
         self.device = torch.device(cfg.device)
         self.block_size = cfg.cache.block_size
         self.groups = sorted(num_blocks)
         m, dtype, shard = cfg.model, DTYPES[cfg.dtype], model.shard
+        self.pad_block = {g: num_blocks[g] for g in self.groups}  # one past the pool
         self.kv_caches = []  # the layers of this pipeline stage, this rank's kv heads
         for layer_type in m.layer_types[shard.layers[0]:shard.layers[1]]:
-            shape = (num_blocks[layer_type], self.block_size, shard.num_kv_heads, m.head_dim)  # [N, S, K, hd]
+            shape = (num_blocks[layer_type] + 1, self.block_size, shard.num_kv_heads, m.head_dim)  # [N+1, S, K, hd]
             # zeros, not empty: placeholder blocks are read (then masked) and must hold finite values
             self.kv_caches.append((torch.zeros(shape, dtype=dtype, device=self.device),
                                    torch.zeros(shape, dtype=dtype, device=self.device)))
+        self.graphs: DecodeGraphs | None = None
+        if self.device.type == "cuda" and not cfg.enforce_eager and capture_graphs:
+            max_blocks = -(-cfg.max_model_len // self.block_size)
+            self.graphs = DecodeGraphs(model, self.kv_caches, self.groups, self.pad_block, self.block_size,
+                                       max_blocks, cfg.scheduler.max_num_seqs, self.device)
+            self.graphs.capture()
+
+    def _graph_rows(self, seqs: list[ScheduledSeq]) -> list[DecodeRow] | None:
+        """The step as decode rows when a graph can run it (one new token each, logits of that token only)."""
+        if self.graphs is None or len(seqs) > self.graphs.max_batch:
+            return None
+        rows = []
+        for s in seqs:
+            if s.num_new != 1 or s.all_logits or s.num_computed + 1 != len(s.token_ids):
+                return None
+            rows.append(DecodeRow(s.token_ids[s.num_computed], s.num_computed, s.block_tables))
+        return rows
 
     @torch.inference_mode()
     def execute(self, seqs: list[ScheduledSeq]) -> StepLogits:
+        """The step's logits; on the graph path a view valid until the next execute."""
+        rows = self._graph_rows(seqs)
+        if rows is not None:
+            return StepLogits(self.graphs.run(rows), [(i, i + 1) for i in range(len(rows))])
         batch, rows = self.prepare(seqs)
         hidden = self.model.final_hidden(self.model(batch, self.kv_caches))  # [T, D]
         return StepLogits(self.model.compute_logits(hidden[batch.logits_indices]), rows)
@@ -103,4 +131,5 @@ class ModelRunner:
             seq_lens=torch.tensor(lens, dtype=torch.int32, device=dev),
             block_tables=torch.tensor(tables, dtype=torch.int32, device=dev).view(len(seqs), width),
             slot_mapping=torch.tensor(slots, dtype=torch.int64, device=dev),
+            max_query_len=max((s.num_new for s in seqs), default=0),
         )

@@ -1,4 +1,5 @@
-"""The op table: every compute-heavy step the model takes, chosen once by name ("ref" now; "triton" later).
+"""The op table: every compute-heavy step the model takes, chosen once by name: "ref" (torch, float32-exact,
+any device) or "triton" (the GPU kernels; "auto" picks it on CUDA).
 
 The model calls only these; the reference table runs the whole model and is what faster tables are tested
 against.
@@ -13,22 +14,44 @@ from typing import Callable
 @dataclass(frozen=True)
 class Ops:
     name: str
-    rms_norm: Callable  # (x [T, D], w [D], eps) -> [T, D]
     add_rms_norm: Callable  # (x [T, D], residual [T, D] | None, w [D], eps) -> (normed, x + residual)
-    apply_rope: Callable  # (x [T, N, hd], cos [T, hd/2], sin [T, hd/2]) -> [T, N, hd]
-    store_kv: Callable  # (k [T, K, hd], v, k_cache [N, S, K, hd], v_cache, slot_mapping [T]) -> None
+    # (q [T, H, hd], k [T, K, hd], v, cos [T, hd/2], sin, k_cache [N, S, K, hd], v_cache, slot_mapping [T])
+    #   -> rotated q [T, H, hd]; the rotated k and v are written to the caches
+    rope_store_kv: Callable
     attention: Callable  # (q [T, H, hd], k_cache, v_cache, sinks [H], meta, positions [T], window, scale)
     route: Callable  # (router_logits [T, E], k) -> (weights [T, A], ids [T, A])
     moe_experts: Callable  # (x [T, D], weights [T, A], ids [T, A], w1, w2, limit, alpha) -> [T, D]
 
 
-def get_ops(name: str) -> Ops:
-    if name == "ref":
-        from .ref.attention import paged_attention_ref, store_kv_ref
-        from .ref.moe import moe_experts_ref, route_ref
-        from .ref.norm import add_rms_norm_ref, rms_norm_ref
-        from .ref.rope import apply_rope_ref
+def resolve_kernels(name: str, device: str) -> str:
+    if name == "auto":
+        return "triton" if device.startswith("cuda") else "ref"
+    if name not in ("ref", "triton"):
+        from ..config import ConfigError
 
-        return Ops("ref", rms_norm_ref, add_rms_norm_ref, apply_rope_ref, store_kv_ref, paged_attention_ref, route_ref,
-                   moe_experts_ref)
-    raise ValueError(f"unknown kernel table {name!r} (available: 'ref')")
+        raise ConfigError(f"kernels must be 'auto', 'ref' or 'triton', got {name!r}")
+    return name
+
+
+def get_ops(name: str) -> Ops:
+    if name == "triton":
+        from .triton.attention import paged_attention_triton
+        from .triton.moe import moe_experts_triton
+        from .triton.norm import add_rms_norm_triton
+        from .triton.rope import rope_store_kv_triton
+        from .triton.route import route_triton
+
+        def attention(q, k_cache, v_cache, sinks, meta, positions, window, scale):
+            return paged_attention_triton(q, k_cache, v_cache, sinks, meta, positions, window, scale,
+                                          max_query_len=meta.max_query_len)
+
+        return Ops("triton", add_rms_norm_triton, rope_store_kv_triton, attention, route_triton,
+                   moe_experts_triton)
+    if name == "ref":
+        from .ref.attention import paged_attention_ref
+        from .ref.moe import moe_experts_ref, route_ref
+        from .ref.norm import add_rms_norm_ref
+        from .ref.rope import rope_store_kv_ref
+
+        return Ops("ref", add_rms_norm_ref, rope_store_kv_ref, paged_attention_ref, route_ref, moe_experts_ref)
+    raise ValueError(f"unknown kernel table {name!r} (available: 'ref', 'triton')")

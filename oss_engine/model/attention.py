@@ -37,12 +37,10 @@ class Attention(nn.Module):
         # h [T, D] -> [T, D]
         T = h.shape[0]
         H, K, hd = self.num_heads, self.num_kv_heads, self.head_dim
-        q, k, v = self.qkv(h).split([H * hd, K * hd, K * hd], dim=-1)
-        q = self.ops.apply_rope(q.view(T, H, hd), *rope)  # [T, H, hd]
-        k = self.ops.apply_rope(k.view(T, K, hd), *rope)  # [T, K, hd]
-        v = v.view(T, K, hd)
+        q, k, v = self.qkv(h).split([H * hd, K * hd, K * hd], dim=-1)  # views of [T, (H + 2K) hd]
         meta = batch.attention[self.layer_type]
         k_cache, v_cache = kv_cache
-        self.ops.store_kv(k, v, k_cache, v_cache, meta.slot_mapping)
+        q = self.ops.rope_store_kv(q.view(T, H, hd), k.view(T, K, hd), v.view(T, K, hd), *rope, k_cache, v_cache,
+                                   meta.slot_mapping)  # [T, H, hd], k and v now in the caches
         o = self.ops.attention(q, k_cache, v_cache, self.sinks, meta, batch.positions, self.window, self.scale)
         return self.o_proj(o.reshape(T, H * hd))

@@ -20,6 +20,7 @@ class AttentionMetadata:
     seq_lens: torch.Tensor  # [B] int32: keys in context after this step (already computed + new)
     block_tables: torch.Tensor  # [B, max_blocks] int32: key j of sequence b lives in block [b, j // S]
     slot_mapping: torch.Tensor  # [T] int64: cache slot (block * S + row) for each new token's K/V
+    max_query_len: int | None = None  # most new tokens of any sequence, known on the host (steers tiles only)
 
 
 @dataclass(frozen=True)

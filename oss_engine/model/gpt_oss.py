@@ -44,7 +44,7 @@ class DecoderLayer(nn.Module):
         norm: in (x, residual), out (mlp output, residual), where the layer's h is their sum."""
         h, residual = self.input_norm(x, residual)
         h, residual = self.post_attn_norm(self.attn(h, batch, rope, kv_cache), residual)
-        return self.mlp(h, batch), residual
+        return self.mlp(h, batch.dp_tokens), residual
 
 
 class MissingLayer(nn.Module):

@@ -23,7 +23,6 @@ from ..kernels import Ops
 from ..kernels.types import ExpertWeight
 from ..parallel.comm import MoEComm
 from ..parallel.shard import RankShard
-from .forward_batch import ForwardBatch
 from .layers import Linear
 
 
@@ -111,8 +110,8 @@ class MoE(nn.Module):
         self.expert_map = AllExperts() if E == cfg.num_local_experts else ExpertMap(shard.experts)
         self.ops, self.comm = ops, comm
 
-    def forward(self, h: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
-        # h [T, D] -> [T, D]
-        h_all = self.comm.gather(h, batch.dp_tokens)  # [Ta, D]
+    def forward(self, h: torch.Tensor, dp_tokens: tuple[int, ...] | None = None) -> torch.Tensor:
+        # h [T, D] -> [T, D]; dp_tokens: T of every data-parallel replica (ForwardBatch.dp_tokens)
+        h_all = self.comm.gather(h, dp_tokens)  # [Ta, D]
         weights, ids = self.expert_map(*self.ops.route(self.router(h_all), self.top_k))  # [Ta, A] each
-        return self.comm.reduce(self.experts(h_all, weights, ids), batch.dp_tokens)  # [T, D]
+        return self.comm.reduce(self.experts(h_all, weights, ids), dp_tokens)  # [T, D]

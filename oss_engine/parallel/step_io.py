@@ -3,11 +3,11 @@
 A step is a plan: for each data-parallel replica, `pp` micro-batches (ForwardBatch, possibly empty). Rank 0
 broadcasts on the control group:
   1. control [3] int64: (command, 0, payload length); command STEP or SHUTDOWN.
-  2. header [dp * pp * (3 + G)] int64 (a fixed length): per micro-batch T, R, B and per cache group
-     (sorted names) the block-table width W.
+  2. header [dp * pp * (4 + G)] int64 (a fixed length): per micro-batch T, R, B, the longest query
+     (max_query_len) and per cache group (sorted names) the block-table width W.
   3. payload [payload length] int64: per micro-batch input_ids [T], positions [T], logits_indices [R], then
      per group query_start_loc [B + 1], seq_lens [B], block_tables [B * W], slot_mapping [T].
-Worked example, one replica, one micro-batch, one group, a 3-token prefill: header [3, 1, 1, 1];
+Worked example, one replica, one micro-batch, one group, a 3-token prefill: header [3, 1, 1, 3, 1];
 payload [ids x3, 0 1 2, 2, 0 3, 3, b0, s0 s1 s2].
 """
 
@@ -38,7 +38,8 @@ def pack(plan: Plan, groups: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         for b in replica:
             metas = [b.attention[g] for g in groups]
             B = metas[0].seq_lens.shape[0]
-            header += [b.num_tokens, b.logits_indices.shape[0], B] + [m.block_tables.shape[1] for m in metas]
+            header += [b.num_tokens, b.logits_indices.shape[0], B, metas[0].max_query_len or 0]
+            header += [m.block_tables.shape[1] for m in metas]
             parts += [b.input_ids, b.positions, b.logits_indices]
             for m in metas:
                 parts += [m.query_start_loc, m.seq_lens, m.block_tables.reshape(-1), m.slot_mapping]
@@ -61,15 +62,15 @@ def unpack(header: torch.Tensor, payload: torch.Tensor, dp: int, pp: int, groups
     for _ in range(dp):
         replica = []
         for _ in range(pp):
-            T, R, B, widths = h[k], h[k + 1], h[k + 2], h[k + 3: k + 3 + len(groups)]
-            k += 3 + len(groups)
+            T, R, B, Q, widths = h[k], h[k + 1], h[k + 2], h[k + 3], h[k + 4: k + 4 + len(groups)]
+            k += 4 + len(groups)
             ids, positions, logits_idx = take(T, torch.int64), take(T, torch.int64), take(R, torch.int64)
             attention = {}
             for g, W in zip(groups, widths):
                 attention[g] = AttentionMetadata(query_start_loc=take(B + 1, torch.int32),
                                                  seq_lens=take(B, torch.int32),
                                                  block_tables=take(B * W, torch.int32).view(B, W),
-                                                 slot_mapping=take(T, torch.int64))
+                                                 slot_mapping=take(T, torch.int64), max_query_len=Q)
             replica.append(ForwardBatch(ids, positions, attention, logits_idx))
         plan.append(replica)
     return with_dp_tokens(plan)
@@ -99,6 +100,6 @@ def receive_plan(control: GroupComm, dp: int, pp: int, groups: list[str], device
     head = _broadcast(control, torch.empty(3, dtype=torch.int64, device=device))
     if int(head[0]) == SHUTDOWN:
         return None
-    header = _broadcast(control, torch.empty(dp * pp * (3 + len(groups)), dtype=torch.int64, device=device))
+    header = _broadcast(control, torch.empty(dp * pp * (4 + len(groups)), dtype=torch.int64, device=device))
     payload = _broadcast(control, torch.empty(int(head[2]), dtype=torch.int64, device=device))
     return unpack(header.cpu(), payload, dp, pp, groups, device)

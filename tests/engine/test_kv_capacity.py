@@ -30,13 +30,13 @@ def test_budget_split_and_logged(ckpt, caplog):
     sliding, full = kv.num_blocks("sliding_attention"), kv.num_blocks("full_attention")
     assert sliding == sliding_blocks_needed(cfg)
     per_full, per_sliding = kv_bytes_per_block(cfg, "full_attention"), kv_bytes_per_block(cfg, "sliding_attention")
-    assert full == (budget - sliding * per_sliding) // per_full
-    used = full * per_full + sliding * per_sliding
+    assert full == (budget - (sliding + 1) * per_sliding - per_full) // per_full  # + 1: the pad blocks
+    used = (full + 1) * per_full + (sliding + 1) * per_sliding
     assert budget - per_full < used <= budget  # the budget is spent, never exceeded
     tokens = full * cfg.cache.block_size
     assert f"KV cache: {full} blocks, {tokens} tokens, max concurrency {tokens / cfg.max_model_len:.2f}" in caplog.text
     runner_k = llm.engine.runner.kv_caches[1][0]  # layer 1 is full attention
-    assert runner_k.shape[0] == full and llm.engine.runner.kv_caches[0][0].shape[0] == sliding
+    assert runner_k.shape[0] == full + 1 and llm.engine.runner.kv_caches[0][0].shape[0] == sliding + 1
 
 
 def test_budget_too_small_for_one_request_is_a_clear_error(ckpt):

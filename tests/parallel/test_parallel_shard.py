@@ -124,27 +124,30 @@ def _batch(ids: list[int], widths: int, start: int = 0) -> ForwardBatch:
     T = len(ids)
     meta = AttentionMetadata(torch.tensor([0, T], dtype=torch.int32), torch.tensor([start + T], dtype=torch.int32),
                              torch.arange(widths, dtype=torch.int32).view(1, widths),
-                             torch.arange(start, start + T, dtype=torch.int64))
+                             torch.arange(start, start + T, dtype=torch.int64), max_query_len=T)
     return ForwardBatch(torch.tensor(ids), torch.arange(start, start + T), {"full_attention": meta},
                         torch.tensor([T - 1]))
 
 
 def test_step_plan_round_trips_through_int64_tensors():
     empty_meta = AttentionMetadata(torch.zeros(1, dtype=torch.int32), torch.zeros(0, dtype=torch.int32),
-                                   torch.zeros(0, 0, dtype=torch.int32), torch.zeros(0, dtype=torch.int64))
+                                   torch.zeros(0, 0, dtype=torch.int32), torch.zeros(0, dtype=torch.int64), 0)
     empty = ForwardBatch(torch.zeros(0, dtype=torch.int64), torch.zeros(0, dtype=torch.int64),
                          {"full_attention": empty_meta}, torch.zeros(0, dtype=torch.int64))
     plan = [[_batch([5, 6, 7], 2), empty], [_batch([9], 3, start=40), _batch([1, 2], 1)]]
     header, payload = pack(plan, ["full_attention"])
-    assert header.dtype == payload.dtype == torch.int64 and header.numel() == 2 * 2 * 4
+    assert header.dtype == payload.dtype == torch.int64 and header.numel() == 2 * 2 * 5
     back = unpack(header, payload, 2, 2, ["full_attention"], "cpu")
     for r in range(2):
         for m in range(2):
             a, b = plan[r][m], back[r][m]
             assert torch.equal(a.input_ids, b.input_ids) and torch.equal(a.positions, b.positions)
             assert torch.equal(a.logits_indices, b.logits_indices)
-            for x, y in zip(vars(a.attention["full_attention"]).values(), vars(b.attention["full_attention"]).values()):
-                assert x.dtype == y.dtype and torch.equal(x, y)
+            ma, mb = a.attention["full_attention"], b.attention["full_attention"]
+            for f in ("query_start_loc", "seq_lens", "block_tables", "slot_mapping"):
+                x, y = getattr(ma, f), getattr(mb, f)
+                assert x.dtype == y.dtype and torch.equal(x, y), f
+            assert ma.max_query_len == mb.max_query_len
     assert back[0][0].dp_tokens == (3, 1) and back[1][1].dp_tokens == (0, 2)
 
 

@@ -1,0 +1,96 @@
+"""Hugging Face transformers' GptOssForCausalLM on the same weights as our model, for `bench --compare hf`.
+
+The HF model is built in bf16 with dense experts (its MXFP4 path needs a kernel download this machine cannot
+make), filled from our parameters (MXFP4 experts dequantized exactly; HF stores experts input-major,
+[E, in, out], ours output-major), and timed on greedy decode at batch 1 with its default dynamic cache:
+rate = new tokens / seconds of `generate` after a short untimed run.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from ..weights.mxfp4 import dequantize_mxfp4
+
+
+def hf_bytes_needed(llm) -> int:
+    """bf16 bytes of the dense HF model (experts upcast from MXFP4)."""
+    m = llm.config.model
+    experts = m.num_hidden_layers * m.num_local_experts * 3 * m.hidden_size * m.intermediate_size
+    others = sum(p.numel() for n, p in llm.model.named_parameters() if ".experts." not in n)
+    return 2 * (experts + others)
+
+
+def _hf_state(llm) -> dict[str, torch.Tensor]:
+    """Our parameters under HF's names and layouts (tensors on our device)."""
+    m, model = llm.config.model, llm.model
+    H, K, hd = m.num_attention_heads, m.num_key_value_heads, m.head_dim
+    out = {"model.embed_tokens.weight": model.embed.weight, "model.norm.weight": model.norm.weight,
+           "lm_head.weight": model.lm_head.weight}
+    for i, layer in enumerate(model.layers):
+        p = f"model.layers.{i}."
+        out[p + "input_layernorm.weight"] = layer.input_norm.weight
+        out[p + "post_attention_layernorm.weight"] = layer.post_attn_norm.weight
+        a = layer.attn
+        for name, w in zip(("q", "k", "v"), a.qkv.weight.split([H * hd, K * hd, K * hd])):
+            out[p + f"self_attn.{name}_proj.weight"] = w
+        for name, b in zip(("q", "k", "v"), a.qkv.bias.split([H * hd, K * hd, K * hd])):
+            out[p + f"self_attn.{name}_proj.bias"] = b
+        out[p + "self_attn.o_proj.weight"], out[p + "self_attn.o_proj.bias"] = a.o_proj.weight, a.o_proj.bias
+        out[p + "self_attn.sinks"] = a.sinks
+        out[p + "mlp.router.weight"], out[p + "mlp.router.bias"] = layer.mlp.router.weight, layer.mlp.router.bias
+        ex = layer.mlp.experts
+        if hasattr(ex, "w1_blocks"):
+            w1 = dequantize_mxfp4(ex.w1_blocks, ex.w1_scales, torch.bfloat16)  # [E, 2I, D]
+            w2 = dequantize_mxfp4(ex.w2_blocks, ex.w2_scales, torch.bfloat16)  # [E, D, I]
+        else:
+            w1, w2 = ex.w1, ex.w2
+        out[p + "mlp.experts.gate_up_proj"] = w1.transpose(1, 2)  # [E, D, 2I]
+        out[p + "mlp.experts.gate_up_proj_bias"] = ex.w1_bias
+        out[p + "mlp.experts.down_proj"] = w2.transpose(1, 2)  # [E, I, D]
+        out[p + "mlp.experts.down_proj_bias"] = ex.w2_bias
+    return out
+
+
+def build_hf(llm):
+    import json
+    from pathlib import Path
+
+    import transformers
+
+    raw = json.loads((Path(llm.config.model_dir) / "config.json").read_text())
+    raw.pop("quantization_config", None)
+    cfg = transformers.GptOssConfig(**raw)
+    cfg._attn_implementation = "eager"  # its SDPA path drops the sinks; eager is what the parity tests use
+    with torch.device("meta"):
+        hf = transformers.GptOssForCausalLM(cfg)
+    hf = hf.to_empty(device=llm.engine.runner.device).to(torch.bfloat16)
+    state = dict(hf.named_parameters())
+    ours = _hf_state(llm)
+    missing = sorted(set(state) - set(ours))
+    if missing:
+        raise RuntimeError(f"no value for HF parameter(s) {missing[:3]}")
+    with torch.no_grad():
+        for name, t in ours.items():
+            state[name].copy_(t)
+        for name, module in hf.named_modules():  # rotary tables: to_empty left them undefined and the bf16
+            if name.endswith("rotary_emb"):     # cast would round them; rebuild them in float32
+                fresh = type(module)(module.config)  # on the CPU, from the config
+                for bname, buf in list(module.named_buffers()):
+                    setattr(module, bname, getattr(fresh, bname).to(buf.device))
+    return hf.eval()
+
+
+def hf_decode_rate(hf, vocab: int, prompt_len: int, new_tokens: int) -> float:
+    dev = next(hf.parameters()).device
+    ids = torch.randint(0, vocab, (1, prompt_len), device=dev)
+    kw = dict(do_sample=False, min_new_tokens=new_tokens, max_new_tokens=new_tokens, pad_token_id=0)
+    with torch.no_grad():
+        hf.generate(ids, **{**kw, "min_new_tokens": 4, "max_new_tokens": 4})
+        torch.cuda.synchronize(dev) if dev.type == "cuda" else None
+        t0 = time.perf_counter()
+        hf.generate(ids, **kw)
+        torch.cuda.synchronize(dev) if dev.type == "cuda" else None
+    return new_tokens / (time.perf_counter() - t0)

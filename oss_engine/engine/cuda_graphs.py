@@ -1,0 +1,121 @@
+"""CUDA graphs for decode steps: one graph per batch-size bucket, replayed with padding.
+
+Legend: B sequences in the step (one new token each), P the bucket (padded batch), W block-table width
+(max_model_len / S blocks), V vocabulary, S block size.
+
+A decode step (every sequence computes exactly one token and needs its logits) of B <= the largest bucket
+runs as the graph of the smallest bucket P >= B. The graph reads static input buffers and writes static
+logits [P, V]; a step copies its inputs into the buffers' first rows (one host-to-device copy of a pinned
+staging tensor), replays, and returns the first B logits rows: a view that stays valid until the next step.
+
+Padding rows (B..P-1) are sequences of one token at position 0 whose block table points at the runner's pad
+block (one block past the KV manager's pool, never handed out): they write their K/V there and read only it.
+The query_start_loc of a decode step is always 0..P (one token each), so it is static.
+
+Block tables: row b holds the step's blocks in its first columns; columns past a sequence's last block keep
+stale ids from earlier steps, which is safe because attention never reads past seq_len. The width W fixed at
+capture is what `paged_attention_triton` sizes its key splits for.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from ..model.forward_batch import AttentionMetadata, ForwardBatch
+
+log = logging.getLogger(__name__)
+
+
+def bucket_sizes(max_num_seqs: int, largest: int = 512) -> list[int]:
+    """1, 2, 4, 8, 16, then steps of 16 up to max_num_seqs (capped at `largest`); vLLM's ladder, coarser."""
+    top = min(max_num_seqs, largest)
+    sizes = [s for s in (1, 2, 4, 8) if s < top] + list(range(16, top, 16)) + [top]
+    return sorted(set(sizes))
+
+
+@dataclass(frozen=True)
+class DecodeRow:
+    """What a decode step needs of one sequence."""
+
+    token: int
+    position: int
+    block_tables: dict[str, list[int]]  # per cache group
+
+
+class DecodeGraphs:
+    def __init__(self, model, kv_caches, groups: list[str], pad_block: dict[str, int], block_size: int,
+                 max_blocks: int, max_num_seqs: int, device: torch.device):
+        self.model, self.kv_caches, self.groups, self.device = model, kv_caches, groups, device
+        self.pad_block, self.S, self.W = pad_block, block_size, max_blocks
+        self.sizes = bucket_sizes(max_num_seqs)
+        P = self.sizes[-1]
+        i32 = dict(dtype=torch.int32, device=device)
+        self.input_ids = torch.zeros(P, dtype=torch.int64, device=device)
+        self.positions = torch.zeros(P, dtype=torch.int64, device=device)
+        self.qsl = torch.arange(P + 1, **i32)  # static: one token per sequence
+        self.seq_lens = {g: torch.ones(P, **i32) for g in groups}
+        self.slots = {g: torch.full((P,), pad_block[g] * block_size, dtype=torch.int64, device=device)
+                      for g in groups}
+        self.tables = {g: torch.full((P, max_blocks), pad_block[g], **i32) for g in groups}
+        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self.logits: dict[int, torch.Tensor] = {}
+
+    @property
+    def max_batch(self) -> int:
+        return self.sizes[-1]
+
+    def _batch(self, P: int) -> ForwardBatch:
+        attention = {g: AttentionMetadata(self.qsl[:P + 1], self.seq_lens[g][:P], self.tables[g][:P],
+                                          self.slots[g][:P], max_query_len=1) for g in self.groups}
+        return ForwardBatch(self.input_ids[:P], self.positions[:P], attention, torch.arange(P, device=self.device))
+
+    def _forward(self, P: int) -> torch.Tensor:
+        batch = self._batch(P)
+        return self.model.compute_logits(self.model.final_hidden(self.model(batch, self.kv_caches)))  # [P, V]
+
+    @torch.inference_mode()
+    def capture(self) -> None:
+        """Warm up (compiles the kernels) and capture every bucket, largest first, in one memory pool."""
+        pool = None
+        free_before = torch.cuda.mem_get_info(self.device)[0]
+        for P in reversed(self.sizes):
+            self._forward(P)  # eager warm-up on pad rows
+            torch.cuda.synchronize(self.device)
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g, pool=pool):
+                self.logits[P] = self._forward(P)
+            pool = g.pool()
+            self.graphs[P] = g
+        torch.cuda.synchronize(self.device)
+        used = free_before - torch.cuda.mem_get_info(self.device)[0]
+        log.info("captured %d decode CUDA graphs (batch %s), %.0f MiB", len(self.sizes),
+                 ",".join(map(str, self.sizes)), used / 2**20)
+
+    def bucket(self, batch: int) -> int:
+        return next(P for P in self.sizes if P >= batch)
+
+    def run(self, rows: list[DecodeRow]) -> torch.Tensor:
+        """Replay the bucket graph for these rows -> logits [B, V] float32 (valid until the next run)."""
+        B = len(rows)
+        P = self.bucket(B)
+        S = self.S
+        pad = P - B
+        ids = [r.token for r in rows] + [0] * pad
+        pos = [r.position for r in rows] + [0] * pad
+        self.input_ids[:P].copy_(torch.tensor(ids, dtype=torch.int64), non_blocking=True)
+        self.positions[:P].copy_(torch.tensor(pos, dtype=torch.int64), non_blocking=True)
+        for g in self.groups:
+            pb = self.pad_block[g]
+            lens = [r.position + 1 for r in rows] + [1] * pad
+            slots = [r.block_tables[g][r.position // S] * S + r.position % S for r in rows] + [pb * S] * pad
+            width = max(len(r.block_tables[g]) for r in rows)
+            table = [r.block_tables[g] + [pb] * (width - len(r.block_tables[g])) for r in rows]
+            table += [[pb] * width] * pad
+            self.seq_lens[g][:P].copy_(torch.tensor(lens, dtype=torch.int32), non_blocking=True)
+            self.slots[g][:P].copy_(torch.tensor(slots, dtype=torch.int64), non_blocking=True)
+            self.tables[g][:P, :width].copy_(torch.tensor(table, dtype=torch.int32), non_blocking=True)
+        self.graphs[P].replay()
+        return self.logits[P][:B]

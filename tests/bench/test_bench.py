@@ -1,0 +1,76 @@
+"""`oss-engine bench`: the roofline arithmetic against PERFORMANCE.md's worked figures, the transformers twin's
+weights against our model, and a whole (tiny, CPU) run through the CLI with its JSON."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from oss_engine import LLM
+from oss_engine.bench import roofline
+from oss_engine.bench.hf_compare import build_hf
+from oss_engine.cli import main
+from oss_engine.config import ModelConfig
+from oss_engine.presets import preset_config
+
+
+def preset(name: str, tmp_path) -> ModelConfig:
+    (tmp_path / "config.json").write_text(json.dumps(preset_config(name)))
+    return ModelConfig.from_dir(tmp_path)
+
+
+@pytest.mark.parametrize("name, gb, limit", [("gpt-oss-20b", 3.71, 810), ("gpt-oss-120b", 5.00, 595)])
+def test_batch1_bytes_match_performance_md(tmp_path, name, gb, limit):
+    m = preset(name, tmp_path)
+    step = roofline.decode_step_bytes(m, 1, 1024)
+    assert step.attention / m.num_hidden_layers == pytest.approx(53.1e6, rel=0.01)
+    assert step.experts / m.num_hidden_layers == pytest.approx(53.0e6, rel=0.01)
+    assert step.total / 1e9 == pytest.approx(gb, rel=0.02)  # PERFORMANCE.md's total leaves out the ~28 MB of KV
+    assert roofline.decode_limit_tok_s(m, 1, 1024, 3.0e12) == pytest.approx(limit, rel=0.03)
+
+
+def test_experts_touched_120b(tmp_path):
+    m = preset("gpt-oss-120b", tmp_path)
+    assert [round(roofline.experts_touched(m, b)) for b in (1, 8, 64)] == [4, 29, 111]
+
+
+def test_prefill_flops_are_twice_the_active_matmul_weights(tmp_path):
+    m = preset("gpt-oss-20b", tmp_path)
+    flops = roofline.prefill_flops_per_token(m, 1)  # one token: attention over one key only
+    assert flops / 2 == pytest.approx(3.6e9 - 0.58e9, rel=0.05)  # 3.6B active minus the unembedding
+
+
+def test_transformers_twin_gets_our_weights(parity_checkpoint):
+    fmt, path = parity_checkpoint
+    llm = LLM(str(path), device="cpu", dtype="float32", skip_tokenizer_init=True, progress=False)
+    hf = build_hf(llm).float()
+    ids = torch.randint(0, llm.config.model.vocab_size, (1, 24), generator=torch.Generator().manual_seed(0))
+    from tests.model.test_parity_hf import our_logits
+
+    want = our_logits(llm, ids[0].tolist())
+    with torch.no_grad():
+        got = hf(ids).logits[0].float()
+    assert ((got - want).norm() / want.norm()).item() < 1e-4
+
+
+def test_cli_bench_tiny_on_cpu(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    rc = main(["bench", "--device", "cpu", "--batch-sizes", "1,3", "--context", "24", "--decode-steps", "4",
+               "--decode-warmup", "1", "--prefill-lens", "32", "--prefill-tokens", "64", "--ttft-len", "16",
+               "--kernels", "--json", str(out)])
+    assert rc == 0
+    res = json.loads(out.read_text())
+    assert [d["batch"] for d in res["decode"]] == [1, 3]
+    assert all(d["tok_s"] > 0 and 0 < d["roofline_fraction"] for d in res["decode"])
+    assert res["prefill"][0]["prompt_len"] == 32 and res["prefill"][0]["tok_s"] > 0
+    assert res["ttft_ms"] > 0 and res["kv_capacity_tokens"] > 0 and res["copy_bandwidth_GBs"] > 0
+    assert {(k["layer"], k["tokens"]) for k in res["layers"]} >= {("moe", 1), ("attention", 2048)}
+    table = capsys.readouterr().out
+    assert "decode batch 3, ctx 24" in table and "time to first token" in table
+
+
+def test_preset_needs_random_weights():
+    with pytest.raises(SystemExit, match="--random-weights"):
+        main(["bench", "--preset", "gpt-oss-20b", "--device", "cpu"])

@@ -1,0 +1,183 @@
+"""The Triton residual add + RMSNorm against its reference twin `add_rms_norm_ref`.
+
+Without a GPU the kernel runs in Triton's interpreter with float32 operands (the interpreter casts float32 to
+bf16 by truncation, not round-to-nearest-even, so bf16 cases are GPU-only); on a CUDA machine the same float32
+cases run compiled, and the bf16 cases run too. Buffers the wrapper allocates start as NaN (`poisoned`), so a
+row the kernel never writes fails the comparison.
+Legend: T tokens, D hidden size.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported: kernels run on the CPU
+
+import pytest
+
+pytest.importorskip("triton")
+
+from oss_engine.kernels.ref.norm import add_rms_norm_ref
+from oss_engine.kernels.triton import norm as norm_mod
+from oss_engine.kernels.triton.norm import add_rms_norm_triton
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+DEV = "cpu" if INTERPRET else "cuda"  # the interpreter takes CPU tensors; compiled kernels CUDA ones
+EPS = 1e-5
+
+
+@pytest.fixture(autouse=True)
+def _seed(request):
+    torch.manual_seed(zlib.crc32(request.node.name.encode()))  # fresh inputs per case, reproducible
+
+
+@pytest.fixture(autouse=True)
+def poisoned(monkeypatch):
+    """Every buffer the wrapper allocates starts as NaN, so a row or column never written shows."""
+    monkeypatch.setattr(norm_mod, "_empty", lambda shape, dtype, device: torch.full(shape, float("nan"),
+                                                                                     dtype=dtype, device=device))
+
+
+def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+def make(T: int, D: int, with_residual: bool, dtype=torch.float32, device=DEV, row_pad: int = 0):
+    """x [T, D] (a view with row stride D + row_pad when row_pad > 0), residual [T, D] or None, weight [D]."""
+    x = (3 * torch.randn(T, D + row_pad))[:, :D]  # scaled: the norm must not just return w * x
+    residual = 5 * torch.randn(T, D) if with_residual else None
+    weight = 1 + 0.5 * torch.randn(D)
+    cast = {"dtype": dtype, "device": device}
+    return x.to(**cast), None if residual is None else residual.to(**cast), weight.to(device)
+
+
+def check_fp32(x, residual, weight):
+    x0, res0 = x.clone(), None if residual is None else residual.clone()
+    want_n, want_r = add_rms_norm_ref(x, residual, weight, EPS)
+    got_n, got_r = add_rms_norm_triton(x, residual, weight, EPS)
+    assert torch.equal(x, x0) and (residual is None or torch.equal(residual, res0)), "an input was modified"
+    assert got_n.shape == x.shape and got_n.dtype == x.dtype
+    assert not got_n.isnan().any() and not got_r.isnan().any(), "elements left unwritten"
+    if residual is None:
+        assert got_r is x  # the documented contract: the first layer's residual is x itself
+    else:
+        assert torch.equal(got_r, want_r)  # float32 add: exact
+    err = rel_l2(got_n, want_n)
+    assert err < 2e-6, err
+    assert (got_n - want_n).abs().max() <= 1e-5 * want_n.abs().max(), "a row is off"
+
+
+@pytest.mark.parametrize("with_residual", [True, False])
+@pytest.mark.parametrize("D", [16, 100, 2880])  # power of two; two non-powers (gpt-oss hidden 2880 -> 4096 lanes)
+@pytest.mark.parametrize("T", [1, 7, 33])
+def test_add_rms_norm(T, D, with_residual):
+    check_fp32(*make(T, D, with_residual))
+
+
+@pytest.mark.parametrize("with_residual", [True, False])
+def test_strided_rows(with_residual):
+    # x as a column slice of a wider tensor (row stride D + 24): the kernel must use the row stride
+    x, residual, weight = make(9, 100, with_residual, row_pad=24)
+    assert x.stride(0) == 124
+    check_fp32(x, residual, weight)
+
+
+def test_transposed_operands():
+    # x, residual stored transposed (column stride T) and a strided weight: every stride is used
+    x, residual, weight = make(9, 100, True)
+    tx, tres = (torch.randn(100, 9).t().copy_(a) for a in (x, residual))
+    tw = torch.randn(200)[::2].copy_(weight)
+    want_n, want_r = add_rms_norm_ref(x, residual, weight, EPS)
+    got_n, got_r = add_rms_norm_triton(tx, tres, tw, EPS)
+    assert torch.equal(got_r, want_r) and rel_l2(got_n, want_n) < 2e-6
+
+
+def test_rows_are_independent():
+    # one row scaled by 1000 changes only that row's residual sum, and its normed row only through rounding
+    x, residual, weight = make(5, 64, True)
+    base_n, _ = add_rms_norm_triton(x, residual, weight, EPS)
+    x2, res2 = x.clone(), residual.clone()
+    x2[2] *= 1000
+    res2[2] *= 1000
+    n2, _ = add_rms_norm_triton(x2, res2, weight, EPS)
+    keep = [0, 1, 3, 4]
+    assert torch.equal(n2[keep], base_n[keep])
+    assert torch.allclose(n2[2], base_n[2], rtol=1e-5, atol=1e-6)  # RMSNorm is scale invariant (eps aside)
+
+
+def test_empty_batch():
+    x, residual, weight = make(0, 32, True)
+    n, r = add_rms_norm_triton(x, residual, weight, EPS)
+    assert n.shape == (0, 32) and r.shape == (0, 32)
+
+
+def ulp_bf16(v: torch.Tensor) -> torch.Tensor:
+    # spacing of bf16 numbers at |v| (8 significant bits); floor at the smallest normal's spacing
+    e = torch.floor(torch.log2(v.float().abs().clamp_min(2.0**-126)))
+    return torch.exp2(e - 7)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(INTERPRET, reason="TRITON_INTERPRET=1 casts float32 to bf16 by truncation")
+@pytest.mark.parametrize("with_residual", [True, False])
+@pytest.mark.parametrize("T", [1, 7, 33, 2048])
+def test_bf16_gpu(T, with_residual):
+    x, residual, weight = make(T, 2880, with_residual, dtype=torch.bfloat16, device="cuda")
+    want_n, want_r = add_rms_norm_ref(x, residual, weight, EPS)
+    got_n, got_r = add_rms_norm_triton(x, residual, weight, EPS)
+    assert got_n.dtype == torch.bfloat16 and got_r.dtype == torch.bfloat16
+    assert torch.equal(got_r, want_r), "the add must round to bf16 exactly as torch's"
+    assert not got_n.isnan().any()
+    # the norm: within 2 bf16 ulps of the reference everywhere (float32 reduction order differs)
+    assert ((got_n.float() - want_n.float()).abs() <= 2 * ulp_bf16(want_n)).all()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(INTERPRET, reason="needs CUDA graphs")
+def test_cuda_graph_capture_gpu():
+    x, residual, weight = make(64, 2880, True, dtype=torch.bfloat16, device="cuda")
+    add_rms_norm_triton(x, residual, weight, EPS)  # compile outside the capture
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        n, r = add_rms_norm_triton(x, residual, weight, EPS)
+    x.copy_(torch.randn_like(x))  # new inputs in the same buffers: the replay must see them
+    g.replay()
+    want_n, want_r = add_rms_norm_ref(x, residual, weight, EPS)
+    assert torch.equal(r, want_r) and ((n.float() - want_n.float()).abs() <= 2 * ulp_bf16(want_n)).all()
+
+
+# Compiles the kernel for sm_90 (PTX and cubin through the bundled ptxas; nothing launched) in bf16, specialised
+# as a real launch would be. In a subprocess: TRITON_INTERPRET is fixed when the kernel is defined.
+_COMPILE_FOR_HOPPER = r"""
+import triton, triton.language as tl
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from oss_engine.kernels.triton import norm as N
+
+fn = N._add_rms_norm_kernel
+ptrs = dict(x_ptr="*bf16", res_ptr="*bf16", w_ptr="*fp32", out_ptr="*bf16", r_out_ptr="*bf16")
+for has_res in (True, False):
+    consts = dict(HAS_RESIDUAL=has_res, BLOCK_D=4096)
+    sig = {n: "constexpr" if n in consts else ptrs.get(n, "fp32" if n == "eps" else "i32") for n in fn.arg_names}
+    div = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(fn.arg_names) if n.endswith("_ptr")}
+    k = triton.compile(ASTSource(fn, sig, consts, div), target=GPUTarget("cuda", 90, 32))
+    assert "cubin" in k.asm, "no cubin"
+print("ok")
+"""
+
+
+@pytest.mark.skipif(not INTERPRET, reason="on a GPU the tests above run the compiled kernel")
+def test_compiles_for_hopper():
+    root = Path(__file__).resolve().parents[2]
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")])
+    r = subprocess.run([sys.executable, "-c", _COMPILE_FOR_HOPPER], env=env, cwd=root, capture_output=True,
+                       check=False, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-4000:]
