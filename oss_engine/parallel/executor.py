@@ -67,7 +67,7 @@ class ParallelExecutor:
             send_block_counts(self.ps, num_blocks)
         except BaseException as e:
             self._fail(e)
-        self.runner = ModelRunner(self.cfg, self.model, num_blocks)
+        self.runner = ModelRunner(self.cfg, self.model, num_blocks, capture_graphs=False)  # graphs: one process only
 
     @torch.inference_mode()
     def execute(self, seqs_per_replica: list[list[ScheduledSeq]]) -> list[StepLogits]:

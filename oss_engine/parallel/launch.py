@@ -36,7 +36,8 @@ def free_port(host: str) -> int:
 
 def config_to_json(cfg: EngineConfig) -> str:
     return json.dumps({"model_dir": cfg.model_dir, "device": cfg.device, "dtype": cfg.dtype, "kernels": cfg.kernels,
-                       "seed": cfg.seed, "cache": asdict(cfg.cache), "scheduler": asdict(cfg.scheduler),
+                       "seed": cfg.seed, "enforce_eager": cfg.enforce_eager, "load_format": cfg.load_format,
+                       "cache": asdict(cfg.cache), "scheduler": asdict(cfg.scheduler),
                        "parallel": asdict(cfg.parallel)})
 
 
@@ -45,6 +46,7 @@ def config_from_json(text: str) -> EngineConfig:
     return EngineConfig(model_dir=raw["model_dir"], model=ModelConfig.from_dir(raw["model_dir"]),
                         device=raw["device"], dtype=raw["dtype"], cache=CacheConfig(**raw["cache"]),
                         scheduler=SchedulerConfig(**raw["scheduler"]), kernels=raw["kernels"],
+                        enforce_eager=raw["enforce_eager"], load_format=raw["load_format"],
                         skip_tokenizer_init=True, seed=raw["seed"], parallel=ParallelConfig(**raw["parallel"]))
 
 

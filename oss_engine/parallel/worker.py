@@ -46,7 +46,8 @@ def serve(rank: int, spec: str) -> None:
     try:
         model = build_model(cfg, shard=ps.shard(cfg.model), comms=ps.comms(), progress=False)
         exchange_load_reports(ps, model.load_report)
-        runner = ModelRunner(cfg, model, receive_block_counts(ps, sorted(set(cfg.model.layer_types))))
+        runner = ModelRunner(cfg, model, receive_block_counts(ps, sorted(set(cfg.model.layer_types))),
+                             capture_graphs=False)  # steps run eagerly across ranks
         par, dtype = cfg.parallel, DTYPES[cfg.dtype]
         with torch.inference_mode():
             while (plan := receive_plan(ps.control, par.data_parallel_size, par.pipeline_parallel_size,
