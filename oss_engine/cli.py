@@ -7,6 +7,8 @@ import logging
 import sys
 from typing import Sequence
 
+from .parallel.launch import WorkerFailed
+
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None,
@@ -17,6 +19,14 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-model-len", type=int, default=None, help="longest prompt + output, in tokens")
     p.add_argument("--seed", type=int, default=0, help="seed for unseeded sampling")
     p.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs (decode steps run eagerly)")
+    par = p.add_argument_group("parallelism (one process per rank on this host; gloo on CPU, NCCL on CUDA)")
+    par.add_argument("--tensor-parallel-size", "-tp", type=int, default=1,
+                     help="ranks splitting attention heads, the vocabulary and (without EP) the MoE")
+    par.add_argument("--pipeline-parallel-size", "-pp", type=int, default=1, help="pipeline stages (layers)")
+    par.add_argument("--data-parallel-size", "-dp", type=int, default=1,
+                     help="engine replicas, requests balanced by load; the MoE spans tp x dp ranks")
+    par.add_argument("--enable-expert-parallel", action="store_true",
+                     help="split the MoE by whole experts over tp x dp ranks instead of by intermediate slices")
 
 
 def _add_sampling_args(p: argparse.ArgumentParser, max_tokens: int) -> None:
@@ -90,7 +100,12 @@ def _llm(args: argparse.Namespace):
     from .llm import LLM
 
     return LLM(args.model, dtype=args.dtype, device=args.device, max_model_len=args.max_model_len, seed=args.seed,
-               enforce_eager=args.enforce_eager)
+               enforce_eager=args.enforce_eager, **_parallel_kwargs(args))
+
+
+def _parallel_kwargs(args: argparse.Namespace) -> dict:
+    return dict(tensor_parallel_size=args.tensor_parallel_size, pipeline_parallel_size=args.pipeline_parallel_size,
+                data_parallel_size=args.data_parallel_size, enable_expert_parallel=args.enable_expert_parallel)
 
 
 def _params(args: argparse.Namespace):
@@ -101,13 +116,18 @@ def _params(args: argparse.Namespace):
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    out = _llm(args).generate(args.prompt, _params(args))[0]
+    with _llm(args) as llm:
+        out = llm.generate(args.prompt, _params(args))[0]
     print(out.outputs[0].text)
     return 0
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
-    llm, params = _llm(args), _params(args)
+    with _llm(args) as llm:
+        return _chat_loop(args, llm, _params(args))
+
+
+def _chat_loop(args: argparse.Namespace, llm, params) -> int:
     history = [{"role": "developer", "content": args.system}] if args.system else []
     interactive = sys.stdin.isatty()
     while True:
@@ -147,7 +167,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                       block_size=args.block_size, enable_prefix_caching=args.enable_prefix_caching,
                       gpu_memory_utilization=args.gpu_memory_utilization,
                       kv_cache_memory_bytes=args.kv_cache_memory_bytes, num_kv_blocks=args.num_kv_blocks,
-                      enforce_eager=args.enforce_eager)
+                      enforce_eager=args.enforce_eager, **_parallel_kwargs(args))
     from .config import ModelConfig
 
     mcfg = ModelConfig.from_dir(model)  # fail fast on a bad directory, before the server starts
@@ -175,6 +195,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, OSError) as e:  # configuration, checkpoint and input errors: a clear line, no traceback
         print(f"oss-engine {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except WorkerFailed as e:  # a parallel worker died: say which, no traceback
+        print(f"oss-engine {args.command}: error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

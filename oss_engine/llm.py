@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 from typing import Any, Sequence
 
-from .config import (CacheConfig, ConfigError, EngineConfig, ModelConfig, SchedulerConfig, generation_eos_ids,
-                     resolve_device, resolve_dtype)
+from .config import (CacheConfig, ConfigError, EngineConfig, ModelConfig, ParallelConfig, SchedulerConfig,
+                     generation_eos_ids, resolve_device, resolve_dtype)
 from .defaults import default_model_dir
 from .engine.kv_capacity import log_capacity, plan_kv_blocks
 from .engine.llm_engine import LLMEngine
@@ -27,7 +27,9 @@ class LLM:
                  enable_prefix_caching: bool = True, gpu_memory_utilization: float = 0.9,
                  kv_cache_memory_bytes: int | None = None, num_kv_blocks: int | None = None,
                  debug_checks: bool = False, progress: bool = True, kernels: str = "auto",
-                 enforce_eager: bool = False, load_format: str = "auto"):
+                 enforce_eager: bool = False, load_format: str = "auto", tensor_parallel_size: int = 1,
+                 pipeline_parallel_size: int = 1, data_parallel_size: int = 1, enable_expert_parallel: bool = False,
+                 distributed_timeout_s: float = 300.0):
         if model is None:
             model = str(default_model_dir())
         mcfg = ModelConfig.from_dir(model)
@@ -42,10 +44,13 @@ class LLM:
         sched.validate()
         if load_format not in ("auto", "dummy"):
             raise ConfigError(f"load_format must be 'auto' or 'dummy' (random weights), got {load_format!r}")
+        par = ParallelConfig(tensor_parallel_size, pipeline_parallel_size, data_parallel_size, enable_expert_parallel,
+                             backend="nccl" if dev.startswith("cuda") else "gloo", timeout_s=distributed_timeout_s)
+        par.validate(mcfg)
         self.config = EngineConfig(model_dir=str(model), model=mcfg, device=dev, dtype=resolve_dtype(dtype, dev),
                                    cache=cache, scheduler=sched, kernels=resolve_kernels(kernels, dev),
                                    enforce_eager=enforce_eager, load_format=load_format,
-                                   skip_tokenizer_init=skip_tokenizer_init, seed=seed)
+                                   skip_tokenizer_init=skip_tokenizer_init, seed=seed, parallel=par)
         self.tokenizer = self.harmony = None
         if not skip_tokenizer_init:
             from .chat.tokenizer import load_tokenizer
@@ -54,12 +59,50 @@ class LLM:
             if mcfg.vocab_size < self.tokenizer.vocab_size:
                 raise ConfigError(f"vocab_size {mcfg.vocab_size} is smaller than the o200k_harmony vocabulary "
                                   f"({self.tokenizer.vocab_size}); pass skip_tokenizer_init=True for token-id prompts")
-        self.model = build_model(self.config, progress=progress)
+        self.executor = None
+        eos = generation_eos_ids(model, mcfg)
+        if par.world_size == 1:
+            self.model = build_model(self.config, progress=progress)
+            blocks = plan_kv_blocks(self.config, self.model)
+            log_capacity(self.config, blocks)
+            self.engine = LLMEngine(self.config, ModelRunner(self.config, self.model, blocks), blocks, self.tokenizer,
+                                    eos)
+        else:
+            self.engine = self._start_parallel(eos, progress)
+        self._next_id = 0
+
+    def _start_parallel(self, eos: tuple[int, ...], progress: bool):
+        """Rank 0 of tp x pp x dp processes: start the workers (ParallelExecutor), size the KV cache, and put
+        one LLMEngine per data-parallel replica behind a DPEngine."""
+        import weakref
+
+        from .engine.dp_engine import DPEngine
+        from .parallel.executor import ParallelExecutor, ReplicaRunner
+
+        self.executor = ex = ParallelExecutor(self.config, progress=progress)
+        self._finalizer = weakref.finalize(self, ex.close)  # workers never outlive this object or the program
+        self.model = ex.model
         blocks = plan_kv_blocks(self.config, self.model)
         log_capacity(self.config, blocks)
-        runner = ModelRunner(self.config, self.model, blocks)
-        self.engine = LLMEngine(self.config, runner, blocks, self.tokenizer, generation_eos_ids(model, mcfg))
-        self._next_id = 0
+        ex.start(blocks)
+        engines = [LLMEngine(self.config, ReplicaRunner(ex, r), blocks, self.tokenizer, eos)
+                   for r in range(self.config.parallel.data_parallel_size)]
+        return DPEngine(engines, ex.execute)
+
+    def weight_memory(self) -> list:
+        """Per rank (rank order): the LoadReport of its weights (bytes read from the files, bytes held)."""
+        return list(self.executor.load_reports) if self.executor else [self.model.load_report]
+
+    def close(self) -> None:
+        """Stop the parallel workers (no-op for one process). The LLM cannot generate afterwards."""
+        if self.executor is not None:
+            self._finalizer()
+
+    def __enter__(self) -> LLM:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def generate(self, prompts: str | Sequence[str] | None = None,
                  sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,

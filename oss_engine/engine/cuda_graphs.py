@@ -74,7 +74,7 @@ class DecodeGraphs:
 
     def _forward(self, P: int) -> torch.Tensor:
         batch = self._batch(P)
-        return self.model.compute_logits(self.model(batch, self.kv_caches))  # [P, V] float32
+        return self.model.compute_logits(self.model.final_hidden(self.model(batch, self.kv_caches)))  # [P, V]
 
     @torch.inference_mode()
     def capture(self) -> None:

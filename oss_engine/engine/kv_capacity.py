@@ -55,12 +55,15 @@ def plan_kv_blocks(cfg: EngineConfig, model) -> dict[str, int]:
         return {g: c.num_kv_blocks for g in groups}
     if c.kv_cache_memory_bytes is not None:
         budget = c.kv_cache_memory_bytes
+    elif cfg.device.startswith("cuda") and cfg.parallel.world_size > 1:
+        raise ConfigError("with several ranks on CUDA pass kv_cache_memory_bytes (per rank) or num_kv_blocks: the "
+                          "profiling pass runs on one process only")
     elif cfg.device.startswith("cuda"):
         total = torch.cuda.get_device_properties(cfg.device).total_memory
         budget = int(total * c.gpu_memory_utilization) - profile_peak_bytes(cfg, model)
     else:
         budget = CPU_DEFAULT_KV_BYTES
-    per = {g: kv_bytes_per_block(cfg, g) for g in groups}
+    per = {g: kv_bytes_per_block(cfg, g, model.shard) for g in groups}  # this rank's share
     budget -= sum(per.values())  # each group's pad block (engine/runner.py)
     out: dict[str, int] = {}
     if LAYER_SLIDING in groups and LAYER_FULL in groups:

@@ -60,6 +60,12 @@ class EngineStats:
     num_steps: int
 
 
+@dataclass(frozen=True)
+class PendingStep:
+    sched: SchedulerOutput
+    seqs: list[ScheduledSeq]  # empty: nothing to run this step
+
+
 @dataclass
 class _Parent:
     request_id: str
@@ -152,18 +158,32 @@ class LLMEngine:
     def has_unfinished_requests(self) -> bool:
         return bool(self.parents)
 
+    @property
+    def num_unfinished_requests(self) -> int:
+        return len(self.parents)
+
     # ---- one step ----------------------------------------------------------------------------------
 
     def step(self) -> list[RequestOutput]:
+        pending = self.schedule_step()
+        if not pending.seqs:
+            return []
+        return self.finish_step(pending, self.runner.execute(pending.seqs))
+
+    def schedule_step(self) -> PendingStep:
+        """The first half of `step`: what the model runs next (split so that data-parallel replicas can
+        run their batches in one lock-step; see dp_engine.py)."""
         sched = self.scheduler.schedule()
         self._num_steps += 1
         self._last_step_tokens = sched.num_tokens
-        if not sched.scheduled:
-            return []
-        logits = self.runner.execute([
+        return PendingStep(sched, [
             ScheduledSeq(s.request.token_ids, s.request.num_computed_tokens, s.num_new_tokens,
                          self.kv.block_tables(s.request.request_id), all_logits=s.request.wants_prompt_logprobs)
             for s in sched.scheduled])
+
+    def finish_step(self, pending: PendingStep, logits: StepLogits) -> list[RequestOutput]:
+        """The second half of `step`: advance, sample, detokenize, report."""
+        sched = pending.sched
         sampling = self._advance(sched, logits)
         touched = self._sample(sampling, logits)
         if self.cfg.scheduler.debug_checks:

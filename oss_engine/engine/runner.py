@@ -20,6 +20,7 @@ from ..config import EngineConfig
 from ..model.build import DTYPES
 from ..model.forward_batch import AttentionMetadata, ForwardBatch
 from ..model.gpt_oss import GptOssModel
+from ..parallel.shard import RankShard
 from .cuda_graphs import DecodeGraphs, DecodeRow
 
 
@@ -40,10 +41,11 @@ class StepLogits:
     rows: list[tuple[int, int]]  # per sequence, its logits rows [start, stop) (empty when none needed)
 
 
-def kv_bytes_per_block(cfg: EngineConfig, group: str) -> int:
-    m = cfg.model
-    layers = sum(1 for t in m.layer_types if t == group)
-    return 2 * layers * cfg.cache.block_size * m.num_key_value_heads * m.head_dim * DTYPES[cfg.dtype].itemsize
+def kv_bytes_per_block(cfg: EngineConfig, group: str, shard: RankShard | None = None) -> int:
+    """Bytes of one block of `group` on the rank of `shard` (its stage's layers, its kv heads)."""
+    m, shard = cfg.model, shard or RankShard.full(cfg.model)
+    layers = sum(1 for i in range(*shard.layers) if m.layer_types[i] == group)
+    return 2 * layers * cfg.cache.block_size * shard.num_kv_heads * m.head_dim * DTYPES[cfg.dtype].itemsize
 
 
 class ModelRunner:
@@ -53,11 +55,11 @@ class ModelRunner:
         self.device = torch.device(cfg.device)
         self.block_size = cfg.cache.block_size
         self.groups = sorted(num_blocks)
-        m, dtype = cfg.model, DTYPES[cfg.dtype]
+        m, dtype, shard = cfg.model, DTYPES[cfg.dtype], model.shard
         self.pad_block = {g: num_blocks[g] for g in self.groups}  # one past the pool
-        self.kv_caches = []
-        for layer_type in m.layer_types:
-            shape = (num_blocks[layer_type] + 1, self.block_size, m.num_key_value_heads, m.head_dim)  # [N+1, S, K, hd]
+        self.kv_caches = []  # the layers of this pipeline stage, this rank's kv heads
+        for layer_type in m.layer_types[shard.layers[0]:shard.layers[1]]:
+            shape = (num_blocks[layer_type] + 1, self.block_size, shard.num_kv_heads, m.head_dim)  # [N+1, S, K, hd]
             # zeros, not empty: placeholder blocks are read (then masked) and must hold finite values
             self.kv_caches.append((torch.zeros(shape, dtype=dtype, device=self.device),
                                    torch.zeros(shape, dtype=dtype, device=self.device)))
@@ -86,7 +88,7 @@ class ModelRunner:
         if rows is not None:
             return StepLogits(self.graphs.run(rows), [(i, i + 1) for i in range(len(rows))])
         batch, rows = self.prepare(seqs)
-        hidden = self.model(batch, self.kv_caches)  # [T, D]
+        hidden = self.model.final_hidden(self.model(batch, self.kv_caches))  # [T, D]
         return StepLogits(self.model.compute_logits(hidden[batch.logits_indices]), rows)
 
     def prepare(self, seqs: list[ScheduledSeq]) -> tuple[ForwardBatch, list[tuple[int, int]]]:
@@ -121,13 +123,13 @@ class ModelRunner:
             table = s.block_tables[group]
             # position p lives in block table[p // S], row p % S; e.g. S = 16, p = 35 -> table[2] * 16 + 3
             slots += [table[p // S] * S + p % S for p in range(s.num_computed, s.num_computed + s.num_new)]
-        width = max(len(s.block_tables[group]) for s in seqs)
+        width = max((len(s.block_tables[group]) for s in seqs), default=0)  # no seqs: an empty micro-batch
         tables = [s.block_tables[group] + [0] * (width - len(s.block_tables[group])) for s in seqs]
         dev = self.device
         return AttentionMetadata(
             query_start_loc=torch.tensor(qsl, dtype=torch.int32, device=dev),
             seq_lens=torch.tensor(lens, dtype=torch.int32, device=dev),
-            block_tables=torch.tensor(tables, dtype=torch.int32, device=dev),
+            block_tables=torch.tensor(tables, dtype=torch.int32, device=dev).view(len(seqs), width),
             slot_mapping=torch.tensor(slots, dtype=torch.int64, device=dev),
-            max_query_len=max(s.num_new for s in seqs),
+            max_query_len=max((s.num_new for s in seqs), default=0),
         )

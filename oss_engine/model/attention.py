@@ -1,6 +1,8 @@
 """Attention block: fused QKV with biases, YaRN RoPE, paged KV store, sink/sliding-window attention, o_proj.
 
-Legend: T tokens, H q-heads, K kv-heads, hd head_dim, D hidden.
+Legend: T tokens, H q-heads, K kv-heads, hd head_dim, D hidden. Under tensor parallelism H and K are this
+rank's heads (a contiguous run of q heads and the kv heads they use: H/tp and K/tp), qkv holds their rows and
+the sinks their entries, and o_proj is row-parallel (its all-reduce sums the heads of every rank).
 """
 
 from __future__ import annotations
@@ -11,19 +13,22 @@ from torch import nn
 from ..config import ModelConfig
 from ..kernels import Ops
 from .forward_batch import ForwardBatch
-from .layers import Linear
+from ..parallel.comm import GroupComm
+from ..parallel.shard import RankShard
+from .layers import Linear, RowParallelLinear
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg: ModelConfig, layer: int, dtype: torch.dtype, ops: Ops):
+    def __init__(self, cfg: ModelConfig, layer: int, dtype: torch.dtype, ops: Ops, shard: RankShard,
+                 tp: GroupComm):
         super().__init__()
-        H, K, hd, D = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.hidden_size
+        H, K, hd, D = shard.num_heads, shard.num_kv_heads, cfg.head_dim, cfg.hidden_size
         self.num_heads, self.num_kv_heads, self.head_dim = H, K, hd
         self.layer_type = cfg.layer_types[layer]
         self.window = cfg.window_of(layer)
         self.scale = hd ** -0.5
         self.qkv = Linear(D, (H + 2 * K) * hd, cfg.attention_bias, dtype)  # rows: q heads | k heads | v heads
-        self.o_proj = Linear(H * hd, D, cfg.attention_bias, dtype)
+        self.o_proj = RowParallelLinear(H * hd, D, cfg.attention_bias, dtype, tp)
         self.sinks = nn.Parameter(torch.empty(H, dtype=torch.float32), requires_grad=False)
         self.ops = ops
 

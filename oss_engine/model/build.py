@@ -1,27 +1,36 @@
 """Build a GptOssModel for an EngineConfig: allocate parameters once on the target device, then fill them
-from the checkpoint (weights/loader.py). No parameter is initialised twice, none is left unfilled."""
+from the checkpoint (weights/loader.py). No parameter is initialised twice, none is left unfilled.
+Under parallelism the model is one rank's shard (`RankShard`, `ModelComms`) and reads only its slices;
+what it read and holds is kept on `model.load_report`."""
 
 from __future__ import annotations
+
+import logging
 
 import torch
 
 from ..config import EngineConfig
 from ..kernels import get_ops
+from ..parallel.comm import ModelComms
+from ..parallel.shard import RankShard
 from ..weights.dummy import fill_random
-from ..weights.loader import load_weights
+from ..weights.loader import LoadReport, load_weights
 from .gpt_oss import GptOssModel
 from .rope import yarn_params
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+log = logging.getLogger(__name__)
 
 
-def build_model(cfg: EngineConfig, *, progress: bool = True) -> GptOssModel:
+def build_model(cfg: EngineConfig, *, shard: RankShard | None = None, comms: ModelComms | None = None,
+                progress: bool = True) -> GptOssModel:
     with torch.device("meta"):
-        model = GptOssModel(cfg.model, DTYPES[cfg.dtype], get_ops(cfg.kernels))
+        model = GptOssModel(cfg.model, DTYPES[cfg.dtype], get_ops(cfg.kernels), shard, comms)
     model = model.to_empty(device=cfg.device)
     model.rotary.inv_freq.copy_(yarn_params(cfg.model).inv_freq)  # buffers are not in the checkpoint
-    if cfg.load_format == "dummy":
+    if cfg.load_format == "dummy":  # random weights on the device: nothing read
         fill_random(model, cfg.seed)
+        model.load_report = LoadReport(0, sum(p.numel() * p.element_size() for p in model.parameters()), 0)
     else:
-        load_weights(model, cfg.model_dir, cfg.model, progress=progress)
+        model.load_report = load_weights(model, cfg.model_dir, cfg.model, shard=model.shard, progress=progress)
     return model.eval()

@@ -29,6 +29,9 @@ class ForwardBatch:
     positions: torch.Tensor  # [T] int64, absolute position of each token in its sequence
     attention: dict[str, AttentionMetadata]  # by layer type ("full_attention", "sliding_attention")
     logits_indices: torch.Tensor  # [R] int64: rows of the hidden states that need logits
+    # Data parallel: T of every replica's batch in this lock-step (this one's included), which the MoE's
+    # token gather needs; None on a single replica.
+    dp_tokens: tuple[int, ...] | None = None
 
     @property
     def num_tokens(self) -> int:

@@ -1,8 +1,16 @@
 """Mixture-of-experts block: router, top-k routing, clamped-SwiGLU experts.
 
-Legend: T tokens, D hidden, I intermediate (per expert), E experts, A experts per token.
+Legend: T tokens, Ta tokens of every data-parallel replica, D hidden, I intermediate (per expert), E experts,
+A experts per token; El and Ir are this rank's experts and intermediate columns.
 The expert storage is a component chosen at construction: MXFP4 (packed, 4.25 bits a weight, dequantized
-per use) or dense (bf16 checkpoints). Both are output-major, [E, out, in]; the math does not branch on it.
+per use), dense (bf16 checkpoints), or none (a tensor-parallel rank whose intermediate slice is empty).
+All are output-major, [E, out, in]; the math does not branch on it.
+
+Parallel (RankShard, MoEComm): the MoE of a pipeline stage spans tp x dp ranks. Without expert parallel
+each holds every expert's intermediate columns [i0, i1) (w1 rows [2 i0, 2 i1), gate/up interleaved; w2
+columns [i0, i1)) and only one adds the down bias; with expert parallel each holds whole experts
+[e0, e1) and tokens routed elsewhere weigh zero here. Each rank computes its partial sum for every replica's
+tokens and the MoE comm adds the partial sums up.
 """
 
 from __future__ import annotations
@@ -13,6 +21,8 @@ from torch import nn
 from ..config import MXFP4_BLOCK, ModelConfig
 from ..kernels import Ops
 from ..kernels.types import ExpertWeight
+from ..parallel.comm import MoEComm
+from ..parallel.shard import RankShard
 from .layers import Linear
 
 
@@ -20,9 +30,20 @@ def _buffer(*shape: int, dtype: torch.dtype) -> nn.Parameter:
     return nn.Parameter(torch.empty(*shape, dtype=dtype), requires_grad=False)
 
 
-class MXFP4Experts(nn.Module):
-    def __init__(self, E: int, D: int, I: int, dtype: torch.dtype):
+class _Experts(nn.Module):
+    def __init__(self, ops: Ops, limit: float, alpha: float):
         super().__init__()
+        self.ops, self.limit, self.alpha = ops, limit, alpha
+
+    def forward(self, h: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        # h [Ta, D], weights / ids [Ta, A] (ids local to this rank's experts) -> [Ta, D]
+        w1, w2 = self.weights()
+        return self.ops.moe_experts(h, weights, ids, w1, w2, self.limit, self.alpha)
+
+
+class MXFP4Experts(_Experts):
+    def __init__(self, E: int, D: int, I: int, dtype: torch.dtype, ops: Ops, limit: float, alpha: float):
+        super().__init__(ops, limit, alpha)
         self.w1_blocks = _buffer(E, 2 * I, D // MXFP4_BLOCK, MXFP4_BLOCK // 2, dtype=torch.uint8)
         self.w1_scales = _buffer(E, 2 * I, D // MXFP4_BLOCK, dtype=torch.uint8)
         self.w1_bias = _buffer(E, 2 * I, dtype=dtype)
@@ -35,9 +56,9 @@ class MXFP4Experts(nn.Module):
                 ExpertWeight(self.w2_bias, blocks=self.w2_blocks, scales=self.w2_scales))
 
 
-class DenseExperts(nn.Module):
-    def __init__(self, E: int, D: int, I: int, dtype: torch.dtype):
-        super().__init__()
+class DenseExperts(_Experts):
+    def __init__(self, E: int, D: int, I: int, dtype: torch.dtype, ops: Ops, limit: float, alpha: float):
+        super().__init__(ops, limit, alpha)
         self.w1 = _buffer(E, 2 * I, D, dtype=dtype)  # rows interleaved: even gate, odd up
         self.w1_bias = _buffer(E, 2 * I, dtype=dtype)
         self.w2 = _buffer(E, D, I, dtype=dtype)
@@ -47,18 +68,50 @@ class DenseExperts(nn.Module):
         return ExpertWeight(self.w1_bias, dense=self.w1), ExpertWeight(self.w2_bias, dense=self.w2)
 
 
-class MoE(nn.Module):
-    def __init__(self, cfg: ModelConfig, dtype: torch.dtype, ops: Ops):
-        super().__init__()
-        E, D, I = cfg.num_local_experts, cfg.hidden_size, cfg.intermediate_size
-        self.top_k, self.limit, self.alpha = cfg.num_experts_per_tok, cfg.swiglu_limit, cfg.swiglu_alpha
-        self.router = Linear(D, E, bias=True, dtype=dtype)
-        experts_cls = MXFP4Experts if cfg.weight_format == "mxfp4" else DenseExperts
-        self.experts = experts_cls(E, D, I, dtype)
-        self.ops = ops
+class NoExperts(nn.Module):
+    """A tensor-parallel rank whose intermediate slice is empty (e.g. I = 96 over 4 ranks: 32, 32, 32, 0)
+    contributes exactly zero; it never holds the down bias (the first MoE rank does)."""
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        # h [T, D] -> [T, D]
-        weights, ids = self.ops.route(self.router(h), self.top_k)  # [T, A] each
-        w1, w2 = self.experts.weights()
-        return self.ops.moe_experts(h, weights, ids, w1, w2, self.limit, self.alpha)
+    def forward(self, h: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(h)
+
+
+class ExpertMap(nn.Module):
+    """Expert parallel: global expert ids -> this rank's [e0, e1). A token's slots routed to another rank's
+    expert keep their place with weight 0 and a valid local id (0), so the op table's kernels need no
+    notion of missing experts; their contribution arrives through the MoE comm's sum."""
+
+    def __init__(self, experts: tuple[int, int]):
+        super().__init__()
+        self.e0, self.e1 = experts
+
+    def forward(self, weights: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # weights, ids [Ta, A] -> same shapes, ids local
+        mine = (ids >= self.e0) & (ids < self.e1)
+        return weights * mine, torch.where(mine, ids - self.e0, 0)
+
+
+class AllExperts(nn.Module):
+    def forward(self, weights: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return weights, ids
+
+
+class MoE(nn.Module):
+    def __init__(self, cfg: ModelConfig, dtype: torch.dtype, ops: Ops, shard: RankShard, comm: MoEComm):
+        super().__init__()
+        E, D, I = shard.num_experts, cfg.hidden_size, shard.intermediate_size
+        self.top_k = cfg.num_experts_per_tok
+        self.router = Linear(D, cfg.num_local_experts, bias=True, dtype=dtype)  # every rank routes over all E
+        if I == 0:
+            self.experts = NoExperts()
+        else:
+            experts_cls = MXFP4Experts if cfg.weight_format == "mxfp4" else DenseExperts
+            self.experts = experts_cls(E, D, I, dtype, ops, cfg.swiglu_limit, cfg.swiglu_alpha)
+        self.expert_map = AllExperts() if E == cfg.num_local_experts else ExpertMap(shard.experts)
+        self.ops, self.comm = ops, comm
+
+    def forward(self, h: torch.Tensor, dp_tokens: tuple[int, ...] | None = None) -> torch.Tensor:
+        # h [T, D] -> [T, D]; dp_tokens: T of every data-parallel replica (ForwardBatch.dp_tokens)
+        h_all = self.comm.gather(h, dp_tokens)  # [Ta, D]
+        weights, ids = self.expert_map(*self.ops.route(self.router(h_all), self.top_k))  # [Ta, A] each
+        return self.comm.reduce(self.experts(h_all, weights, ids), dp_tokens)  # [T, D]

@@ -36,12 +36,15 @@ class _Loading:
         return None
 
 
-def _load(ctx: ServerContext, opts: ServeOptions) -> None:
+def _load(ctx: ServerContext, opts: ServeOptions, server: uvicorn.Server) -> None:
     from ..chat.harmony import HarmonyRenderer
     from ..llm import LLM
 
     try:
         llm = LLM(**opts.llm_kwargs)
+        ctx.extras["llm"] = llm
+        if llm.executor is not None:  # a dead parallel worker brings the whole server down
+            llm.executor.workers.on_failure.append(lambda message: _worker_died(ctx, server, message))
         engine = AsyncEngine(llm.engine, max_running=llm.config.scheduler.max_num_seqs,
                              max_queued=opts.settings.max_queued_requests, metrics=ctx.metrics)
         ctx.tokenizer, ctx.harmony = llm.tokenizer, HarmonyRenderer(llm.tokenizer)
@@ -51,6 +54,12 @@ def _load(ctx: ServerContext, opts: ServeOptions) -> None:
     except Exception:
         log.exception("loading the model failed")
         ctx.engine.state = EngineState.FAILED
+
+
+def _worker_died(ctx: ServerContext, server: uvicorn.Server, message: str) -> None:
+    log.error("a parallel worker died (%s): shutting the server down", message)
+    ctx.engine.state = EngineState.FAILED
+    server.should_exit = True
 
 
 class _Server(uvicorn.Server):
@@ -82,10 +91,10 @@ def serve(opts: ServeOptions) -> int:
 
     ctx = build_context(opts.settings)
     app = create_app(ctx)
-    threading.Thread(target=_load, args=(ctx, opts), name="oss-engine-load", daemon=True).start()
     config = uvicorn.Config(app, host=opts.host, port=opts.port, log_level="info", lifespan="off",
                             timeout_graceful_shutdown=int(opts.settings.shutdown_timeout) or 1)
     server = _Server(config, ctx)
+    threading.Thread(target=_load, args=(ctx, opts, server), name="oss-engine-load", daemon=True).start()
     # uvicorn drains on SIGTERM/SIGINT and then re-raises the signal through the handler that was installed
     # before it; a no-op there lets a drained server exit with status 0.
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -94,4 +103,6 @@ def serve(opts: ServeOptions) -> int:
     engine = ctx.engine
     if isinstance(engine, AsyncEngine):
         engine.stop()
+    if "llm" in ctx.extras:
+        ctx.extras["llm"].close()  # parallel workers stop with the server
     return 0 if engine.state is not EngineState.FAILED else 1

@@ -292,25 +292,32 @@ class Checkpoint:
 
     def read_slice(self, name: str, dim: int, start: int, stop: int) -> torch.Tensor:
         """tensor[..., start:stop, ...] along `dim` (negative dims count from the end); reads only that slice."""
+        return self.read_region(name, {dim: (start, stop)})
+
+    def read_region(self, name: str, ranges: dict[int, tuple[int, int]]) -> torch.Tensor:
+        """The sub-tensor with dim d limited to ranges[d] = (start, stop) (other dims whole); reads only
+        those bytes. E.g. {0: (2, 4), 1: (8, 16)} on an [E, 2I, G, 16] tensor -> [2, 8, G, 16]."""
         meta = self.meta(name)
         ndim = len(meta.shape)
-        if not -ndim <= dim < ndim:
-            raise CheckpointError(f"{meta.file}: tensor {name!r} has {ndim} dims, cannot slice dim {dim}")
-        dim %= ndim
-        if not 0 <= start <= stop <= meta.shape[dim]:
-            raise CheckpointError(
-                f"{meta.file}: tensor {name!r} slice [{start}:{stop}] out of range for dim {dim} "
-                f"of size {meta.shape[dim]}"
-            )
-        index = (slice(None),) * dim + (slice(start, stop),)
+        index = [slice(None)] * ndim
+        shape = list(meta.shape)
+        for dim, (start, stop) in ranges.items():
+            if not -ndim <= dim < ndim:
+                raise CheckpointError(f"{meta.file}: tensor {name!r} has {ndim} dims, cannot slice dim {dim}")
+            dim %= ndim
+            if not 0 <= start <= stop <= meta.shape[dim]:
+                raise CheckpointError(
+                    f"{meta.file}: tensor {name!r} slice [{start}:{stop}] out of range for dim {dim} "
+                    f"of size {meta.shape[dim]}"
+                )
+            index[dim], shape[dim] = slice(start, stop), stop - start
         try:
-            tensor = self._handle(meta).get_slice(name)[index]
+            tensor = self._handle(meta).get_slice(name)[tuple(index)]
         except CheckpointError:
             raise
         except Exception as e:
             raise CheckpointError(f"{meta.file}: cannot read a slice of tensor {name!r}: {e}") from e
-        shape = meta.shape[:dim] + (stop - start,) + meta.shape[dim + 1 :]
-        return self._checked(meta, tensor, shape)
+        return self._checked(meta, tensor, tuple(shape))
 
     def close(self) -> None:
         handles, self._handles = self._handles, {}

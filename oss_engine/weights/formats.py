@@ -29,3 +29,10 @@ def stored_shape(convert: str, param_shape: tuple[int, ...]) -> tuple[int, ...]:
         E, out, inp = param_shape
         return (E, inp, out)
     return param_shape
+
+
+def stored_dim(convert: str, dim: int) -> int:
+    """Our layout's dim `dim` -> the checkpoint's (the shard step slices in our dims, reads in the file's)."""
+    if convert == "experts_input_major" and dim in (1, 2):
+        return 3 - dim
+    return dim

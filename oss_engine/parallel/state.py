@@ -1,0 +1,106 @@
+"""ParallelState: this process's place in the world and its process groups; built once, passed down.
+
+Rank layout (one host): rank = (dp_rank * pp + pp_rank) * tp + tp_rank, so a data-parallel replica is a
+contiguous run of pp x tp ranks, a pipeline stage of it a run of tp ranks. Groups:
+  - tp: the tp ranks of one stage of one replica (attention heads, vocabulary).
+  - moe: the tp x dp ranks of one stage across every replica (the MoE: intermediate slices or experts).
+  - dp: the dp ranks with the same (pp_rank, tp_rank) (the MoE's token gather).
+  - control: everybody, with no practical timeout: workers wait there for the next step, however long the
+    engine idles. Every other collective runs under `ParallelConfig.timeout_s`.
+Stages pass (hidden, residual) point to point, rank (dp, s, t) -> (dp, s + 1, t).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from ..config import ModelConfig, ParallelConfig
+from .comm import GroupComm, ModelComms, MoEComm
+from .shard import RankShard
+
+_IDLE_TIMEOUT = timedelta(days=30)
+
+
+@dataclass(frozen=True)
+class ParallelState:
+    config: ParallelConfig
+    rank: int
+    device: str  # this rank's device ("cpu", "cuda:N"); step tensors travel on it
+    control: GroupComm
+    tp: GroupComm
+    moe: GroupComm
+    dp: GroupComm
+
+    @property
+    def tp_rank(self) -> int:
+        return self.rank % self.config.tensor_parallel_size
+
+    @property
+    def pp_rank(self) -> int:
+        return self.rank // self.config.tensor_parallel_size % self.config.pipeline_parallel_size
+
+    @property
+    def dp_rank(self) -> int:
+        return self.rank // (self.config.tensor_parallel_size * self.config.pipeline_parallel_size)
+
+    def rank_of(self, dp_rank: int, pp_rank: int, tp_rank: int) -> int:
+        c = self.config
+        return (dp_rank * c.pipeline_parallel_size + pp_rank) * c.tensor_parallel_size + tp_rank
+
+    @property
+    def is_first_stage(self) -> bool:
+        return self.pp_rank == 0
+
+    @property
+    def is_last_stage(self) -> bool:
+        return self.pp_rank == self.config.pipeline_parallel_size - 1
+
+    def shard(self, cfg: ModelConfig) -> RankShard:
+        return RankShard.of(cfg, self.config, tp_rank=self.tp_rank, pp_rank=self.pp_rank, moe_rank=self.moe.rank)
+
+    def comms(self) -> ModelComms:
+        return ModelComms(tp=self.tp, moe=MoEComm(moe=self.moe, dp=self.dp))
+
+    @classmethod
+    def initialize(cls, par: ParallelConfig, rank: int, device: str) -> ParallelState:
+        """Join the world (rendezvous at master_addr:master_port) and build every group. All ranks must call
+        this together: torch.distributed wants every group created by every rank, in the same order."""
+        if device.startswith("cuda"):
+            torch.cuda.set_device(device)
+        dist.init_process_group(par.backend, init_method=f"tcp://{par.master_addr}:{par.master_port}",
+                                rank=rank, world_size=par.world_size, timeout=timedelta(seconds=par.timeout_s))
+        tp, pp, dp = par.tensor_parallel_size, par.pipeline_parallel_size, par.data_parallel_size
+
+        def at(d: int, p: int, t: int) -> int:
+            return (d * pp + p) * tp + t
+
+        every = tuple(range(par.world_size))
+        layouts = {
+            "control": [every],
+            "tp": [tuple(at(d, p, t) for t in range(tp)) for d in range(dp) for p in range(pp)],
+            "moe": [tuple(at(d, p, t) for d in range(dp) for t in range(tp)) for p in range(pp)],
+            "dp": [tuple(at(d, p, t) for d in range(dp)) for p in range(pp) for t in range(tp)],
+        }
+        mine: dict[str, GroupComm] = {}
+        for kind, groups in layouts.items():
+            timeout = _IDLE_TIMEOUT if kind == "control" else timedelta(seconds=par.timeout_s)
+            for ranks in groups:
+                group = dist.new_group(list(ranks), timeout=timeout) if len(ranks) > 1 else None
+                if rank in ranks:
+                    mine[kind] = GroupComm(group, ranks, ranks.index(rank))
+        return cls(par, rank, device, **mine)
+
+    def destroy(self) -> None:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def rank_device(device: str, rank: int) -> str:
+    """One GPU per rank on a host: "cuda" -> "cuda:<rank mod GPUs>"; CPU ranks share the CPU."""
+    if device.startswith("cuda"):
+        return f"cuda:{rank % torch.cuda.device_count()}"
+    return device
