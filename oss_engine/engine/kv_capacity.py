@@ -4,7 +4,7 @@ Budget (the runner's pad block per group included): `num_kv_blocks` (per group, 
 `gpu_memory_utilization` x device memory minus the peak of a profiling pass (the weights plus the
 activations of a `max_num_batched_tokens` step), else on CPU 1 GiB.
 
-The main group is capped at what max_num_seqs requests of max_model_len can hold.
+The main group is capped at MAX_BLOCKS (2^21, 33.5M tokens at block size 16: beyond any real model's need).
 
 Split: a sliding-window layer never needs more than the blocks covering window - 1 earlier positions plus
 the step's new tokens, so the sliding group gets what `max_num_seqs` requests need at most (plus one full
@@ -24,6 +24,7 @@ from .runner import ModelRunner, ScheduledSeq, kv_bytes_per_block
 log = logging.getLogger(__name__)
 
 CPU_DEFAULT_KV_BYTES = 1 << 30
+MAX_BLOCKS = 1 << 21
 
 
 def sliding_blocks_needed(cfg: EngineConfig) -> int:
@@ -72,9 +73,9 @@ def plan_kv_blocks(cfg: EngineConfig, model) -> dict[str, int]:
         budget -= out[LAYER_SLIDING] * per[LAYER_SLIDING]
     main = LAYER_FULL if LAYER_FULL in groups else LAYER_SLIDING
     need = math.ceil(cfg.max_model_len / c.block_size)
-    # never more than max_num_seqs requests of max_model_len can use (a small model on a large GPU would
-    # otherwise get hundreds of millions of blocks, and the block pool's bookkeeping is per block)
-    out[main] = min(budget // per[main], cfg.scheduler.max_num_seqs * need)
+    # a small model on a large GPU would otherwise get hundreds of millions of blocks, and the block pool's
+    # bookkeeping is per block (Python objects)
+    out[main] = min(budget // per[main], MAX_BLOCKS)
     if out[main] < need:
         raise ConfigError(f"the KV cache budget holds {max(out[main], 0) * c.block_size} tokens, fewer than one "
                           f"request of max_model_len {cfg.max_model_len}: lower max_model_len or raise "
