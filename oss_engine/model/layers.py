@@ -36,17 +36,15 @@ class RMSNorm(nn.Module):
 
 
 class Linear(nn.Module):
-    """y = x W^T + b with W [out, in]. With an op table, the table's `linear` runs it (the Triton table streams
-    decode-sized inputs through its own kernel); without one, torch does."""
+    """y = x W^T + b with W [out, in]."""
 
-    def __init__(self, in_features: int, out_features: int, bias: bool, dtype: torch.dtype, ops: Ops | None = None):
+    def __init__(self, in_features: int, out_features: int, bias: bool, dtype: torch.dtype):
         super().__init__()
         self.weight = _param(out_features, in_features, dtype=dtype)
         self.bias = _param(out_features, dtype=dtype) if bias else None
-        self.matmul = F.linear if ops is None else ops.linear
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.matmul(x, self.weight, self.bias)
+        return F.linear(x, self.weight, self.bias)
 
 
 class Embedding(nn.Module):
@@ -63,14 +61,13 @@ class RowParallelLinear(Linear):
     [out, in/tp]); the bias is the checkpoint's on tp rank 0 and zero on the others (the loader's
     `row_bias` rule), so the all-reduce adds it exactly once."""
 
-    def __init__(self, in_features: int, out_features: int, bias: bool, dtype: torch.dtype, comm: GroupComm,
-                 ops: Ops | None = None):
-        super().__init__(in_features, out_features, bias, dtype, ops)
+    def __init__(self, in_features: int, out_features: int, bias: bool, dtype: torch.dtype, comm: GroupComm):
+        super().__init__(in_features, out_features, bias, dtype)
         self.comm = comm
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x [T, in/tp] -> [T, out], summed over the group
-        return self.comm.all_reduce(self.matmul(x, self.weight, self.bias))
+        return self.comm.all_reduce(F.linear(x, self.weight, self.bias))
 
 
 class VocabParallelEmbedding(nn.Module):
