@@ -57,7 +57,7 @@ def _drain(engine) -> None:
 
 
 def decode_rate(llm, batch: int, context: int, steps: int, warmup: int, rng: random.Random) -> DecodeResult:
-    engine, dev = llm.engine, llm.engine.runner.device
+    engine, dev = llm.engine, torch.device(llm.config.device)
     vocab = llm.config.model.vocab_size
     preempted = engine.stats().num_preemptions_total
     rids = _submit(engine, _prompts(batch, context, vocab, rng), warmup + steps + 2)
@@ -83,7 +83,7 @@ def decode_rate(llm, batch: int, context: int, steps: int, warmup: int, rng: ran
 
 
 def prefill_rate(llm, prompt_len: int, num_prompts: int, rng: random.Random) -> float:
-    engine, dev = llm.engine, llm.engine.runner.device
+    engine, dev = llm.engine, torch.device(llm.config.device)
     vocab = llm.config.model.vocab_size
     for timed in (False, True):
         prompts = _prompts(num_prompts, prompt_len, vocab, rng)
@@ -98,7 +98,7 @@ def prefill_rate(llm, prompt_len: int, num_prompts: int, rng: random.Random) -> 
 
 def time_to_first_token(llm, prompt_len: int, rng: random.Random, reps: int = 3) -> float:
     """Seconds, median of `reps` (after one untimed pass)."""
-    engine, dev = llm.engine, llm.engine.runner.device
+    engine, dev = llm.engine, torch.device(llm.config.device)
     vocab = llm.config.model.vocab_size
     times = []
     for i in range(reps + 1):

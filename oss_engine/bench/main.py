@@ -40,6 +40,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kernels", action="store_true", help="also time one MoE and one attention layer")
     p.add_argument("--compare", choices=["hf"], default=None, help="also run transformers on the same weights")
     p.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs")
+    p.add_argument("--tensor-parallel-size", "-tp", type=int, default=1)
+    p.add_argument("--enable-expert-parallel", action="store_true")
+    p.add_argument("--kv-cache-memory-bytes", type=int, default=None,
+                   help="KV budget per rank (needed with several CUDA ranks: profiling runs in one process)")
     p.add_argument("--gpu-memory-utilization", type=float, default=0.9)
     p.add_argument("--json", default=None, help="write the figures here")
     p.add_argument("--seed", type=int, default=0)
@@ -83,42 +87,59 @@ def run(args) -> dict:
         llm = LLM(model_dir, device=args.device, dtype=args.dtype, skip_tokenizer_init=True, progress=False,
                   load_format="dummy" if args.random_weights else "auto", seed=args.seed,
                   max_model_len=longest, max_num_seqs=max(batches), enable_prefix_caching=False,
-                  enforce_eager=args.enforce_eager, gpu_memory_utilization=args.gpu_memory_utilization)
-        m = llm.config.model
-        res: dict = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-                     "model": args.preset or args.model or "embedded tiny model", "dtype": llm.config.dtype,
-                     "kernels": llm.config.kernels, "cuda_graphs": llm.engine.runner.graphs is not None,
-                     "load_seconds": time.perf_counter() - t0, "copy_bandwidth_GBs": bw / 1e9,
-                     "matmul_TFLOPs": mm / 1e12}
-        res["weight_bytes"] = sum(p.numel() * p.element_size() for p in llm.model.parameters())
-        main_group = max(llm.engine.kv.group_names(), key=llm.engine.kv.num_blocks)
-        res["kv_capacity_tokens"] = llm.engine.kv.num_blocks(main_group) * llm.config.cache.block_size
-        res["decode"] = []
-        for B in batches:
-            _progress(f"decode batch {B}, context {args.context}")
-            d = engine_bench.decode_rate(llm, B, args.context, args.decode_steps, args.decode_warmup, rng)
-            ctx = args.context + args.decode_warmup + args.decode_steps // 2  # the mean context while timed
-            limit = roofline.decode_limit_tok_s(m, B, ctx, bw)
-            res["decode"].append({**asdict(d), "limit_tok_s": limit,
-                                  "roofline_fraction": None if d.tok_s is None else d.tok_s / limit})
-        res["prefill"] = []
-        for n in prefill_lens:
-            _progress(f"prefill {n}-token prompts")
-            rate = engine_bench.prefill_rate(llm, n, max(1, args.prefill_tokens // n), rng)
-            flops = roofline.prefill_flops_per_token(m, n)
-            res["prefill"].append({"prompt_len": n, "tok_s": rate, "TFLOPs": rate * flops / 1e12,
-                                   "matmul_fraction": rate * flops / mm})
-        _progress(f"time to first token, {args.ttft_len}-token prompt")
-        res["ttft_ms"] = 1e3 * engine_bench.time_to_first_token(llm, args.ttft_len, rng)
-        if args.kernels:
-            from .kernel_bench import layer_times
+                  enforce_eager=args.enforce_eager, gpu_memory_utilization=args.gpu_memory_utilization,
+                  tensor_parallel_size=args.tensor_parallel_size, enable_expert_parallel=args.enable_expert_parallel,
+                  kv_cache_memory_bytes=args.kv_cache_memory_bytes)
+        try:
+            return _measure(args, llm, device, bw, mm, t0, batches, prefill_lens, rng)
+        finally:
+            llm.close()
 
-            _progress("one MoE layer and one attention layer")
-            res["layers"] = [asdict(k) for k in layer_times(llm, bw, mm)]
-        if device.type == "cuda":
-            res["peak_gpu_memory_bytes"] = torch.cuda.max_memory_allocated(device)
-        if args.compare == "hf":
-            res["hf"] = _compare_hf(llm, res, device)
+
+def _measure(args, llm, device, bw, mm, t0, batches, prefill_lens, rng) -> dict:
+    m = llm.config.model
+    single = llm.config.parallel.world_size == 1
+    res: dict = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                 "model": args.preset or args.model or "embedded tiny model", "dtype": llm.config.dtype,
+                 "kernels": llm.config.kernels,
+                 "cuda_graphs": single and getattr(llm.engine.runner, "graphs", None) is not None,
+                 "tensor_parallel_size": args.tensor_parallel_size,
+                 "expert_parallel": args.enable_expert_parallel,
+                 "load_seconds": time.perf_counter() - t0, "copy_bandwidth_GBs": bw / 1e9,
+                 "matmul_TFLOPs": mm / 1e12}
+    res["weight_bytes_per_rank"] = [r.param_bytes for r in llm.weight_memory()]
+    res["weight_bytes"] = sum(res["weight_bytes_per_rank"])
+    st = llm.engine.stats()
+    blocks = {g: st.kv_blocks_used[g] + st.kv_blocks_free[g] for g in st.kv_blocks_used}
+    res["kv_capacity_tokens"] = max(blocks.values()) * llm.config.cache.block_size
+    res["decode"] = []
+    for B in batches:
+        _progress(f"decode batch {B}, context {args.context}")
+        d = engine_bench.decode_rate(llm, B, args.context, args.decode_steps, args.decode_warmup, rng)
+        ctx = args.context + args.decode_warmup + args.decode_steps // 2  # the mean context while timed
+        limit = roofline.decode_limit_tok_s(m, B, ctx, bw)
+        res["decode"].append({**asdict(d), "limit_tok_s": limit,
+                              "roofline_fraction": None if d.tok_s is None else d.tok_s / limit})
+    res["prefill"] = []
+    for n in prefill_lens:
+        _progress(f"prefill {n}-token prompts")
+        rate = engine_bench.prefill_rate(llm, n, max(1, args.prefill_tokens // n), rng)
+        flops = roofline.prefill_flops_per_token(m, n)
+        res["prefill"].append({"prompt_len": n, "tok_s": rate, "TFLOPs": rate * flops / 1e12,
+                               "matmul_fraction": rate * flops / mm})
+    _progress(f"time to first token, {args.ttft_len}-token prompt")
+    res["ttft_ms"] = 1e3 * engine_bench.time_to_first_token(llm, args.ttft_len, rng)
+    if args.kernels and not single:
+        _progress("--kernels skipped: single layers are timed in one process only")
+    if args.kernels and single:
+        from .kernel_bench import layer_times
+
+        _progress("one MoE layer and one attention layer")
+        res["layers"] = [asdict(k) for k in layer_times(llm, bw, mm)]
+    if device.type == "cuda":
+        res["peak_gpu_memory_bytes"] = torch.cuda.max_memory_allocated(device)
+    if args.compare == "hf":
+        res["hf"] = _compare_hf(llm, res, device) if single else {"skipped": "needs one process"}
     return res
 
 

@@ -74,3 +74,14 @@ def test_cli_bench_tiny_on_cpu(tmp_path, capsys):
 def test_preset_needs_random_weights():
     with pytest.raises(SystemExit, match="--random-weights"):
         main(["bench", "--preset", "gpt-oss-20b", "--device", "cpu"])
+
+
+def test_cli_bench_tensor_parallel_2_on_cpu(tmp_path):
+    out = tmp_path / "bench-tp2.json"
+    rc = main(["bench", "--device", "cpu", "--tensor-parallel-size", "2", "--batch-sizes", "2", "--context", "16",
+               "--decode-steps", "2", "--decode-warmup", "1", "--prefill-lens", "16", "--prefill-tokens", "32",
+               "--ttft-len", "8", "--json", str(out)])
+    assert rc == 0
+    res = json.loads(out.read_text())
+    assert res["tensor_parallel_size"] == 2 and len(res["weight_bytes_per_rank"]) == 2
+    assert res["decode"][0]["tok_s"] > 0 and res["prefill"][0]["tok_s"] > 0
