@@ -20,6 +20,7 @@ import torch
 import triton
 import triton.testing
 
+from oss_engine.bench.kernel_bench import graph_us
 from oss_engine.kernels.ref.moe import moe_experts_ref, route_ref
 from oss_engine.kernels.triton.moe import (
     GemmTiles,
@@ -56,27 +57,8 @@ def config_for(mode: str, T: int) -> MoeTritonConfig:
 
 
 def time_graph_flushed(fn, reps: int = 30) -> float:
-    """Median microseconds of one graph replay of fn, with L2 flushed (a 256 MB write) before each."""
-    fn()
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    flush = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")
-    times = []
-    for _ in range(reps):
-        flush.zero_()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) * 1e3)
-    return sorted(times)[len(times) // 2]
+    """Median microseconds of one graph replay of fn, L2 flushed before each (the bench's own timer)."""
+    return graph_us(fn, torch.device("cuda"), reps)
 
 
 def ceilings() -> tuple[float, float]:
