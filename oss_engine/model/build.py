@@ -13,8 +13,8 @@ from ..config import EngineConfig
 from ..kernels import get_ops
 from ..parallel.comm import ModelComms
 from ..parallel.shard import RankShard
-from ..weights.dummy import fill_random
-from ..weights.loader import LoadReport, load_weights
+from ..weights.dummy import RandomCheckpoint
+from ..weights.loader import load_weights
 from .gpt_oss import GptOssModel
 from .rope import yarn_params
 
@@ -28,9 +28,8 @@ def build_model(cfg: EngineConfig, *, shard: RankShard | None = None, comms: Mod
         model = GptOssModel(cfg.model, DTYPES[cfg.dtype], get_ops(cfg.kernels), shard, comms)
     model = model.to_empty(device=cfg.device)
     model.rotary.inv_freq.copy_(yarn_params(cfg.model).inv_freq)  # buffers are not in the checkpoint
-    if cfg.load_format == "dummy":  # random weights on the device: nothing read
-        fill_random(model, cfg.seed)
-        model.load_report = LoadReport(0, sum(p.numel() * p.element_size() for p in model.parameters()), 0)
-    else:
-        model.load_report = load_weights(model, cfg.model_dir, cfg.model, shard=model.shard, progress=progress)
+    # "dummy": random tensors made on the device, the same for every parallel layout, through the same loader
+    source = RandomCheckpoint(cfg.model, DTYPES[cfg.dtype], cfg.seed, cfg.device) if cfg.load_format == "dummy" else None
+    model.load_report = load_weights(model, cfg.model_dir, cfg.model, shard=model.shard, progress=progress,
+                                     source=source)
     return model.eval()

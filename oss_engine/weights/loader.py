@@ -40,12 +40,13 @@ class LoadReport:
 
 
 def load_weights(model: torch.nn.Module, model_dir: str | Path, cfg, *, shard: RankShard | None = None,
-                 progress: bool = True) -> LoadReport:
+                 progress: bool = True, source=None) -> LoadReport:
     """Fill every parameter of `model` (the rank of `shard`: the whole model by default) from the checkpoint
-    in `model_dir`, or raise CheckpointError."""
+    in `model_dir` (or from `source`, an object with Checkpoint's names / meta / read_region, e.g. the random
+    weights of weights/dummy.py), or raise CheckpointError."""
     params = dict(model.named_parameters())
     bytes_read = tensors_read = 0
-    with Checkpoint.open(model_dir) as ckpt:
+    with source or Checkpoint.open(model_dir) as ckpt:
         plan = _plan(ckpt, expected_tensors(cfg, shard), params, model_dir)
         for name, place in tqdm(plan, desc="Loading weights", unit="tensor", disable=not progress):
             dst = params[place.param]
