@@ -223,6 +223,9 @@ class KVCacheManager:
         if num_computed < 0 or num_new < 0:
             raise ValueError(f"negative token counts: num_computed={num_computed}, num_new={num_new}")
         req = self._requests.get(request_id)
+        if req is not None and hit is None and self._already_covered(req, num_computed, end):
+            self._register(request_id, req, token_ids, min(end, len(token_ids)) // S)  # a decode step, mostly
+            return True
         if req is None:
             req = self._first_state(request_id, token_ids, num_computed, hit)
         elif hit is not None and hit.num_tokens > 0:
@@ -250,6 +253,16 @@ class KVCacheManager:
             held.extend(pool.take_new() for _ in range(math.ceil(end / S) - len(held)))
         self._requests[request_id] = req
         self._register(request_id, req, token_ids, min(end, len(token_ids)) // S)
+        return True
+
+    def _already_covered(self, req: _RequestBlocks, num_computed: int, end: int) -> bool:
+        """Whether `req` holds blocks up to `end` in every group and has nothing to release first: then
+        allocate only registers newly full blocks (what the general path would do, without its checks)."""
+        S = self.block_size
+        for name, pool in self._pools.items():
+            held = req.blocks[name]
+            if len(held) * S < end or first_needed_block(pool.spec.window, num_computed, S) != req.num_released[name]:
+                return False
         return True
 
     def _first_state(self, request_id: str, token_ids: list[int], num_computed: int,

@@ -220,10 +220,13 @@ class LLMEngine:
         reqs = [r for r, _ in sampling]
         batch = SamplingBatch(params=[r.params for r in reqs], generators=[r.generator for r in reqs],
                               prompt_ids=[r.prompt_token_ids for r in reqs],
-                              output_ids=[r.output_token_ids for r in reqs], stop_ids=[r.stop_ids for r in reqs],
+                              output_ids=[r.output_token_ids if r.params.uses_output_history else () for r in reqs],
+                              stop_ids=[r.stop_ids for r in reqs],
                               allowed=[r.constraint.allowed_ids(r.output_token_ids) if r.constraint else None
                                        for r in reqs])
-        result = self.sampler.sample(step.logits[[row for _, row in sampling]], batch)
+        rows = [row for _, row in sampling]
+        logits = step.logits if rows == list(range(step.logits.shape[0])) else step.logits[rows]  # decode: all rows
+        result = self.sampler.sample(logits, batch)
         now = time.monotonic()
         for r, tok, lp in zip(reqs, result.token_ids, result.logprobs):
             r.token_ids.append(tok)
@@ -258,13 +261,14 @@ class LLMEngine:
 
     def _outputs(self, touched: list[Request]) -> list[RequestOutput]:
         outs = []
+        stepped = set(touched)  # Requests hash by identity
         for pid in dict.fromkeys(r.parent_id for r in touched):
             parent = self.parents[pid]
             comps = []
             for child in parent.children:
-                new = [child.token_ids[-1]] if child in touched else []
+                new = [child.token_ids[-1]] if child in stepped else []
                 delta, parent.deltas[child.index] = parent.deltas[child.index], ""
-                comps.append(CompletionOutput(child.index, parent.texts[child.index], list(child.output_token_ids),
+                comps.append(CompletionOutput(child.index, parent.texts[child.index], child.output_token_ids,
                                               child.finish_reason,
                                               list(child.logprobs) if child.params.logprobs is not None else None,
                                               delta_text=delta, delta_token_ids=new))

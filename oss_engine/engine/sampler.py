@@ -42,7 +42,7 @@ class SamplingBatch:
     params: list[SamplingParams]
     generators: list[torch.Generator | None]  # per row: the request's own generator (seeded) or None
     prompt_ids: list[list[int]]  # for the repetition penalty
-    output_ids: list[list[int]]  # generated so far (penalties, min_tokens)
+    output_ids: Sequence[Sequence[int]]  # generated so far; may be () where params.uses_output_history is False
     stop_ids: list[frozenset[int]]  # per row: ids masked while len(output) < min_tokens (eos + stop_token_ids)
     allowed: list[Sequence[int] | None] | None = None  # per row: the only ids it may produce (a constraint)
 
