@@ -8,18 +8,8 @@ Legend: T tokens, B sequences, H q-heads, K kv-heads, D head_dim, N cache blocks
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import zlib
-from pathlib import Path
-
-import torch
-
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported: kernels run on the CPU
-
 import pytest
+import torch
 
 pytest.importorskip("triton")
 
@@ -30,19 +20,9 @@ from oss_engine.kernels.triton.attention import (
     store_kv_triton,
 )
 from oss_engine.model.forward_batch import AttentionMetadata
+from triton_cases import DEV, INTERPRET, rel_l2, run_compile_check
 
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-DEV = "cpu" if INTERPRET else "cuda"  # the interpreter takes CPU tensors; compiled kernels CUDA ones
 SINK_OFF = -1.0e30  # a huge negative sink contributes exp(-1e30) = 0: plain softmax
-
-
-@pytest.fixture(autouse=True)
-def _seed(request):
-    torch.manual_seed(zlib.crc32(request.node.name.encode()))  # fresh inputs per case, reproducible
-
-
-def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
 
 def make_case(seqs: list[tuple[int, int]], S: int, H: int, K: int, D: int, window: int | None,
@@ -231,9 +211,4 @@ print("ok")
 
 @pytest.mark.skipif(not INTERPRET, reason="on a GPU the tests above run the compiled kernels")
 def test_compiles_for_hopper():
-    root = Path(__file__).resolve().parents[2]
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")])
-    r = subprocess.run([sys.executable, "-c", _COMPILE_FOR_HOPPER], env=env, cwd=root, capture_output=True, check=False,
-                       text=True, timeout=300)
-    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-4000:]
+    run_compile_check(_COMPILE_FOR_HOPPER)

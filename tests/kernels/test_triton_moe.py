@@ -6,14 +6,8 @@ allocate start as NaN (`poisoned`), so anything never written fails the comparis
 Legend: T tokens, D hidden, I intermediate, E experts, A experts per token.
 """
 
-import os
-
-import torch
-
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported: kernels run on the CPU
-
 import pytest
+import torch
 
 pytest.importorskip("triton")
 
@@ -27,9 +21,8 @@ from oss_engine.kernels.triton.moe import (
 )
 from oss_engine.kernels.types import ExpertWeight
 from oss_engine.weights.mxfp4 import quantize_mxfp4
+from triton_cases import DEV, INTERPRET, rel_l2
 
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-DEV = torch.device("cpu" if INTERPRET else "cuda")  # the interpreter takes CPU tensors
 ALPHA = 1.702
 SMALL = MoeTritonConfig(GemmTiles(16, 32, 32), GemmTiles(16, 32, 32))  # many blocks, N tiles and K steps
 FP32 = MoeTritonConfig(GemmTiles(16, 64, 64), GemmTiles(16, 64, 64))  # float32 tiles that fit registers on a GPU
@@ -68,10 +61,6 @@ def make_weight(fmt: str, E: int, out: int, inp: int, gen: torch.Generator) -> E
     blocks = torch.randint(0, 256, (E, out, inp // 32, 16), generator=gen, dtype=torch.uint8)
     scales = torch.randint(120, 131, (E, out, inp // 32), generator=gen, dtype=torch.uint8)
     return ExpertWeight(bias, blocks=blocks.to(DEV), scales=scales.to(DEV))
-
-
-def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
 
 def run_case(fmt, E, A, D, I, T, kind, limit=0.6, config=None, seed=0):

@@ -9,33 +9,17 @@ Legend: T tokens, D hidden size.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import zlib
-from pathlib import Path
-
-import torch
-
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported: kernels run on the CPU
-
 import pytest
+import torch
 
 pytest.importorskip("triton")
 
 from oss_engine.kernels.ref.norm import add_rms_norm_ref
 from oss_engine.kernels.triton import norm as norm_mod
 from oss_engine.kernels.triton.norm import add_rms_norm_triton
+from triton_cases import DEV, INTERPRET, rel_l2, run_compile_check
 
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-DEV = "cpu" if INTERPRET else "cuda"  # the interpreter takes CPU tensors; compiled kernels CUDA ones
 EPS = 1e-5
-
-
-@pytest.fixture(autouse=True)
-def _seed(request):
-    torch.manual_seed(zlib.crc32(request.node.name.encode()))  # fresh inputs per case, reproducible
 
 
 @pytest.fixture(autouse=True)
@@ -43,10 +27,6 @@ def poisoned(monkeypatch):
     """Every buffer the wrapper allocates starts as NaN, so a row or column never written shows."""
     monkeypatch.setattr(norm_mod, "_empty", lambda shape, dtype, device: torch.full(shape, float("nan"),
                                                                                      dtype=dtype, device=device))
-
-
-def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
 
 def make(T: int, D: int, with_residual: bool, dtype=torch.float32, device=DEV, row_pad: int = 0):
@@ -175,9 +155,4 @@ print("ok")
 
 @pytest.mark.skipif(not INTERPRET, reason="on a GPU the tests above run the compiled kernel")
 def test_compiles_for_hopper():
-    root = Path(__file__).resolve().parents[2]
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")])
-    r = subprocess.run([sys.executable, "-c", _COMPILE_FOR_HOPPER], env=env, cwd=root, capture_output=True,
-                       check=False, text=True, timeout=300)
-    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-4000:]
+    run_compile_check(_COMPILE_FOR_HOPPER)

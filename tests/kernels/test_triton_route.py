@@ -10,32 +10,15 @@ Legend: T tokens, E experts, A experts per token.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import zlib
-from pathlib import Path
-
-import torch
-
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported: kernels run on the CPU
-
 import pytest
+import torch
 
 pytest.importorskip("triton")
 
 from oss_engine.kernels.ref.moe import route_ref
 from oss_engine.kernels.triton import route as route_mod
 from oss_engine.kernels.triton.route import route_triton
-
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-DEV = "cpu" if INTERPRET else "cuda"  # the interpreter takes CPU tensors; compiled kernels CUDA ones
-
-
-@pytest.fixture(autouse=True)
-def _seed(request):
-    torch.manual_seed(zlib.crc32(request.node.name.encode()))  # fresh inputs per case, reproducible
+from triton_cases import DEV, INTERPRET, run_compile_check
 
 
 @pytest.fixture(autouse=True)
@@ -175,9 +158,4 @@ print("ok")
 
 @pytest.mark.skipif(not INTERPRET, reason="on a GPU the tests above run the compiled kernel")
 def test_compiles_for_hopper():
-    root = Path(__file__).resolve().parents[2]
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")])
-    r = subprocess.run([sys.executable, "-c", _COMPILE_FOR_HOPPER], env=env, cwd=root, capture_output=True,
-                       check=False, text=True, timeout=300)
-    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-4000:]
+    run_compile_check(_COMPILE_FOR_HOPPER)
