@@ -1,6 +1,7 @@
 """`oss-engine serve --tensor-parallel-size 2` as a real process: a chat completion comes back through the
 OpenAI client; SIGTERM exits 0 and leaves no worker process; a worker killed while a request streams brings
-the server down with a non-zero status and a log line naming the rank, within a bounded wait (never a hang).
+the server down with a non-zero status and a log line naming the rank, within a bounded wait (never a hang);
+under torchrun the same server runs with no spawned worker, and a killed rank ends the job.
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import threading
 
 import openai
@@ -18,8 +20,9 @@ from tests.server.conftest import API_KEY, ServerProc, start_server
 pytestmark = pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="finds the workers through /proc")
 
 
-def worker_pids(parent: int) -> list[int]:
-    """The live `oss_engine.parallel.worker` children of `parent` (from /proc: ppid and command line)."""
+def children(parent: int, marker: bytes) -> list[int]:
+    """The live children of `parent` whose command line holds `marker`, or, for b"RANK=N", whose environment
+    has that variable (from /proc: ppid, cmdline, environ)."""
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -27,13 +30,19 @@ def worker_pids(parent: int) -> list[int]:
         try:
             with open(f"/proc/{entry}/stat") as f:
                 stat = f.read().rsplit(")", 1)[1].split()  # after "(comm)": state, ppid, ...
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                cmd = f.read().split(b"\0")
+            env = marker.startswith(b"RANK=")
+            with open(f"/proc/{entry}/{'environ' if env else 'cmdline'}", "rb") as f:
+                fields = f.read().split(b"\0")
         except OSError:  # gone meanwhile
             continue
-        if int(stat[1]) == parent and stat[0] != "Z" and b"oss_engine.parallel.worker" in cmd:
+        hit = marker in fields if env else any(marker in x for x in fields)  # (LOCAL_RANK=0 is no RANK=0)
+        if int(stat[1]) == parent and stat[0] != "Z" and hit:
             found.append(int(entry))
     return found
+
+
+def worker_pids(parent: int) -> list[int]:
+    return children(parent, b"oss_engine.parallel.worker")
 
 
 def alive(pid: int) -> bool:
@@ -103,3 +112,31 @@ def test_worker_killed_while_serving_stops_the_server_nonzero(tiny_with_tokenize
     assert code != 0, log
     assert f"worker rank 1 (pid {victim}) exited with code -9" in log, log
     assert "shutting the server down" in log, log
+
+
+def test_torchrun_serve_rank_killed_stops_the_job(tiny_with_tokenizer, tmp_path):
+    """Under torchrun (external_launcher) rank 0 serves; when rank 1 dies, torchrun's agent stops rank 0 and
+    exits non-zero naming the rank (there is no watchdog of ours here: the agent is the one)."""
+    torchrun = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m")
+    s = start_server(tiny_with_tokenizer, tmp_path, "--tensor-parallel-size", "2", "--max-model-len", "512",
+                     "--num-kv-blocks", "128", launcher=torchrun)
+    ranks = children(s.proc.pid, b"RANK=0") + children(s.proc.pid, b"RANK=1")
+    try:
+        rank0, rank1 = ranks
+        assert not worker_pids(rank0)  # nobody was spawned: torchrun started both ranks
+        r = client_for(s).completions.create(model=s.model, prompt="Hello", max_tokens=4, temperature=0)
+        assert r.usage.completion_tokens == 4
+        os.kill(rank1, signal.SIGKILL)
+        try:
+            code = s.proc.wait(timeout=45)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"torchrun did not exit within 45 s of rank 1's death:\n{s.log()}")
+        left = [pid for pid in ranks if alive(pid)]
+    finally:
+        if s.proc.poll() is None:
+            s.proc.kill()
+        for pid in ranks:  # after a failure: a killed agent leaves its ranks behind
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+    assert code != 0 and not left, s.log()
+    assert "rank      : 1 (local_rank: 1)" in s.log() and "Signal 9 (SIGKILL)" in s.log(), s.log()
