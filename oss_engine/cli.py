@@ -7,6 +7,7 @@ import logging
 import sys
 from typing import Sequence
 
+from .config import LaunchEnv, launch_env
 from .parallel.launch import WorkerFailed
 
 
@@ -19,7 +20,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-model-len", type=int, default=None, help="longest prompt + output, in tokens")
     p.add_argument("--seed", type=int, default=0, help="seed for unseeded sampling")
     p.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs (decode steps run eagerly)")
-    par = p.add_argument_group("parallelism (one process per rank on this host; gloo on CPU, NCCL on CUDA)")
+    par = p.add_argument_group("parallelism (one process per rank, started here or by torchrun; gloo on CPU, "
+                               "NCCL on CUDA)")
     par.add_argument("--tensor-parallel-size", "-tp", type=int, default=1,
                      help="ranks splitting attention heads, the vocabulary and (without EP) the MoE")
     par.add_argument("--pipeline-parallel-size", "-pp", type=int, default=1, help="pipeline stages (layers)")
@@ -27,6 +29,11 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                      help="engine replicas, requests balanced by load; the MoE spans tp x dp ranks")
     par.add_argument("--enable-expert-parallel", action="store_true",
                      help="split the MoE by whole experts over tp x dp ranks instead of by intermediate slices")
+    par.add_argument("--distributed-executor-backend", default="auto",
+                     choices=["auto", "uni", "mp", "external_launcher"],
+                     help="auto: external_launcher under torchrun (every rank runs this same command; rank 0 "
+                          "serves, the others run the worker loop), else mp for several ranks and uni for one; "
+                          "mp at world size 1 still runs the multi-process path (a process group of one)")
 
 
 def _add_sampling_args(p: argparse.ArgumentParser, max_tokens: int) -> None:
@@ -105,7 +112,8 @@ def _llm(args: argparse.Namespace):
 
 def _parallel_kwargs(args: argparse.Namespace) -> dict:
     return dict(tensor_parallel_size=args.tensor_parallel_size, pipeline_parallel_size=args.pipeline_parallel_size,
-                data_parallel_size=args.data_parallel_size, enable_expert_parallel=args.enable_expert_parallel)
+                data_parallel_size=args.data_parallel_size, enable_expert_parallel=args.enable_expert_parallel,
+                distributed_executor_backend=args.distributed_executor_backend)
 
 
 def _params(args: argparse.Namespace):
@@ -187,10 +195,23 @@ COMMANDS = {"generate": cmd_generate, "chat": cmd_chat, "serve": cmd_serve, "mak
             "bench": cmd_bench}
 
 
+def _torchrun_worker(args: argparse.Namespace, env: LaunchEnv | None) -> bool:
+    """Whether this process is a rank > 0 that torchrun started for a model command: it runs the worker loop."""
+    return (env is not None and env.rank > 0 and args.command in ("generate", "chat", "serve")
+            and args.distributed_executor_backend in ("auto", "external_launcher"))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    env = launch_env()
+    rank = f"rank {env.rank} " if env is not None else ""
+    logging.basicConfig(level=logging.INFO, format=f"%(levelname)s {rank}%(name)s: %(message)s", stream=sys.stderr)
     try:
+        if _torchrun_worker(args, env):
+            from .config import resolve_device
+            from .parallel.torchrun import run_worker
+
+            return run_worker(env, resolve_device(args.device))
         return COMMANDS[args.command](args)
     except (ValueError, OSError) as e:  # configuration, checkpoint and input errors: a clear line, no traceback
         print(f"oss-engine {args.command}: error: {e}", file=sys.stderr)

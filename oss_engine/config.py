@@ -308,7 +308,11 @@ class ParallelConfig:
     and KV cache but step in lock-step, because the MoE of a pipeline stage spans its tp x dp ranks: split
     along the intermediate dimension (expert parallel off) or by whole experts (`enable_expert_parallel`).
     `backend`: "gloo" (CPU) or "nccl" (CUDA), resolved from the device. `timeout_s` bounds every collective
-    inside a step (a worker that stops answering turns into an error, not a hang)."""
+    inside a step (a worker that stops answering turns into an error, not a hang).
+    `distributed_executor_backend` (vLLM's names, "auto" resolved by `resolve_executor_backend`): "uni" one
+    process, no process group; "mp" rank 0 starts ranks 1.. as subprocesses and they meet at
+    master_addr:master_port (at world size 1 it still makes a process group of one, so every collective runs
+    through the backend); "external_launcher" torchrun started every rank and they meet at its rendezvous."""
 
     tensor_parallel_size: int = 1
     pipeline_parallel_size: int = 1
@@ -318,6 +322,15 @@ class ParallelConfig:
     master_addr: str = "127.0.0.1"
     master_port: int = 0  # 0: a free port is picked at launch
     timeout_s: float = 300.0
+    distributed_executor_backend: str = "uni"  # "uni", "mp" or "external_launcher"
+
+    @property
+    def init_method(self) -> str:
+        """Where the ranks meet: torchrun's store (env://, which also uses the agent's store when torchrun
+        hosts one), else a TCP store that rank 0 opens at master_addr:master_port."""
+        if self.distributed_executor_backend == "external_launcher":
+            return "env://"
+        return f"tcp://{self.master_addr}:{self.master_port}"
 
     @property
     def world_size(self) -> int:
@@ -336,6 +349,9 @@ class ParallelConfig:
             raise ConfigError(f"backend must be 'gloo' or 'nccl', got {self.backend!r}")
         if not self.timeout_s > 0:
             raise ConfigError(f"timeout_s must be positive, got {self.timeout_s}")
+        if self.distributed_executor_backend not in EXECUTOR_BACKENDS:
+            raise ConfigError(f"distributed_executor_backend must be one of {', '.join(EXECUTOR_BACKENDS)}, "
+                              f"got {self.distributed_executor_backend!r}")
         if model is None:
             return
         tp = self.tensor_parallel_size
@@ -384,6 +400,55 @@ def cache_dir() -> Path:
         return Path(os.environ["OSS_ENGINE_CACHE_DIR"])
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "oss_engine"
+
+
+EXECUTOR_BACKENDS = ("uni", "mp", "external_launcher")
+
+
+@dataclass(frozen=True)
+class LaunchEnv:
+    """What torchrun (or a launcher that sets the same variables) tells a process about its place."""
+
+    rank: int
+    local_rank: int
+    world_size: int
+    master_addr: str
+    master_port: int
+
+
+def launch_env() -> LaunchEnv | None:
+    """This process's LaunchEnv when RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT are all set
+    (torchrun sets them for every process it starts), else None."""
+    import os
+
+    names = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+    if not all(os.environ.get(n) for n in names):
+        return None
+    try:
+        return LaunchEnv(int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"]),
+                         os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]))
+    except ValueError as e:
+        raise ConfigError(f"torchrun environment: {e}") from None
+
+
+def resolve_executor_backend(requested: str, world_size: int, env: LaunchEnv | None) -> str:
+    """"auto": "external_launcher" when torchrun started this process, else "mp" for several ranks and
+    "uni" for one. An explicit "external_launcher" needs torchrun's variables and its world size to be
+    tp x pp x dp; "mp" at world size 1 forces the multi-process path (a process group of one)."""
+    if requested == "auto":
+        requested = "external_launcher" if env is not None else ("mp" if world_size > 1 else "uni")
+    if requested == "external_launcher":
+        if env is None:
+            raise ConfigError("distributed_executor_backend 'external_launcher' needs torchrun's RANK, LOCAL_RANK, "
+                              "WORLD_SIZE, MASTER_ADDR and MASTER_PORT")
+        if env.world_size != world_size:
+            raise ConfigError(f"torchrun started {env.world_size} processes but tp x pp x dp = {world_size}")
+    elif requested == "uni" and world_size > 1:
+        raise ConfigError(f"distributed_executor_backend 'uni' runs one process, but tp x pp x dp = {world_size}")
+    elif requested not in EXECUTOR_BACKENDS:
+        raise ConfigError(f"distributed_executor_backend must be 'auto' or one of {', '.join(EXECUTOR_BACKENDS)}, "
+                          f"got {requested!r}")
+    return requested
 
 
 def generation_eos_ids(model_dir: str | Path, cfg: ModelConfig) -> tuple[int, ...]:

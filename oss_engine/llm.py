@@ -6,7 +6,7 @@ import logging
 from typing import Any, Sequence
 
 from .config import (CacheConfig, ConfigError, EngineConfig, ModelConfig, ParallelConfig, SchedulerConfig,
-                     generation_eos_ids, resolve_device, resolve_dtype)
+                     generation_eos_ids, launch_env, resolve_device, resolve_dtype, resolve_executor_backend)
 from .defaults import default_model_dir
 from .engine.kv_capacity import log_capacity, plan_kv_blocks
 from .engine.llm_engine import LLMEngine
@@ -19,6 +19,19 @@ from .sampling_params import SamplingParams
 log = logging.getLogger(__name__)
 
 
+def _with_executor_backend(par: ParallelConfig, requested: str) -> ParallelConfig:
+    """"auto" resolved (torchrun's environment or the world size); under torchrun, the rendezvous address."""
+    from dataclasses import replace
+
+    env = launch_env()
+    backend = resolve_executor_backend(requested, par.world_size, env)
+    if backend != "external_launcher":
+        return replace(par, distributed_executor_backend=backend)
+    if env.rank != 0:
+        raise ConfigError(f"under torchrun only rank 0 makes an LLM; rank {env.rank} runs the worker loop "
+                          "(oss_engine.parallel.torchrun.run_worker, which the CLI calls)")
+    return replace(par, distributed_executor_backend=backend, master_addr=env.master_addr, master_port=env.master_port)
+
 
 class LLM:
     def __init__(self, model: str | None = None, *, dtype: str = "auto", device: str = "auto",
@@ -29,7 +42,7 @@ class LLM:
                  debug_checks: bool = False, progress: bool = True, kernels: str = "auto",
                  enforce_eager: bool = False, load_format: str = "auto", tensor_parallel_size: int = 1,
                  pipeline_parallel_size: int = 1, data_parallel_size: int = 1, enable_expert_parallel: bool = False,
-                 distributed_timeout_s: float = 300.0):
+                 distributed_timeout_s: float = 300.0, distributed_executor_backend: str = "auto"):
         if model is None:
             model = str(default_model_dir())
         mcfg = ModelConfig.from_dir(model)
@@ -46,6 +59,7 @@ class LLM:
             raise ConfigError(f"load_format must be 'auto' or 'dummy' (random weights), got {load_format!r}")
         par = ParallelConfig(tensor_parallel_size, pipeline_parallel_size, data_parallel_size, enable_expert_parallel,
                              backend="nccl" if dev.startswith("cuda") else "gloo", timeout_s=distributed_timeout_s)
+        par = _with_executor_backend(par, distributed_executor_backend)
         par.validate(mcfg)
         self.config = EngineConfig(model_dir=str(model), model=mcfg, device=dev, dtype=resolve_dtype(dtype, dev),
                                    cache=cache, scheduler=sched, kernels=resolve_kernels(kernels, dev),
@@ -61,7 +75,7 @@ class LLM:
                                   f"({self.tokenizer.vocab_size}); pass skip_tokenizer_init=True for token-id prompts")
         self.executor = None
         eos = generation_eos_ids(model, mcfg)
-        if par.world_size == 1:
+        if par.distributed_executor_backend == "uni":
             self.model = build_model(self.config, progress=progress)
             blocks = plan_kv_blocks(self.config, self.model)
             log_capacity(self.config, blocks)
@@ -72,8 +86,8 @@ class LLM:
         self._next_id = 0
 
     def _start_parallel(self, eos: tuple[int, ...], progress: bool):
-        """Rank 0 of tp x pp x dp processes: start the workers (ParallelExecutor), size the KV cache, and put
-        one LLMEngine per data-parallel replica behind a DPEngine."""
+        """Rank 0 of tp x pp x dp processes: start the workers (or meet those torchrun started) through
+        ParallelExecutor, size the KV cache, and put one LLMEngine per data-parallel replica behind a DPEngine."""
         import weakref
 
         from .engine.dp_engine import DPEngine

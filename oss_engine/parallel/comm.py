@@ -1,5 +1,6 @@
-"""Collective wrappers the model's parallel layers call; a group of one makes each of them the identity, so
-a single process runs the same model code with no process group at all. An empty tensor skips its
+"""Collective wrappers the model's parallel layers call; no group (`group=None`, a group of one) makes each of
+them the identity, so a single process runs the same model code with no process group at all. A real group
+of one (the forced multi-process path at world size 1) runs them through the backend. An empty tensor skips its
 collective: its size is known alike on every member (sizes come from the step plan that all ranks share).
 
 Legend: T tokens of this rank's replica, Ta tokens of every data-parallel replica together, D hidden,
@@ -18,7 +19,7 @@ import torch.distributed as dist
 class GroupComm:
     """One process group seen from one member: `rank` is the index in `ranks` (global ranks)."""
 
-    group: object | None = None  # torch.distributed ProcessGroup; None for a group of one
+    group: object | None = None  # torch.distributed ProcessGroup; None: a group of one with no collectives
     ranks: tuple[int, ...] = (0,)
     rank: int = 0
 
@@ -26,16 +27,21 @@ class GroupComm:
     def size(self) -> int:
         return len(self.ranks)
 
+    @property
+    def active(self) -> bool:
+        """Whether collectives run (a real group, possibly of one), or are the identity."""
+        return self.group is not None
+
     def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
         """Sum over the group, in place; returns x."""
-        if self.size > 1 and x.numel():
+        if self.active and x.numel():
             dist.all_reduce(x, group=self.group)
         return x
 
     def all_gather_rows(self, x: torch.Tensor, counts: tuple[int, ...]) -> torch.Tensor:
         """Rows of every member concatenated in rank order; member i holds counts[i] rows (padded for the
         collective, which wants equal sizes, then cut). x [counts[rank], ...] -> [sum(counts), ...]"""
-        if self.size == 1:
+        if not self.active:
             return x
         width = max(counts)
         if width == 0:
@@ -48,7 +54,7 @@ class GroupComm:
 
     def gather_columns_to_first(self, x: torch.Tensor, widths: tuple[int, ...]) -> torch.Tensor | None:
         """Member i's x [R, widths[i]]; member 0 gets them side by side [R, sum(widths)], the others None."""
-        if self.size == 1:
+        if not self.active:
             return x
         if x.shape[0] == 0:
             return x.new_zeros((0, sum(widths))) if self.rank == 0 else None
@@ -75,6 +81,8 @@ class MoEComm:
 
     def gather(self, h: torch.Tensor, dp_tokens: tuple[int, ...]) -> torch.Tensor:
         # h [T, D] -> [Ta, D]: every replica's tokens, replica 0 first
+        if self.dp.size == 1:  # one replica (dp_tokens is None): nothing to gather
+            return h
         return self.dp.all_gather_rows(h, dp_tokens)
 
     def reduce(self, y: torch.Tensor, dp_tokens: tuple[int, ...]) -> torch.Tensor:

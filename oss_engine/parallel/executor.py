@@ -1,7 +1,8 @@
-"""ParallelExecutor: rank 0's side of a multi-process model (tp x pp x dp ranks on one host).
+"""ParallelExecutor: rank 0's side of a multi-process model (tp x pp x dp ranks).
 
-Rank 0 starts the workers, joins the world, builds and loads its own shard (the first stage of replica 0),
-and then runs every step for every replica: it splits each replica's sequences into `pp` micro-batches,
+Rank 0 starts the workers (or, under torchrun, finds them started: torchrun.py), joins the world, builds and
+loads its own shard (the first stage of replica 0), and then runs every step for every replica: it splits
+each replica's sequences into `pp` micro-batches,
 broadcasts the plan (step_io.py), runs its own stage, and collects each replica's logits from that
 replica's last stage (tp rank 0) -- itself when pp = 1 for replica 0.
 
@@ -26,6 +27,7 @@ from .session import exchange_load_reports, receive_logits, send_block_counts
 from .stage import run_stage
 from .state import ParallelState, rank_device
 from .step_io import send_plan, send_shutdown, with_dp_tokens
+from .torchrun import TorchrunWorkers, join_as_rank_0
 
 log = logging.getLogger(__name__)
 
@@ -45,13 +47,15 @@ def split_micro_batches(seqs: list[ScheduledSeq], n: int) -> list[list[Scheduled
 
 class ParallelExecutor:
     def __init__(self, cfg: EngineConfig, *, progress: bool = True):
-        cfg = with_rendezvous(cfg)
-        self.workers = WorkerGroup(cfg)
+        external = cfg.parallel.distributed_executor_backend == "external_launcher"
+        if not external:
+            cfg = with_rendezvous(cfg)
+        self.workers = TorchrunWorkers() if external else WorkerGroup(cfg)
         self.cfg = cfg = replace(cfg, device=rank_device(cfg.device, 0))
         self.ps: ParallelState | None = None
         self.runner: ModelRunner | None = None
         try:
-            self.ps = ParallelState.initialize(cfg.parallel, 0, cfg.device)
+            self.ps = join_as_rank_0(cfg) if external else ParallelState.initialize(cfg.parallel, 0, cfg.device)
             self.model = build_model(cfg, shard=self.ps.shard(cfg.model), comms=self.ps.comms(), progress=progress)
             self.load_reports: list[LoadReport] = exchange_load_reports(self.ps, self.model.load_report)
         except BaseException as e:

@@ -1,5 +1,6 @@
-"""The set-up and result messages between rank 0 and the workers (tensors only, never pickled):
-load reports gathered at start, KV block counts sent after rank 0 sized the cache, logits back each step."""
+"""The set-up and result messages between rank 0 and the workers (tensors only, never pickled): the engine
+config as JSON text when torchrun started the ranks, load reports gathered at start, KV block counts sent
+after rank 0 sized the cache, logits back each step."""
 
 from __future__ import annotations
 
@@ -10,12 +11,23 @@ from ..weights.loader import LoadReport
 from .state import ParallelState
 
 
+def broadcast_text(text: str | None, device: str) -> str:
+    """Rank 0's text (set-up data) to every rank over the default group, before any other group exists: its
+    byte count, then its UTF-8 bytes. Rank 0 passes the text, the others None; all get it back."""
+    data = torch.frombuffer(bytearray(text.encode()), dtype=torch.uint8) if text is not None else None
+    n = torch.tensor([0 if data is None else data.numel()], dtype=torch.int64, device=device)
+    dist.broadcast(n, src=0)
+    buf = data.to(device) if data is not None else torch.empty(int(n), dtype=torch.uint8, device=device)
+    dist.broadcast(buf, src=0)
+    return bytes(buf.cpu().tolist()).decode()
+
+
 def exchange_load_reports(ps: ParallelState, report: LoadReport) -> list[LoadReport]:
     """Every rank's LoadReport, in rank order (all-gathered over the control group)."""
     mine = torch.tensor([report.bytes_read, report.param_bytes, report.tensors_read], dtype=torch.int64,
                         device=ps.device)
     every = [torch.empty_like(mine) for _ in range(ps.control.size)]
-    if ps.control.size > 1:
+    if ps.control.active:
         dist.all_gather(every, mine, group=ps.control.group)
     else:
         every = [mine]
@@ -24,7 +36,7 @@ def exchange_load_reports(ps: ParallelState, report: LoadReport) -> list[LoadRep
 
 def send_block_counts(ps: ParallelState, blocks: dict[str, int]) -> None:
     t = torch.tensor([blocks[g] for g in sorted(blocks)], dtype=torch.int64, device=ps.device)
-    if ps.control.size > 1:
+    if ps.control.active:
         dist.broadcast(t, group_src=0, group=ps.control.group)
 
 

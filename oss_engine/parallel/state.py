@@ -1,6 +1,6 @@
 """ParallelState: this process's place in the world and its process groups; built once, passed down.
 
-Rank layout (one host): rank = (dp_rank * pp + pp_rank) * tp + tp_rank, so a data-parallel replica is a
+Rank layout (over every host): rank = (dp_rank * pp + pp_rank) * tp + tp_rank, so a data-parallel replica is a
 contiguous run of pp x tp ranks, a pipeline stage of it a run of tp ranks. Groups:
   - tp: the tp ranks of one stage of one replica (attention heads, vocabulary).
   - moe: the tp x dp ranks of one stage across every replica (the MoE: intermediate slices or experts).
@@ -67,12 +67,16 @@ class ParallelState:
 
     @classmethod
     def initialize(cls, par: ParallelConfig, rank: int, device: str) -> ParallelState:
-        """Join the world (rendezvous at master_addr:master_port) and build every group. All ranks must call
-        this together: torch.distributed wants every group created by every rank, in the same order."""
-        if device.startswith("cuda"):
-            torch.cuda.set_device(device)
-        dist.init_process_group(par.backend, init_method=f"tcp://{par.master_addr}:{par.master_port}",
-                                rank=rank, world_size=par.world_size, timeout=timedelta(seconds=par.timeout_s))
+        """Join the world, then build every group (see `build`)."""
+        join_world(par.backend, par.init_method, rank, par.world_size, par.timeout_s, device)
+        return cls.build(par, rank, device)
+
+    @classmethod
+    def build(cls, par: ParallelConfig, rank: int, device: str) -> ParallelState:
+        """Every group, in a world already joined. All ranks must call this together: torch.distributed
+        wants every group created by every rank, in the same order. A group of one is no group (its
+        collectives are the identity), except at world size 1, where every group is a real group of one so
+        that the forced multi-process path ("mp" at world size 1) runs each collective through the backend."""
         tp, pp, dp = par.tensor_parallel_size, par.pipeline_parallel_size, par.data_parallel_size
 
         def at(d: int, p: int, t: int) -> int:
@@ -89,7 +93,8 @@ class ParallelState:
         for kind, groups in layouts.items():
             timeout = _IDLE_TIMEOUT if kind == "control" else timedelta(seconds=par.timeout_s)
             for ranks in groups:
-                group = dist.new_group(list(ranks), timeout=timeout) if len(ranks) > 1 else None
+                real = len(ranks) > 1 or par.world_size == 1
+                group = dist.new_group(list(ranks), timeout=timeout) if real else None
                 if rank in ranks:
                     mine[kind] = GroupComm(group, ranks, ranks.index(rank))
         return cls(par, rank, device, **mine)
@@ -99,8 +104,17 @@ class ParallelState:
             dist.destroy_process_group()
 
 
-def rank_device(device: str, rank: int) -> str:
-    """One GPU per rank on a host: "cuda" -> "cuda:<rank mod GPUs>"; CPU ranks share the CPU."""
+def join_world(backend: str, init_method: str, rank: int, world_size: int, timeout_s: float, device: str) -> None:
+    """Enter the default process group (the rendezvous); on CUDA first bind this process to its GPU."""
     if device.startswith("cuda"):
-        return f"cuda:{rank % torch.cuda.device_count()}"
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world_size,
+                            timeout=timedelta(seconds=timeout_s))
+
+
+def rank_device(device: str, local_rank: int) -> str:
+    """One GPU per rank on a host: "cuda" -> "cuda:<local rank mod GPUs>" (the local rank is the rank when
+    one host runs every rank); CPU ranks share the CPU."""
+    if device.startswith("cuda"):
+        return f"cuda:{local_rank % torch.cuda.device_count()}"
     return device

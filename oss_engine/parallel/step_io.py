@@ -25,7 +25,7 @@ Plan = list[list[ForwardBatch]]  # [replica][micro-batch]
 
 
 def _broadcast(comm: GroupComm, t: torch.Tensor) -> torch.Tensor:
-    if comm.size > 1 and t.numel():  # an empty tensor is known empty on every rank: nothing to send
+    if comm.active and t.numel():  # an empty tensor is known empty on every rank: nothing to send
         import torch.distributed as dist
 
         dist.broadcast(t, group_src=0, group=comm.group)

@@ -1,6 +1,7 @@
 """Worker lifecycle: a worker killed in the middle of generation makes rank 0 raise a clear error within
 seconds (never a hang), every later call refuses, and no process is left behind; the CLI runs with
---tensor-parallel-size 2 and prints what one process prints."""
+--tensor-parallel-size 2, started by itself or by torchrun, and prints what one process prints; the forced
+multi-process path at world size 1 (a gloo group of one) gives the plain path's tokens."""
 
 from __future__ import annotations
 
@@ -46,16 +47,71 @@ def test_killed_worker_fails_rank_0_fast_and_leaves_no_process(tmp_path):
     assert not any(_alive(p) for p in pids)
 
 
-def test_cli_generate_with_tensor_parallel(tiny_with_tokenizer):
-    def generate(*extra: str) -> tuple[str, str]:
-        r = subprocess.run([sys.executable, "-m", "oss_engine", "generate", "--model", str(tiny_with_tokenizer),
-                            "--device", "cpu", "--max-tokens", "6", "--temperature", "0", *extra, "Hello"],
-                           capture_output=True, text=True, timeout=300)
-        assert r.returncode == 0, r.stderr
-        return r.stdout, r.stderr
+def cli_generate(model_dir, *extra: str, launcher: tuple[str, ...] = (sys.executable, "-m")) -> tuple[str, str]:
+    """`oss-engine generate` (greedy, 6 tokens, "Hello") -> (stdout, stderr); it must exit 0."""
+    r = subprocess.run([*launcher, "oss_engine", "generate", "--model", str(model_dir), "--device", "cpu",
+                        "--max-tokens", "6", "--temperature", "0", *extra, "Hello"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    return r.stdout, r.stderr
 
-    one, _ = generate()
-    assert one.strip()
-    two, log = generate("--tensor-parallel-size", "2")
+
+@pytest.fixture(scope="module")
+def one_process_text(tiny_with_tokenizer) -> str:
+    text, _ = cli_generate(tiny_with_tokenizer)
+    assert text.strip()
+    return text
+
+
+def test_cli_generate_with_tensor_parallel(tiny_with_tokenizer, one_process_text):
+    two, log = cli_generate(tiny_with_tokenizer, "--tensor-parallel-size", "2")
     assert "rank 1 loaded" in log  # two ranks did run
-    assert two == one
+    assert two == one_process_text
+
+
+def test_torchrun_generate_with_tensor_parallel(tiny_with_tokenizer, one_process_text):
+    """torchrun starts both ranks (external_launcher): rank 0 prints what one process prints, rank 1 runs the
+    worker loop (and prints nothing), nobody spawns a worker subprocess."""
+    torchrun = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m")
+    two, log = cli_generate(tiny_with_tokenizer, "--tensor-parallel-size", "2", launcher=torchrun)
+    assert "rank 1 of 2 (local rank 1) joined" in log and "rank 1 loaded" in log
+    assert two == one_process_text
+
+
+def test_forced_multiprocess_path_at_world_size_1_matches_plain(tmp_path):
+    """distributed_executor_backend="mp" with tp = pp = dp = 1: a gloo process group of one in which every group
+    is real (collectives run through gloo), the same greedy tokens as the plain one-process path."""
+    import torch.distributed as dist
+
+    make_tiny_checkpoint(tmp_path, fmt="mxfp4", num_layers=2, vocab_size=512, write_tokenizer=False)
+    kw = dict(device="cpu", skip_tokenizer_init=True, progress=False, num_kv_blocks=64, max_model_len=256)
+    params = SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True)
+    prompts = [[1, 2, 3], list(range(40, 70))]
+    plain = LLM(str(tmp_path), **kw)
+    assert plain.executor is None
+    want = [o.outputs[0].token_ids for o in plain.generate(prompt_token_ids=prompts, sampling_params=params)]
+    with LLM(str(tmp_path), distributed_executor_backend="mp", **kw) as llm:
+        ps = llm.executor.ps
+        assert dist.get_world_size() == 1 and dist.get_backend() == "gloo"
+        assert all(g.active for g in (ps.control, ps.tp, ps.moe, ps.dp)) and not llm.executor.workers.procs
+        assert type(llm.model.embed).__name__ == "VocabParallelEmbedding"  # its all-reduce runs too
+        got = [o.outputs[0].token_ids for o in llm.generate(prompt_token_ids=prompts, sampling_params=params)]
+    assert not dist.is_initialized()
+    assert got == want
+
+
+def test_gpu_check_parallel_script_runs_on_cpu_without_server_modules():
+    """scripts/gpu_check_parallel.py (the lead's one-GPU NCCL check), run with --device cpu while fastapi,
+    pydantic, uvicorn and openai-harmony cannot be imported (the GPU image lacks them)."""
+    blocker = ("import sys, runpy\n"
+               "class Block:\n"
+               "    def find_spec(self, name, path=None, target=None):\n"
+               "        if name.split('.')[0] in ('fastapi', 'pydantic', 'uvicorn', 'openai_harmony'):\n"
+               "            raise ImportError('blocked: ' + name)\n"
+               "sys.meta_path.insert(0, Block())\n"
+               "sys.argv = ['gpu_check_parallel.py', '--device', 'cpu']\n"
+               "runpy.run_path('scripts/gpu_check_parallel.py', run_name='__main__')\n")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    r = subprocess.run([sys.executable, "-c", blocker], capture_output=True, text=True, timeout=120, cwd=root)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "forced (gloo x 1)" in r.stdout and r.stdout.strip().endswith("PASS"), r.stdout

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from oss_engine.config import ConfigError, ModelConfig, ParallelConfig
+from oss_engine.config import (ConfigError, LaunchEnv, ModelConfig, ParallelConfig, launch_env,
+                               resolve_executor_backend)
 from oss_engine.engine.dp_engine import DPEngine
 from oss_engine.engine.runner import ScheduledSeq
 from oss_engine.kernels import get_ops
@@ -65,6 +66,32 @@ def test_parallel_config_refuses_what_cannot_split():
         ParallelConfig(pipeline_parallel_size=4).validate(cfg)
     with pytest.raises(ConfigError, match="must divide num_local_experts"):
         ParallelConfig(tensor_parallel_size=1, data_parallel_size=3, enable_expert_parallel=True).validate(cfg)
+
+
+def test_executor_backend_resolution():
+    env = LaunchEnv(rank=0, local_rank=0, world_size=4, master_addr="10.0.0.1", master_port=29500)
+    assert resolve_executor_backend("auto", 1, None) == "uni"
+    assert resolve_executor_backend("auto", 2, None) == "mp"
+    assert resolve_executor_backend("mp", 1, None) == "mp"  # forced: a process group of one
+    assert resolve_executor_backend("auto", 4, env) == "external_launcher"
+    with pytest.raises(ConfigError, match="torchrun started 4 processes but tp x pp x dp = 2"):
+        resolve_executor_backend("auto", 2, env)
+    with pytest.raises(ConfigError, match="needs torchrun's RANK"):
+        resolve_executor_backend("external_launcher", 2, None)
+    with pytest.raises(ConfigError, match="must be 'auto' or one of"):
+        resolve_executor_backend("ray", 2, None)
+    with pytest.raises(ConfigError, match="'uni' runs one process"):
+        resolve_executor_backend("uni", 2, None)
+    assert ParallelConfig(distributed_executor_backend="external_launcher").init_method == "env://"
+    assert ParallelConfig(master_port=1234).init_method == "tcp://127.0.0.1:1234"
+
+
+def test_launch_env_reads_torchrun_variables(monkeypatch):
+    for name, value in dict(RANK="3", LOCAL_RANK="1", WORLD_SIZE="4", MASTER_ADDR="h0", MASTER_PORT="29500").items():
+        monkeypatch.setenv(name, value)
+    assert launch_env() == LaunchEnv(3, 1, 4, "h0", 29500)
+    monkeypatch.delenv("LOCAL_RANK")
+    assert launch_env() is None
 
 
 def test_shard_regions_of_the_name_table():

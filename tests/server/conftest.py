@@ -47,10 +47,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(model_dir, tmp_path, *extra: str, name: str = "tiny") -> ServerProc:
+def start_server(model_dir, tmp_path, *extra: str, name: str = "tiny",
+                 launcher: tuple[str, ...] = (sys.executable, "-m")) -> ServerProc:
+    """`oss-engine serve` on a free port, started as `launcher + ["oss_engine", "serve", ...]`, once healthy."""
     port = free_port()
     log_path = str(tmp_path / f"server-{port}.log")
-    cmd = [sys.executable, "-m", "oss_engine", "serve", "--model", str(model_dir), "--port", str(port),
+    cmd = [*launcher, "oss_engine", "serve", "--model", str(model_dir), "--port", str(port),
            "--api-key", API_KEY, "--served-model-name", name, "--dtype", "float32", "--device", "cpu", *extra]
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
