@@ -5,8 +5,9 @@ Legend: B sequences in the step (one new token each), P the bucket (padded batch
 
 A decode step (every sequence computes exactly one token and needs its logits) of B <= the largest bucket
 runs as the graph of the smallest bucket P >= B. The graph reads static input buffers and writes static
-logits [P, V]; a step copies its inputs into the buffers' first rows (one host-to-device copy of a pinned
-staging tensor), replays, and returns the first B logits rows: a view that stays valid until the next step.
+logits [P, V]; a step copies its inputs into the buffers' first rows (one host-to-device copy of one flat
+int64 staging array, then device-side copies into the buffers), replays, and returns the first B logits
+rows: a view that stays valid until the next step.
 
 Padding rows (B..P-1) are sequences of one token at position 0 whose block table points at the runner's pad
 block (one block past the KV manager's pool, never handed out): they write their K/V there and read only it.
@@ -20,6 +21,7 @@ capture is what `paged_attention_triton` sizes its key splits for.
 from __future__ import annotations
 
 import logging
+from array import array
 from dataclasses import dataclass
 
 import torch
@@ -101,21 +103,37 @@ class DecodeGraphs:
         """Replay the bucket graph for these rows -> logits [B, V] float32 (valid until the next run)."""
         B = len(rows)
         P = self.bucket(B)
-        S = self.S
-        pad = P - B
-        ids = [r.token for r in rows] + [0] * pad
-        pos = [r.position for r in rows] + [0] * pad
-        self.input_ids[:P].copy_(torch.tensor(ids, dtype=torch.int64), non_blocking=True)
-        self.positions[:P].copy_(torch.tensor(pos, dtype=torch.int64), non_blocking=True)
-        for g in self.groups:
-            pb = self.pad_block[g]
-            lens = [r.position + 1 for r in rows] + [1] * pad
-            slots = [r.block_tables[g][r.position // S] * S + r.position % S for r in rows] + [pb * S] * pad
-            width = max(len(r.block_tables[g]) for r in rows)
-            table = [r.block_tables[g] + [pb] * (width - len(r.block_tables[g])) for r in rows]
-            table += [[pb] * width] * pad
-            self.seq_lens[g][:P].copy_(torch.tensor(lens, dtype=torch.int32), non_blocking=True)
-            self.slots[g][:P].copy_(torch.tensor(slots, dtype=torch.int64), non_blocking=True)
-            self.tables[g][:P, :width].copy_(torch.tensor(table, dtype=torch.int32), non_blocking=True)
+        host, layout = self._stage(rows, P)
+        staged = torch.frombuffer(host, dtype=torch.int64).to(self.device)  # one host-to-device copy
+        self.input_ids[:P].copy_(staged[0:P])
+        self.positions[:P].copy_(staged[P:2 * P])
+        for g, (at, width) in zip(self.groups, layout):
+            self.seq_lens[g][:P].copy_(staged[at:at + P])  # int64 -> int32 on the device
+            self.slots[g][:P].copy_(staged[at + P:at + 2 * P])
+            self.tables[g][:P, :width].copy_(staged[at + 2 * P:at + 2 * P + P * width].view(P, width))
         self.graphs[P].replay()
         return self.logits[P][:B]
+
+    def _stage(self, rows: list[DecodeRow], P: int) -> tuple[array, list[tuple[int, int]]]:
+        """The step's inputs as one flat int64 array: ids [P], positions [P], then per group seq_lens [P],
+        slots [P], block table [P, width]; and per group (offset, width). Rows B..P-1 are padding."""
+        S, pad = self.S, P - len(rows)
+        buf = array("q", [r.token for r in rows])
+        buf.extend([0] * pad)
+        buf.extend([r.position for r in rows])
+        buf.extend([0] * pad)
+        layout = []
+        for g in self.groups:
+            pb = self.pad_block[g]
+            tables = [r.block_tables[g] for r in rows]
+            width = max(map(len, tables))
+            layout.append((len(buf), width))
+            buf.extend([r.position + 1 for r in rows])
+            buf.extend([1] * pad)
+            buf.extend([t[r.position // S] * S + r.position % S for t, r in zip(tables, rows)])
+            buf.extend([pb * S] * pad)
+            for t in tables:
+                buf.extend(t)
+                buf.extend([pb] * (width - len(t)))
+            buf.extend([pb] * (width * pad))
+        return buf, layout
