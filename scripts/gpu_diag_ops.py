@@ -1,8 +1,7 @@
 """Which Triton op makes the GPU engine differ from the CPU reference? Swaps one op at a time back to its
 reference twin on a float32 CUDA engine and counts greedy first tokens that differ from the CPU reference
-(32 random prompts of 1..200 tokens, one batched prefill). Prints first whether float32 matmuls may use
-tf32 (an H200 run saw a reference lead of 0.44 flip with the MoE swapped back, which float32 should not do).
-Run: PYTHONPATH=. python scripts/gpu_diag_ops.py"""
+(32 random prompts of 1..200 tokens, one batched prefill, 3 greedy tokens), each with the first position that
+differs. Prints first whether float32 matmuls may use tf32. Run: PYTHONPATH=. python scripts/gpu_diag_ops.py"""
 
 import dataclasses
 import os
@@ -37,5 +36,6 @@ for swap in [None, "attention", "moe_experts", "route", "add_rms_norm", "rope_st
         got = []
         for i in range(0, 32, bs):
             got += [o.outputs[0].token_ids for o in gpu.generate(prompt_token_ids=ps[i:i + bs], sampling_params=G)]
-        bad = [i for i in range(32) if got[i] != want[i]]
-        print(f"ref {swap or '-':<14} batch {bs:>2}: {len(bad)} differ {bad[:8]}", flush=True)
+        bad = [(i, next(j for j, (a, b) in enumerate(zip(got[i], want[i])) if a != b))
+               for i in range(32) if got[i] != want[i]]
+        print(f"ref {swap or '-':<14} batch {bs:>2}: {len(bad)} differ (prompt, token) {bad[:8]}", flush=True)
