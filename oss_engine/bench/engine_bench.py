@@ -20,6 +20,7 @@ from itertools import count
 import torch
 
 from ..sampling_params import SamplingParams
+from .hardware import sync
 
 _ids = count()
 
@@ -34,11 +35,6 @@ class DecodeResult:
 
 def _prompts(n: int, length: int, vocab: int, rng: random.Random) -> list[list[int]]:
     return [[rng.randrange(vocab) for _ in range(length)] for _ in range(n)]
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _submit(engine, prompts: list[list[int]], max_tokens: int) -> list[str]:
@@ -67,12 +63,12 @@ def decode_rate(llm, batch: int, context: int, steps: int, warmup: int, rng: ran
             have[out.request_id] = len(out.outputs[0].token_ids)
     for _ in range(warmup):
         engine.step()
-    _sync(dev)
+    sync(dev)
     running = engine.stats().num_running
     t0 = time.perf_counter()
     for _ in range(steps):
         engine.step()
-    _sync(dev)
+    sync(dev)
     seconds = time.perf_counter() - t0
     ok = running == batch and engine.stats().num_preemptions_total == preempted
     for rid in rids:
@@ -87,11 +83,11 @@ def prefill_rate(llm, prompt_len: int, num_prompts: int, rng: random.Random) -> 
     vocab = llm.config.model.vocab_size
     for timed in (False, True):
         prompts = _prompts(num_prompts, prompt_len, vocab, rng)
-        _sync(dev)
+        sync(dev)
         t0 = time.perf_counter()
         _submit(engine, prompts, 1)
         _drain(engine)
-        _sync(dev)
+        sync(dev)
         seconds = time.perf_counter() - t0
     return num_prompts * prompt_len / seconds
 
@@ -103,7 +99,7 @@ def time_to_first_token(llm, prompt_len: int, rng: random.Random, reps: int = 3)
     times = []
     for i in range(reps + 1):
         prompt = _prompts(1, prompt_len, vocab, rng)
-        _sync(dev)
+        sync(dev)
         t0 = time.perf_counter()
         (rid,) = _submit(engine, prompt, 2)
         while not any(o.outputs[0].token_ids for o in engine.step()):

@@ -13,6 +13,7 @@ import time
 import torch
 
 from ..weights.mxfp4 import dequantize_mxfp4
+from .hardware import sync
 
 
 def hf_bytes_needed(llm) -> int:
@@ -89,8 +90,8 @@ def hf_decode_rate(hf, vocab: int, prompt_len: int, new_tokens: int) -> float:
     kw = dict(do_sample=False, min_new_tokens=new_tokens, max_new_tokens=new_tokens, pad_token_id=0)
     with torch.no_grad():
         hf.generate(ids, **{**kw, "min_new_tokens": 4, "max_new_tokens": 4})
-        torch.cuda.synchronize(dev) if dev.type == "cuda" else None
+        sync(dev)
         t0 = time.perf_counter()
         hf.generate(ids, **kw)
-        torch.cuda.synchronize(dev) if dev.type == "cuda" else None
+        sync(dev)
     return new_tokens / (time.perf_counter() - t0)

@@ -10,13 +10,13 @@ prefill rows FLOPs / matmul rate.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import torch
 
 from ..config import LAYER_FULL
 from ..model.forward_batch import AttentionMetadata, ForwardBatch
+from .hardware import median_seconds
 from .roofline import attention_weight_bytes, expert_weight_bytes, experts_touched, kv_bytes_per_token_layer
 
 TOKENS = (1, 8, 64, 256, 2048)
@@ -33,30 +33,17 @@ class KernelTime:
 
 
 def graph_us(fn, device: torch.device, reps: int = 20) -> float:
-    """Median microseconds of a CUDA-graph replay of fn (on the CPU: of fn itself, for tests)."""
-    fn()
+    """Median microseconds of a CUDA-graph replay of fn, L2 flushed before each (on the CPU: of fn itself,
+    for tests)."""
     if device.type != "cuda":
-        times = []
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e6)
-        return sorted(times)[len(times) // 2]
+        return 1e6 * median_seconds(fn, device, reps)
+    fn()
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         fn()
     flush = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")
-    times = []
-    for _ in range(reps):
-        flush.zero_()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1e3)
-    return sorted(times)[len(times) // 2]
+    return 1e6 * median_seconds(graph.replay, device, reps, before=flush.zero_)
 
 
 def _attention_batch(runner, T: int, layer_type: str) -> ForwardBatch:
