@@ -1,5 +1,5 @@
 """The published gpt-oss shapes, and random checkpoints at those shapes for measurements on a GPU machine
-that cannot download the real weights. Random MXFP4 bytes with scales near 2**-6 route roughly uniformly."""
+that cannot download the real weights (random MXFP4 bytes with scales near 2**-7 route roughly uniformly)."""
 
 from __future__ import annotations
 
@@ -34,51 +34,36 @@ def preset_config(name: str) -> dict:
     return cfg
 
 
+def write_preset_config(out_dir: str | Path, preset: str) -> Path:
+    """`out_dir`/config.json with the preset's shapes (made if needed); returns out_dir as a Path."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(preset_config(preset), indent=2))
+    return out
+
+
 def write_random_checkpoint(out_dir: str | Path, preset: str, seed: int = 0) -> Path:
     """An MXFP4 checkpoint of the preset's shapes with random weights, one shard per layer (streamed: host
-    memory holds one layer at a time)."""
-    out, cfg = Path(out_dir), preset_config(preset)
-    out.mkdir(parents=True, exist_ok=True)
-    g = torch.Generator().manual_seed(seed)
-    E, D, I, V = cfg["num_local_experts"], cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"]
-    H, K, hd = cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["head_dim"]
+    memory holds one layer at a time). The values are `load_format="dummy"`'s (weights/dummy.py), stored as
+    published checkpoints store them: float tensors in bf16, MXFP4 blocks and scales as bytes."""
+    from .config import ModelConfig
+    from .weights.dummy import RandomCheckpoint
 
-    def normal(*shape, std):
-        return (torch.randn(*shape, generator=g) * std).to(torch.bfloat16)
-
-    def mxfp4(rows, cols):
-        return (torch.randint(0, 256, (E, rows, cols // 32, 16), generator=g, dtype=torch.uint8),
-                torch.randint(118, 123, (E, rows, cols // 32), generator=g, dtype=torch.uint8))
-
-    n_shards = cfg["num_hidden_layers"] + 1
+    out = write_preset_config(out_dir, preset)
+    src = RandomCheckpoint(ModelConfig.from_dir(out), torch.bfloat16, seed, "cpu")
+    shards: dict[int, list[str]] = {}  # 0: embeddings, final norm, lm_head; L + 1: layer L
+    for name in src.names():
+        shards.setdefault(int(name.split(".")[2]) + 1 if name.startswith("model.layers.") else 0, []).append(name)
     weight_map, total = {}, 0
-
-    def save(i: int, t: dict[str, torch.Tensor]) -> None:
-        nonlocal total
-        fname = f"model-{i + 1:05d}-of-{n_shards:05d}.safetensors"
-        save_file(t, out / fname, metadata={"format": "pt"})
-        for name, x in t.items():
+    for i, names in sorted(shards.items()):
+        fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        tensors = {}
+        for name in names:
+            t = src.read_region(name, {})
+            tensors[name] = t.to(torch.bfloat16) if t.is_floating_point() else t
             weight_map[name] = fname
-            total += x.numel() * x.element_size()
-
-    save(0, {"model.embed_tokens.weight": normal(V, D, std=1.0), "model.norm.weight": 1 + normal(D, std=0.1),
-             "lm_head.weight": normal(V, D, std=D ** -0.5)})
-    for L in range(cfg["num_hidden_layers"]):
-        p = f"model.layers.{L}."
-        t = {p + "input_layernorm.weight": 1 + normal(D, std=0.1),
-             p + "post_attention_layernorm.weight": 1 + normal(D, std=0.1),
-             p + "self_attn.sinks": normal(H, std=1.0), p + "mlp.router.weight": normal(E, D, std=D ** -0.5),
-             p + "mlp.router.bias": normal(E, std=0.1),
-             p + "self_attn.o_proj.weight": normal(D, H * hd, std=(H * hd) ** -0.5),
-             p + "self_attn.o_proj.bias": normal(D, std=0.1),
-             p + "mlp.experts.gate_up_proj_bias": normal(E, 2 * I, std=0.1),
-             p + "mlp.experts.down_proj_bias": normal(E, D, std=0.1)}
-        for name, rows in (("q", H * hd), ("k", K * hd), ("v", K * hd)):
-            t[p + f"self_attn.{name}_proj.weight"] = normal(rows, D, std=D ** -0.5)
-            t[p + f"self_attn.{name}_proj.bias"] = normal(rows, std=0.1)
-        t[p + "mlp.experts.gate_up_proj_blocks"], t[p + "mlp.experts.gate_up_proj_scales"] = mxfp4(2 * I, D)
-        t[p + "mlp.experts.down_proj_blocks"], t[p + "mlp.experts.down_proj_scales"] = mxfp4(D, I)
-        save(L + 1, t)
-    (out / "model.safetensors.index.json").write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}))
-    (out / "config.json").write_text(json.dumps(cfg, indent=2))
+            total += tensors[name].numel() * tensors[name].element_size()
+        save_file(tensors, out / fname, metadata={"format": "pt"})
+    (out / "model.safetensors.index.json").write_text(json.dumps({"metadata": {"total_size": total},
+                                                                  "weight_map": weight_map}))
     return out

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
 import tempfile
-from pathlib import Path
 
 os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
 os.environ.setdefault("TORCH_SYMM_MEM_DISABLE_MULTICAST", "1")
@@ -21,7 +19,7 @@ os.environ.setdefault("NVSHMEM_DISABLE_NVLS", "1")
 import torch  # noqa: E402
 
 from oss_engine import LLM, SamplingParams  # noqa: E402
-from oss_engine.presets import preset_config  # noqa: E402
+from oss_engine.presets import write_preset_config  # noqa: E402
 
 
 def run(model_dir: str, prompts, **kw) -> tuple[list[list[int]], list[list[float]]]:
@@ -45,7 +43,7 @@ def main() -> None:
     g = torch.Generator().manual_seed(0)
     prompts = [torch.randint(0, 200000, (n,), generator=g).tolist() for n in (17, 64, 200, 512)]
     with tempfile.TemporaryDirectory() as d:
-        (Path(d) / "config.json").write_text(json.dumps(preset_config(args.preset)))
+        write_preset_config(d, args.preset)
         want, gaps = run(d, prompts)
         for name, kw in ((f"TP {args.gpus}", dict(tensor_parallel_size=args.gpus)),
                          (f"TP {args.gpus} + EP", dict(tensor_parallel_size=args.gpus, enable_expert_parallel=True))):

@@ -60,10 +60,13 @@ def _ints(s: str) -> list[int]:
 def _model_dir(args, tmp: str) -> str:
     if args.preset is None:
         return args.model
-    from ..presets import preset_config
+    from ..presets import write_preset_config
 
-    (Path(tmp) / "config.json").write_text(json.dumps(preset_config(args.preset)))
-    return tmp
+    return str(write_preset_config(tmp, args.preset))
+
+
+def _device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
 
 
 def run(args) -> dict:
@@ -78,7 +81,7 @@ def run(args) -> dict:
         from ..config import resolve_device
 
         device = torch.device(resolve_device(args.device))
-        _progress(f"measuring the ceilings of {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}")
+        _progress(f"measuring the ceilings of {_device_name(device)}")
         bw = hardware.copy_bandwidth(device, nbytes=(1 << 30) if device.type == "cuda" else (1 << 26))
         mm = hardware.matmul_rate(device, n=8192 if device.type == "cuda" else 512)
         _progress(f"copy {bw / 1e9:,.0f} GB/s, matmul {mm / 1e12:,.1f} TFLOP/s; loading the model")
@@ -99,7 +102,7 @@ def run(args) -> dict:
 def _measure(args, llm, device, bw, mm, t0, batches, prefill_lens, rng) -> dict:
     m = llm.config.model
     single = llm.config.parallel.world_size == 1
-    res: dict = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+    res: dict = {"device": _device_name(device),
                  "model": args.preset or args.model or "embedded tiny model", "dtype": llm.config.dtype,
                  "kernels": llm.config.kernels,
                  "cuda_graphs": single and getattr(llm.engine.runner, "graphs", None) is not None,

@@ -4,8 +4,8 @@ from its own generator, seeded by (seed, checkpoint name), in full and then cut 
 so the weights are the same whatever the parallel layout (TP 8 holds exactly the slices of the TP 1 model) and
 whatever the load order.
 
-Values keep activations in a sane range and route tokens roughly uniformly, like
-presets.write_random_checkpoint: linear weights N(0, 1/in), biases N(0, 0.1^2), norm weights 1 + N(0, 0.1^2),
+Values keep activations in a sane range and route tokens roughly uniformly (presets.write_random_checkpoint
+writes these same tensors to files): linear weights N(0, 1/in), biases N(0, 0.1^2), norm weights 1 + N(0, 0.1^2),
 sinks and embeddings N(0, 1), MXFP4 bytes uniform with scales 2^-9..2^-5.
 """
 

@@ -13,12 +13,11 @@ from oss_engine.bench import roofline
 from oss_engine.bench.hf_compare import build_hf
 from oss_engine.cli import main
 from oss_engine.config import ModelConfig
-from oss_engine.presets import preset_config
+from oss_engine.presets import write_preset_config
 
 
 def preset(name: str, tmp_path) -> ModelConfig:
-    (tmp_path / "config.json").write_text(json.dumps(preset_config(name)))
-    return ModelConfig.from_dir(tmp_path)
+    return ModelConfig.from_dir(write_preset_config(tmp_path, name))
 
 
 @pytest.mark.parametrize("name, gb, limit", [("gpt-oss-20b", 3.71, 810), ("gpt-oss-120b", 5.00, 595)])

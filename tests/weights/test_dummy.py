@@ -36,11 +36,8 @@ def test_dummy_weights_same_with_tensor_parallel_2(parity_checkpoint):
 
 @pytest.mark.parametrize("preset", ["gpt-oss-20b"])
 def test_preset_shapes_are_planned_without_memory(tmp_path, preset):
-    import json
+    from oss_engine.presets import write_preset_config
 
-    from oss_engine.presets import preset_config
-
-    (tmp_path / "config.json").write_text(json.dumps(preset_config(preset)))
-    src = RandomCheckpoint(ModelConfig.from_dir(tmp_path), torch.bfloat16, 0, "cpu")
+    src = RandomCheckpoint(ModelConfig.from_dir(write_preset_config(tmp_path, preset)), torch.bfloat16, 0, "cpu")
     assert src.meta("model.layers.0.mlp.experts.gate_up_proj_blocks").shape == (32, 5760, 90, 16)
     assert src.meta("lm_head.weight").shape == (201088, 2880)
