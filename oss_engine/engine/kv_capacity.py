@@ -1,8 +1,8 @@
 """How many KV blocks each cache group gets.
 
-Budget (the runner's pad block per group included): `num_kv_blocks` (per group, an explicit override) else `kv_cache_memory_bytes`, else on CUDA
-`gpu_memory_utilization` x device memory minus the peak of a profiling pass (the weights plus the
-activations of a `max_num_batched_tokens` step), else on CPU 1 GiB.
+Budget (the runner's pad block per group included): `num_kv_blocks` (per group, an explicit override) else
+`kv_cache_memory_bytes`, else on CUDA `gpu_memory_utilization` x device memory minus the peak of a profiling
+pass (the weights plus the activations of a `max_num_batched_tokens` step), else on CPU 1 GiB.
 
 The main group is capped at MAX_BLOCKS (2^21, 33.5M tokens at block size 16: beyond any real model's need).
 

@@ -5,8 +5,6 @@ what it read and holds is kept on `model.load_report`."""
 
 from __future__ import annotations
 
-import logging
-
 import torch
 
 from ..config import EngineConfig
@@ -19,7 +17,6 @@ from .gpt_oss import GptOssModel
 from .rope import yarn_params
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-log = logging.getLogger(__name__)
 
 
 def build_model(cfg: EngineConfig, *, shard: RankShard | None = None, comms: ModelComms | None = None,
@@ -29,7 +26,9 @@ def build_model(cfg: EngineConfig, *, shard: RankShard | None = None, comms: Mod
     model = model.to_empty(device=cfg.device)
     model.rotary.inv_freq.copy_(yarn_params(cfg.model).inv_freq)  # buffers are not in the checkpoint
     # "dummy": random tensors made on the device, the same for every parallel layout, through the same loader
-    source = RandomCheckpoint(cfg.model, DTYPES[cfg.dtype], cfg.seed, cfg.device) if cfg.load_format == "dummy" else None
+    source = None
+    if cfg.load_format == "dummy":
+        source = RandomCheckpoint(cfg.model, DTYPES[cfg.dtype], cfg.seed, cfg.device)
     model.load_report = load_weights(model, cfg.model_dir, cfg.model, shard=model.shard, progress=progress,
                                      source=source)
     return model.eval()
