@@ -182,29 +182,19 @@ def test_bf16_gpu(num_splits, window):
 # real launch would be (unit strides as constants, 16-divisible pointers and strides). It covers the for-loop
 # branch that the interpreter never runs. In a subprocess: TRITON_INTERPRET is fixed when the kernels are defined.
 _COMPILE_FOR_HOPPER = r"""
-import triton, triton.language as tl
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
 from oss_engine.kernels.triton import attention as A
-
-def build(fn, consts, ptrs, floats=()):
-    sig = {n: "constexpr" if n in consts else ptrs.get(n, "fp32" if n in floats else "i32") for n in fn.arg_names}
-    div = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(fn.arg_names) if sig[n] != "constexpr"
-           and (n.endswith("_ptr") or n in ("s_qt", "s_qh", "s_ot", "s_oh", "s_kn", "s_ks", "s_kk", "s_vn",
-                                            "s_vs", "s_vk"))}
-    return triton.compile(ASTSource(fn, sig, consts, div), target=GPUTarget("cuda", 90, 32))
 
 ptrs = dict(q_ptr="*bf16", k_ptr="*bf16", v_ptr="*bf16", sinks_ptr="*fp32", out_ptr="*bf16", part_acc_ptr="*fp32",
             part_ml_ptr="*fp32", qsl_ptr="*i32", seq_lens_ptr="*i32", bt_ptr="*i32", pos_ptr="*i64")
+strides = ("s_qt", "s_qh", "s_ot", "s_oh", "s_kn", "s_ks", "s_kk", "s_vn", "s_vs", "s_vk")
 for block_m, split in ((16, True), (16, False), (128, False)):  # decode split / single pass, prefill
     consts = dict(G=8, G_PAD=8, BLOCK_Q=block_m // 8, BLOCK_M=block_m, BLOCK_N=64, D=64, S=16, SPLIT=split,
                   COMPUTE=tl.bfloat16, DOT_PRECISION=None, WHILE_LOOP=False, s_qd=1, s_od=1, s_kd=1, s_vd=1)
-    k = build(A._attn_kernel, consts, ptrs, floats=("qk_scale",))
-    assert "cubin" in k.asm, "no cubin"
-build(A._combine_kernel, dict(NUM_SPLITS=8, BLOCK_H=16, D=64, s_od=1),
-      dict(part_acc_ptr="*fp32", part_ml_ptr="*fp32", sinks_ptr="*fp32", out_ptr="*bf16"))
-build(A._store_kv_kernel, dict(K=8, D=64, S=16, BLOCK=512, s_kd=1, s_vd=1, s_cd=1, s_dd=1),
-      dict(k_ptr="*bf16", v_ptr="*bf16", kc_ptr="*bf16", vc_ptr="*bf16", slot_ptr="*i64"))
+    compile_sm90(A._attn_kernel, consts, ptrs, floats=("qk_scale",), divisible=(*ptrs, *strides))
+compile_sm90(A._combine_kernel, dict(NUM_SPLITS=8, BLOCK_H=16, D=64, s_od=1),
+             dict(part_acc_ptr="*fp32", part_ml_ptr="*fp32", sinks_ptr="*fp32", out_ptr="*bf16"))
+compile_sm90(A._store_kv_kernel, dict(K=8, D=64, S=16, BLOCK=512, s_kd=1, s_vd=1, s_cd=1, s_dd=1),
+             dict(k_ptr="*bf16", v_ptr="*bf16", kc_ptr="*bf16", vc_ptr="*bf16", slot_ptr="*i64"))
 print("ok")
 """
 

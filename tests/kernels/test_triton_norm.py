@@ -136,19 +136,11 @@ def test_cuda_graph_capture_gpu():
 # Compiles the kernel for sm_90 (PTX and cubin through the bundled ptxas; nothing launched) in bf16, specialised
 # as a real launch would be. In a subprocess: TRITON_INTERPRET is fixed when the kernel is defined.
 _COMPILE_FOR_HOPPER = r"""
-import triton, triton.language as tl
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
 from oss_engine.kernels.triton import norm as N
 
-fn = N._add_rms_norm_kernel
 ptrs = dict(x_ptr="*bf16", res_ptr="*bf16", w_ptr="*fp32", out_ptr="*bf16", r_out_ptr="*bf16")
 for has_res in (True, False):
-    consts = dict(HAS_RESIDUAL=has_res, BLOCK_D=4096)
-    sig = {n: "constexpr" if n in consts else ptrs.get(n, "fp32" if n == "eps" else "i32") for n in fn.arg_names}
-    div = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(fn.arg_names) if n.endswith("_ptr")}
-    k = triton.compile(ASTSource(fn, sig, consts, div), target=GPUTarget("cuda", 90, 32))
-    assert "cubin" in k.asm, "no cubin"
+    compile_sm90(N._add_rms_norm_kernel, dict(HAS_RESIDUAL=has_res, BLOCK_D=4096), ptrs, floats=("eps",))
 print("ok")
 """
 

@@ -161,9 +161,6 @@ def test_cuda_graph_capture_gpu():
 # and a float32 cache, specialised as a real launch would be. In a subprocess: TRITON_INTERPRET is fixed when
 # the kernel is defined.
 _COMPILE_FOR_HOPPER = r"""
-import triton, triton.language as tl
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
 from oss_engine.kernels.triton import rope as R
 
 fn = R._rope_store_kv_kernel
@@ -172,10 +169,7 @@ for cache in ("*bf16", "*fp32"):
     ptrs = dict(q_ptr="*bf16", k_ptr="*bf16", v_ptr="*bf16", cos_ptr="*fp32", sin_ptr="*fp32", qo_ptr="*bf16",
                 kc_ptr=cache, vc_ptr=cache, slot_ptr="*i64")
     consts = dict(H=64, K=8, D2=32, S=16, H_PAD=64, K_PAD=8, D2_PAD=32, D_PAD=64, **{n: 1 for n in unit})
-    sig = {n: "constexpr" if n in consts else ptrs.get(n, "i32") for n in fn.arg_names}
-    div = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(fn.arg_names) if sig[n] != "constexpr"}
-    k = triton.compile(ASTSource(fn, sig, consts, div), target=GPUTarget("cuda", 90, 32))
-    assert "cubin" in k.asm, "no cubin"
+    compile_sm90(fn, consts, ptrs, divisible=fn.arg_names)  # every runtime argument 16-divisible
 print("ok")
 """
 

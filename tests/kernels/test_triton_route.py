@@ -139,19 +139,11 @@ def test_cuda_graph_capture_gpu():
 # the decode and prefill tiles, specialised as a real launch would be. In a subprocess: TRITON_INTERPRET is fixed
 # when the kernel is defined.
 _COMPILE_FOR_HOPPER = r"""
-import triton, triton.language as tl
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
 from oss_engine.kernels.triton import route as R
 
-fn = R._route_kernel
 ptrs = dict(logits_ptr="*bf16", w_ptr="*fp32", ids_ptr="*i64")
 for E, BT in ((32, 1), (128, 16)):
-    consts = dict(E=E, A=4, E_PAD=E, A_PAD=4, BLOCK_T=BT, s_le=1, s_wa=1, s_ia=1)
-    sig = {n: "constexpr" if n in consts else ptrs.get(n, "i32") for n in fn.arg_names}
-    div = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(fn.arg_names) if n.endswith("_ptr")}
-    k = triton.compile(ASTSource(fn, sig, consts, div), target=GPUTarget("cuda", 90, 32))
-    assert "cubin" in k.asm, "no cubin"
+    compile_sm90(R._route_kernel, dict(E=E, A=4, E_PAD=E, A_PAD=4, BLOCK_T=BT, s_le=1, s_wa=1, s_ia=1), ptrs)
 print("ok")
 """
 

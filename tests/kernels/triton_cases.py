@@ -21,12 +21,32 @@ def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
 
+_COMPILE_PRELUDE = r'''
+import triton, triton.language as tl
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+def compile_sm90(fn, consts, ptrs, floats=(), divisible=None):
+    """fn compiled for sm_90 with the constexpr values `consts`, pointer types `ptrs` (name -> "*bf16", ...),
+    float32 scalars `floats` (other scalars i32); the arguments in `divisible` (default: the pointers) are
+    declared 16-divisible, specialised as a real launch would be. Asserts that a cubin came out."""
+    sig = {n: "constexpr" if n in consts else ptrs.get(n, "fp32" if n in floats else "i32") for n in fn.arg_names}
+    div_names = set(ptrs if divisible is None else divisible)
+    div = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(fn.arg_names)
+           if sig[n] != "constexpr" and n in div_names}
+    k = triton.compile(ASTSource(fn, sig, consts, div), target=GPUTarget("cuda", 90, 32))
+    assert "cubin" in k.asm, "no cubin"
+    return k
+'''
+
+
 def run_compile_check(script: str) -> None:
-    """Runs a test file's compile-for-Hopper `script` in a fresh interpreter with TRITON_INTERPRET removed
-    (it is fixed when a kernel is defined, so the compile cannot run in this process) and the repository on
-    PYTHONPATH; asserts that it exits 0 and prints "ok" last."""
+    """Runs a test file's compile-for-Hopper `script` (after a prelude that imports triton and defines
+    `compile_sm90`) in a fresh interpreter with TRITON_INTERPRET removed (it is fixed when a kernel is
+    defined, so the compile cannot run in this process) and the repository on PYTHONPATH; asserts that it
+    exits 0 and prints "ok" last."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-    r = subprocess.run([sys.executable, "-c", script], env=env, cwd=ROOT, capture_output=True, check=False,
+    r = subprocess.run([sys.executable, "-c", _COMPILE_PRELUDE + script], env=env, cwd=ROOT, capture_output=True, check=False,
                        text=True, timeout=300)
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-4000:]
