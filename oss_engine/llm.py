@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any, Sequence
 
 from .config import (CacheConfig, ConfigError, EngineConfig, ModelConfig, ParallelConfig, SchedulerConfig,
@@ -15,8 +14,6 @@ from .kernels import resolve_kernels
 from .model.build import build_model
 from .outputs import RequestOutput
 from .sampling_params import SamplingParams
-
-log = logging.getLogger(__name__)
 
 
 def _with_executor_backend(par: ParallelConfig, requested: str) -> ParallelConfig:

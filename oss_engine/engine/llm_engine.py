@@ -8,7 +8,6 @@ A request with n > 1 becomes n child requests ("<id>#<i>") that share the prompt
 
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import dataclass, field
 from typing import Iterator, Protocol
@@ -24,8 +23,6 @@ from .request import Request
 from .runner import ScheduledSeq, StepLogits
 from .sampler import Sampler, SamplingBatch, top_logprobs
 from .scheduler import Scheduler, SchedulerOutput
-
-log = logging.getLogger(__name__)
 
 
 class ContextLengthError(ValueError):

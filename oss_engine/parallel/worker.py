@@ -27,8 +27,6 @@ from .state import ParallelState, rank_device
 from .step_io import receive_plan
 from .session import exchange_load_reports, receive_block_counts, send_logits
 
-log = logging.getLogger("oss_engine.worker")
-
 
 def _exit_with_parent(poll_s: float = 0.5) -> None:
     parent = os.getppid()

@@ -13,7 +13,6 @@ every checkpoint format; only the convert differs.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +24,6 @@ from .checkpoint import Checkpoint, CheckpointError
 from .formats import CONVERTS, stored_dim, stored_shape
 from .names import Placement, expected_tensors
 
-log = logging.getLogger(__name__)
 _FLOAT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
 
