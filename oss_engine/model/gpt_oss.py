@@ -52,13 +52,13 @@ class MissingLayer(nn.Module):
 
 
 def _embedding(cfg: ModelConfig, dtype: torch.dtype, shard: RankShard, comms: ModelComms) -> nn.Module:
-    if not comms.tp.active:  # no group: one process (a real group, even of one, takes the parallel layer)
+    if comms.tp.size == 1 and not comms.tp.active:  # one rank, no group (a real group of one: the parallel one)
         return Embedding(cfg.vocab_size, cfg.hidden_size, dtype)
     return VocabParallelEmbedding(shard.vocab, cfg.hidden_size, dtype, comms.tp)
 
 
 def _lm_head(cfg: ModelConfig, dtype: torch.dtype, shard: RankShard, comms: ModelComms) -> nn.Module:
-    if not comms.tp.active:  # no group: one process (a real group, even of one, takes the parallel layer)
+    if comms.tp.size == 1 and not comms.tp.active:  # one rank, no group (a real group of one: the parallel one)
         return Linear(cfg.hidden_size, cfg.vocab_size, bias=False, dtype=dtype)  # untied
     return ParallelLMHead(shard.vocab, cfg.vocab_size, cfg.hidden_size, dtype, comms.tp)
 
