@@ -37,6 +37,7 @@ def get_ops(name: str) -> Ops:
     if name == "triton":
         from .triton.attention import paged_attention_triton
         from .triton.moe import moe_experts_triton
+        from .triton.moe_decode import moe_experts_decode_triton, use_decode_path
         from .triton.norm import add_rms_norm_triton
         from .triton.rope import rope_store_kv_triton
         from .triton.route import route_triton
@@ -45,8 +46,12 @@ def get_ops(name: str) -> Ops:
             return paged_attention_triton(q, k_cache, v_cache, sinks, meta, positions, window, scale,
                                           max_query_len=meta.max_query_len)
 
-        return Ops("triton", add_rms_norm_triton, rope_store_kv_triton, attention, route_triton,
-                   moe_experts_triton)
+        def moe_experts(x, weights, ids, w1, w2, limit, alpha):
+            if use_decode_path(ids.numel(), w1.bias.shape[0]):  # a few tokens: per-pair streaming
+                return moe_experts_decode_triton(x, weights, ids, w1, w2, limit, alpha)
+            return moe_experts_triton(x, weights, ids, w1, w2, limit, alpha)
+
+        return Ops("triton", add_rms_norm_triton, rope_store_kv_triton, attention, route_triton, moe_experts)
     if name == "ref":
         from .ref.attention import paged_attention_ref
         from .ref.moe import moe_experts_ref, route_ref

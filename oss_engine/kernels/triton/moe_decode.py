@@ -1,0 +1,179 @@
+"""MoE experts for a few tokens (decode) in Triton: the contract of `moe_experts_triton` / `moe_experts_ref`
+(read the latter's docstring), built for batches where experts get about one row each.
+
+Legend: T tokens, D hidden, I intermediate, E experts, A experts per token, P = T * A (token, slot) pairs,
+p = t * A + a a pair, S the split of GEMM 2's reduction, BN / BK a tile's columns / reduction step.
+
+Why a second path. The grouped path (`moe.py`) sorts the pairs by expert (one launch), runs its two GEMMs over
+blocks of BLOCK_M sorted rows and sums the slots (one more launch). At decode a block holds one real row, so
+the grouping buys nothing and its launch and the block lookup at the top of every GEMM program sit on the
+critical path. Here every pair streams its own expert's rows, found with one load of ids[p]:
+  GEMM 1   act[p] = swiglu(x[p // A] @ W1[ids[p]]^T + b1[ids[p]])               grid (P, 2I / BN1)
+  GEMM 2   y[p * S + s] = weights[p] * (act[p] @ W2[ids[p]]^T)[split s] (+ b2 on s = 0)
+                                                                             grid (P, D / BN2, S)
+  combine  out[t] = sum over the A * S rows t * A * S .. of y, in a fixed order (moe.py's `_combine_kernel`)
+Splitting GEMM 2's reduction I into S chunks gives it as many programs as GEMM 1 (D = I but W2 has half
+W1's rows); the combine sums the splits with the slots, so the result stays deterministic.
+Two tokens routed to one expert read its rows twice (the second read mostly from L2 when their programs run
+together): this path is for a few tokens per step (`use_decode_path`).
+
+Tiles: the tensor-core dot needs 16 rows, so the A operand is the pair's one row and 15 masked rows; the
+weight decode (Triton's e2m1 upcast in "dot_scaled", or `_mma_step`'s other modes) is moe.py's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from ..types import ExpertWeight
+from .moe import _MODES, _TL_DTYPE, _combine_kernel, _load_a, _mma_step, _weight_args
+
+MAX_DECODE_PAIRS = 16  # pairs up to which the op table takes this path (see use_decode_path)
+
+
+@dataclass(frozen=True)
+class DecodeTiles:
+    block_n1: int = 32  # GEMM 1: W1 rows per program (block_n1 / 2 activations)
+    block_k1: int = 256
+    warps1: int = 2
+    stages1: int = 2
+    block_n2: int = 32  # GEMM 2: output columns per program
+    block_k2: int = 256
+    split2: int = 2  # S: GEMM 2 reduction chunks
+    warps2: int = 2
+    stages2: int = 2
+    mxfp4_decode: str = "dot_scaled"  # as MoeTritonConfig.mxfp4_decode
+
+
+def default_decode_tiles(device: torch.device) -> DecodeTiles:
+    if device.type != "cuda":  # the interpreter: few programs and steps keep the CPU tests fast
+        return DecodeTiles(64, 64, 4, 1, 64, 64, 2, 4, 1, "arith")
+    return DecodeTiles(mxfp4_decode="dot_scaled" if hasattr(tl, "dot_scaled") else "arith")
+
+
+def use_decode_path(num_pairs: int, num_experts: int) -> bool:
+    """A few pairs, at most about one per expert: stream per pair (no grouping launch, no shared blocks)."""
+    return num_pairs <= min(MAX_DECODE_PAIRS, num_experts)
+
+
+@triton.jit
+def _pair_gemm1_kernel(
+    x_ptr, ids_ptr, w_ptr, s_ptr, b_ptr, act_ptr,
+    s_xt, s_xk, s_we, s_wn, s_wk, s_se, s_sn, s_sg, s_be, s_bn, s_ap, s_aq, s_ah,
+    limit, alpha,
+    K: tl.constexpr, N: tl.constexpr, A: tl.constexpr, MODE: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr, COMPUTE: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """act[p, i] = swiglu(x[p // A] @ W1[ids[p]]^T + b1)[i] for BLOCK_N / 2 columns i (W1 rows n0 .. n0 + BN)."""
+    p = tl.program_id(0)
+    expert = tl.load(ids_ptr + p).to(tl.int64)
+    r = tl.arange(0, 16)  # the dot's 16 rows: row 0 is the pair's, the rest masked
+    rmask = r == 0
+    row_off = tl.zeros([16], tl.int64) + (p // A).to(tl.int64) * s_xt
+    w_rows = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)  # [BN] interleaved: even gate, odd up
+    nmask = w_rows < N
+    acc = tl.zeros((16, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        a0, a1 = _load_a(x_ptr, row_off, rmask, k0, K, 2 * s_xk, s_xk, MODE, BLOCK_K, COMPUTE)
+        acc = _mma_step(acc, a0, a1, w_ptr + expert * s_we, s_ptr + expert * s_se, w_rows, nmask, k0, K,
+                        s_wn, s_wk, s_sn, s_sg, MODE, BLOCK_N, BLOCK_K, COMPUTE, PRECISION)
+    acc += tl.load(b_ptr + expert * s_be + w_rows * s_bn, mask=nmask, other=0.0).to(tl.float32)[None, :]
+    gate, up = tl.split(tl.reshape(acc, (16, BLOCK_N // 2, 2)))  # [16, BN/2] each: columns 2i, 2i + 1
+    gate = tl.minimum(gate, limit)
+    up = tl.minimum(tl.maximum(up, -limit), limit)
+    act = gate * tl.sigmoid(alpha * gate) * (up + 1.0)
+    cols = tl.program_id(1) * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)
+    if MODE == 1:  # split layout, as moe.py's GEMM 1 writes it for "arith"
+        col_off = (cols // 2) * s_aq + (cols % 2) * s_ah
+    else:
+        col_off = cols * s_ah
+    ptrs = act_ptr + p.to(tl.int64) * s_ap + r[:, None] * 0 + col_off[None, :]
+    tl.store(ptrs, act.to(act_ptr.dtype.element_ty), mask=rmask[:, None] & (2 * cols < N)[None, :])
+
+
+@triton.jit
+def _pair_gemm2_kernel(
+    act_ptr, ids_ptr, w_ptr, s_ptr, b_ptr, route_w_ptr, y_ptr,
+    s_ap, s_aq, s_ah, s_we, s_wn, s_wk, s_se, s_sn, s_sg, s_be, s_bn, s_yr,
+    K: tl.constexpr, N: tl.constexpr, S: tl.constexpr, K_SPLIT: tl.constexpr, MODE: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, COMPUTE: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """y[p * S + s, n] = weights[p] * (act[p, split s] @ W2[ids[p]][n, split s] (+ b2[n] on split 0)).
+    K_SPLIT, a multiple of BLOCK_K, is each split's reduction length (the last may be shorter)."""
+    p = tl.program_id(0)
+    s = tl.program_id(2)
+    expert = tl.load(ids_ptr + p).to(tl.int64)
+    r = tl.arange(0, 16)
+    rmask = r == 0
+    row_off = tl.zeros([16], tl.int64) + p.to(tl.int64) * s_ap
+    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    nmask = cols < N
+    acc = tl.zeros((16, BLOCK_N), dtype=tl.float32)
+    k_lo = s * K_SPLIT
+    k_end = tl.minimum(k_lo + K_SPLIT, K)  # the masks' bound: a multiple of 32, like K
+    for j in range(0, K_SPLIT // BLOCK_K):
+        k0 = k_lo + j * BLOCK_K
+        a0, a1 = _load_a(act_ptr, row_off, rmask, k0, k_end, s_aq, s_ah, MODE, BLOCK_K, COMPUTE)
+        acc = _mma_step(acc, a0, a1, w_ptr + expert * s_we, s_ptr + expert * s_se, cols, nmask, k0, k_end,
+                        s_wn, s_wk, s_sn, s_sg, MODE, BLOCK_N, BLOCK_K, COMPUTE, PRECISION)
+    bias = tl.load(b_ptr + expert * s_be + cols * s_bn, mask=nmask & (s == 0), other=0.0).to(tl.float32)
+    y = (acc + bias[None, :]) * tl.load(route_w_ptr + p).to(tl.float32)
+    row = (p * S + s).to(tl.int64)
+    tl.store(y_ptr + row * s_yr + r[:, None] * 0 + cols[None, :], y, mask=rmask[:, None] & nmask[None, :])
+
+
+def _empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Every buffer this module allocates (tests replace it to poison the buffers with NaN)."""
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def moe_experts_decode_triton(x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor, w1: ExpertWeight,
+                              w2: ExpertWeight, limit: float, alpha: float, tiles: DecodeTiles | None = None,
+                              compute_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """x [T, D], weights [T, A], ids [T, A] -> [T, D] in x.dtype; `moe_experts_triton`'s contract."""
+    T, D = x.shape
+    A = ids.shape[1]
+    E, two_i = w1.bias.shape
+    I = two_i // 2
+    P = T * A
+    out = _empty((T, D), x.dtype, x.device)
+    if P == 0:
+        return out.zero_()
+    tiles = tiles or default_decode_tiles(x.device)
+    compute = compute_dtype or (torch.bfloat16 if x.is_cuda else torch.float32)
+    mode = tiles.mxfp4_decode if w1.is_mxfp4 else "dense"
+    if mode not in _MODES or mode == "dot_scaled_swap" or (w1.is_mxfp4 and mode == "dense"):
+        raise ValueError(f"MXFP4 decode mode {tiles.mxfp4_decode!r} not available on the decode path")
+    if mode == "dot_scaled" and compute != torch.bfloat16:
+        mode = "arith"  # tl.dot_scaled multiplies in bf16 only
+    flat_ids = ids.reshape(-1)  # [P]
+    route_w = weights.reshape(-1)  # [P]
+    common = {"MODE": _MODES[mode], "COMPUTE": _TL_DTYPE[compute],
+              "PRECISION": "ieee" if compute == torch.float32 else "tf32"}
+
+    act = _empty((P, I), compute, x.device)
+    s_aq, s_ah = (1, I // 2) if mode == "arith" else (2, 1)  # arith: [P, 2, I/2] (evens, odds)
+    w, s, ws = _weight_args(w1, mode)
+    _pair_gemm1_kernel[(P, triton.cdiv(2 * I, tiles.block_n1))](
+        x, flat_ids, w, s, w1.bias, act, x.stride(0), x.stride(1), *ws, w1.bias.stride(0), w1.bias.stride(1),
+        act.stride(0), s_aq, s_ah, float(limit), float(alpha), K=D, N=2 * I, A=A, BLOCK_N=tiles.block_n1,
+        BLOCK_K=tiles.block_k1, num_warps=tiles.warps1, num_stages=tiles.stages1, **common)
+
+    S = max(1, min(tiles.split2, triton.cdiv(I, tiles.block_k2)))
+    k_split = triton.cdiv(triton.cdiv(I, S), tiles.block_k2) * tiles.block_k2
+    S = triton.cdiv(I, k_split)  # no empty split
+    y = _empty((P * S, D), torch.float32, x.device)  # row p * S + s
+    w, s, ws = _weight_args(w2, mode)
+    _pair_gemm2_kernel[(P, triton.cdiv(D, tiles.block_n2), S)](
+        act, flat_ids, w, s, w2.bias, route_w, y, act.stride(0), s_aq, s_ah, *ws, w2.bias.stride(0),
+        w2.bias.stride(1), y.stride(0), K=I, N=D, S=S, K_SPLIT=k_split, BLOCK_N=tiles.block_n2,
+        BLOCK_K=tiles.block_k2, num_warps=tiles.warps2, num_stages=tiles.stages2, **common)
+
+    block_t, block_d = 16, 128
+    _combine_kernel[(triton.cdiv(T, block_t), triton.cdiv(D, block_d))](
+        y, out, T, D, y.stride(0), out.stride(0), A=A * S, BLOCK_T=block_t, BLOCK_D=block_d)
+    return out

@@ -1,0 +1,110 @@
+"""One gpt-oss-20b MoE layer's experts at decode sizes on one GPU: the per-pair decode path (`moe_decode.py`)
+with several tile sets against the grouped path (`moe.py`). Checks every
+variant against the reference in bf16 (rel L2 < 2e-2), then times CUDA-graph replays with L2 flushed (median
+us, the bench's timer), then lists per-kernel GPU times at T = 1 from the profiler.
+
+Run: PYTHONPATH=. python scripts/gpu_bench_moe_decode.py
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+
+import torch
+
+from oss_engine.bench.kernel_bench import graph_us
+from oss_engine.kernels.ref.moe import moe_experts_ref
+from oss_engine.kernels.triton.moe import MoeTritonConfig, default_config, moe_experts_triton
+from oss_engine.kernels.triton.moe_decode import (
+    DecodeTiles,
+    default_decode_tiles,
+    moe_experts_decode_triton,
+)
+from gpu_bench_moe import ALPHA, A, D, E, I, LIMIT, batch, mxfp4_weight
+
+DECODE = {  # name: DecodeTiles(bn1, bk1, warps1, stages1, bn2, bk2, split2, warps2, stages2)
+    "default": None,
+    "s4": DecodeTiles(32, 256, 2, 4, 32, 256, 2, 2, 4),
+    "bn64k128": DecodeTiles(64, 128, 2, 2, 64, 128, 2, 2, 2),
+    "bn64w4": DecodeTiles(64, 256, 4, 2, 64, 256, 2, 4, 2),
+    "bn128k128w4": DecodeTiles(128, 128, 4, 2, 128, 128, 4, 4, 2),
+    "bn128w4": DecodeTiles(128, 256, 4, 2, 128, 256, 4, 4, 2),
+    "split1": DecodeTiles(32, 256, 2, 2, 32, 256, 1, 2, 2),
+    "split4": DecodeTiles(32, 256, 2, 2, 32, 256, 4, 2, 2),
+    "w1": DecodeTiles(32, 256, 1, 2, 32, 256, 2, 1, 2),
+    "w4": DecodeTiles(32, 256, 4, 2, 32, 256, 2, 4, 2),
+    "s3": DecodeTiles(32, 256, 2, 3, 32, 256, 2, 2, 3),
+    "g2bn16": DecodeTiles(32, 256, 2, 2, 16, 256, 2, 1, 2),
+}
+
+
+def rel(a, b):
+    return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
+def grouped_variants(T: int) -> dict[str, MoeTritonConfig]:
+    base = default_config(T * A, E, torch.device("cuda"))
+    out = {"grp": base}
+    return out
+
+
+def main() -> None:
+    t0 = time.time()
+    dev = torch.device("cuda")
+    print(f"{torch.cuda.get_device_name()}  torch {torch.__version__}")
+    gen = torch.Generator().manual_seed(0)
+    w1, w2 = mxfp4_weight(2 * I, D, gen), mxfp4_weight(D, I, gen)
+    print(f"default decode tiles: {default_decode_tiles(dev)}")
+    results = {}
+    for T in (1, 2, 4, 8):
+        x, weights, ids = batch(T, gen)
+        ref = moe_experts_ref(x, weights, ids, w1, w2, LIMIT, ALPHA)
+        runs = {}
+        if T * A <= 32:
+            for name, tiles in DECODE.items():
+                runs["dec-" + name] = functools.partial(moe_experts_decode_triton, x, weights, ids, w1, w2, LIMIT,
+                                                        ALPHA, tiles=tiles)
+        for name, cfg in grouped_variants(T).items():
+            runs[name] = functools.partial(moe_experts_triton, x, weights, ids, w1, w2, LIMIT, ALPHA, config=cfg)
+        line = []
+        for name, fn in runs.items():
+            try:
+                err = rel(fn(), ref)
+                us = graph_us(fn, dev, 20)
+            except Exception as exc:  # noqa: BLE001 - report, go on
+                print(f"T={T:>2} {name}: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}")
+                continue
+            results[(T, name)] = us
+            line.append(f"{name} {us:.1f}" + ("" if err < 2e-2 else f" ERR {err:.1e}"))
+        print(f"T={T:>2} ({ids.unique().numel()} experts): " + " | ".join(line), flush=True)
+
+    from torch.profiler import ProfilerActivity, profile
+    x, weights, ids = batch(1, gen)
+    best = {pre: min((n for (t, n) in results if t == 1 and n.startswith(pre)), key=lambda n: results[(1, n)])
+            for pre in ("dec-", "grp")}
+    for label in best.values():
+        if label.startswith("dec-"):
+            fn = functools.partial(moe_experts_decode_triton, x, weights, ids, w1, w2, LIMIT, ALPHA,
+                                   tiles=DECODE[label[4:]])
+        else:
+            fn = functools.partial(moe_experts_triton, x, weights, ids, w1, w2, LIMIT, ALPHA,
+                                   config=grouped_variants(1)[label])
+        fn()
+        torch.cuda.synchronize()
+        flush = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(10):
+                flush.zero_()
+                fn()
+            torch.cuda.synchronize()
+        print(f"\nper-kernel GPU time at T=1, {label} (us, mean of 10, L2 flushed before each):")
+        for ev in prof.key_averages():
+            if "zero" in ev.key.lower() or "fill" in ev.key.lower():
+                continue
+            print(f"  {ev.count:>4} x {getattr(ev, 'device_time_total', 0) / max(ev.count, 1):8.1f}  {ev.key[:70]}")
+    print(f"\ntotal {time.time() - t0:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
