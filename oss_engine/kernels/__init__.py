@@ -14,6 +14,7 @@ from typing import Callable
 @dataclass(frozen=True)
 class Ops:
     name: str
+    linear: Callable  # (x [M, K], weight [N, K], bias [N] | None) -> [M, N] in x.dtype
     add_rms_norm: Callable  # (x [T, D], residual [T, D] | None, w [D], eps) -> (normed, x + residual)
     # (q [T, H, hd], k [T, K, hd], v, cos [T, hd/2], sin, k_cache [N, S, K, hd], v_cache, slot_mapping [T])
     #   -> rotated q [T, H, hd]; the rotated k and v are written to the caches
@@ -36,6 +37,7 @@ def resolve_kernels(name: str, device: str) -> str:
 def get_ops(name: str) -> Ops:
     if name == "triton":
         from .triton.attention import paged_attention_triton
+        from .triton.gemv import linear_triton
         from .triton.moe import moe_experts_triton
         from .triton.moe_decode import moe_experts_decode_triton, use_decode_path
         from .triton.norm import add_rms_norm_triton
@@ -51,12 +53,15 @@ def get_ops(name: str) -> Ops:
                 return moe_experts_decode_triton(x, weights, ids, w1, w2, limit, alpha)
             return moe_experts_triton(x, weights, ids, w1, w2, limit, alpha)
 
-        return Ops("triton", add_rms_norm_triton, rope_store_kv_triton, attention, route_triton, moe_experts)
+        return Ops("triton", linear_triton, add_rms_norm_triton, rope_store_kv_triton, attention, route_triton,
+                   moe_experts)
     if name == "ref":
         from .ref.attention import paged_attention_ref
+        from .ref.linear import linear_ref
         from .ref.moe import moe_experts_ref, route_ref
         from .ref.norm import add_rms_norm_ref
         from .ref.rope import rope_store_kv_ref
 
-        return Ops("ref", add_rms_norm_ref, rope_store_kv_ref, paged_attention_ref, route_ref, moe_experts_ref)
+        return Ops("ref", linear_ref, add_rms_norm_ref, rope_store_kv_ref, paged_attention_ref, route_ref,
+                   moe_experts_ref)
     raise ValueError(f"unknown kernel table {name!r} (available: 'ref', 'triton')")

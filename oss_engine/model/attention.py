@@ -27,8 +27,8 @@ class Attention(nn.Module):
         self.layer_type = cfg.layer_types[layer]
         self.window = cfg.window_of(layer)
         self.scale = hd ** -0.5
-        self.qkv = Linear(D, (H + 2 * K) * hd, cfg.attention_bias, dtype)  # rows: q heads | k heads | v heads
-        self.o_proj = RowParallelLinear(H * hd, D, cfg.attention_bias, dtype, tp)
+        self.qkv = Linear(D, (H + 2 * K) * hd, cfg.attention_bias, dtype, ops)  # rows: q heads | k heads | v heads
+        self.o_proj = RowParallelLinear(H * hd, D, cfg.attention_bias, dtype, tp, ops)
         self.sinks = nn.Parameter(torch.empty(H, dtype=torch.float32), requires_grad=False)
         self.ops = ops
 

@@ -57,10 +57,10 @@ def _embedding(cfg: ModelConfig, dtype: torch.dtype, shard: RankShard, comms: Mo
     return VocabParallelEmbedding(shard.vocab, cfg.hidden_size, dtype, comms.tp)
 
 
-def _lm_head(cfg: ModelConfig, dtype: torch.dtype, shard: RankShard, comms: ModelComms) -> nn.Module:
+def _lm_head(cfg: ModelConfig, dtype: torch.dtype, ops: Ops, shard: RankShard, comms: ModelComms) -> nn.Module:
     if comms.tp.size == 1 and not comms.tp.active:  # one rank, no group (a real group of one: the parallel one)
-        return Linear(cfg.hidden_size, cfg.vocab_size, bias=False, dtype=dtype)  # untied
-    return ParallelLMHead(shard.vocab, cfg.vocab_size, cfg.hidden_size, dtype, comms.tp)
+        return Linear(cfg.hidden_size, cfg.vocab_size, bias=False, dtype=dtype, ops=ops)  # untied
+    return ParallelLMHead(shard.vocab, cfg.vocab_size, cfg.hidden_size, dtype, comms.tp, ops)
 
 
 class GptOssModel(nn.Module):
@@ -74,7 +74,7 @@ class GptOssModel(nn.Module):
                                     else MissingLayer() for i in range(cfg.num_hidden_layers))
         if shard.last_stage:
             self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, ops)
-            self.lm_head = _lm_head(cfg, dtype, shard, comms)
+            self.lm_head = _lm_head(cfg, dtype, ops, shard, comms)
         self.rotary = RotaryTable(cfg)
 
     def forward(self, batch: ForwardBatch, kv_caches: KVCaches, carry: Carry | None = None) -> Carry:

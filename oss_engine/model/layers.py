@@ -36,15 +36,17 @@ class RMSNorm(nn.Module):
 
 
 class Linear(nn.Module):
-    """y = x W^T + b with W [out, in]."""
+    """y = x W^T + b with W [out, in], through the op table's `linear` (the Triton table streams one-row inputs
+    through its own GEMV)."""
 
-    def __init__(self, in_features: int, out_features: int, bias: bool, dtype: torch.dtype):
+    def __init__(self, in_features: int, out_features: int, bias: bool, dtype: torch.dtype, ops: Ops):
         super().__init__()
         self.weight = _param(out_features, in_features, dtype=dtype)
         self.bias = _param(out_features, dtype=dtype) if bias else None
+        self.ops = ops
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight, self.bias)
+        return self.ops.linear(x, self.weight, self.bias)
 
 
 class Embedding(nn.Module):
@@ -61,13 +63,14 @@ class RowParallelLinear(Linear):
     [out, in/tp]); the bias is the checkpoint's on tp rank 0 and zero on the others (the loader's
     `row_bias` rule), so the all-reduce adds it exactly once."""
 
-    def __init__(self, in_features: int, out_features: int, bias: bool, dtype: torch.dtype, comm: GroupComm):
-        super().__init__(in_features, out_features, bias, dtype)
+    def __init__(self, in_features: int, out_features: int, bias: bool, dtype: torch.dtype, comm: GroupComm,
+                 ops: Ops):
+        super().__init__(in_features, out_features, bias, dtype, ops)
         self.comm = comm
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x [T, in/tp] -> [T, out], summed over the group
-        return self.comm.all_reduce(F.linear(x, self.weight, self.bias))
+        return self.comm.all_reduce(self.ops.linear(x, self.weight, self.bias))
 
 
 class VocabParallelEmbedding(nn.Module):
@@ -91,12 +94,13 @@ class ParallelLMHead(nn.Module):
     """Rows [v0, v1) of the unembedding on each tp rank; the logits are gathered on tp rank 0 (the others
     get None: only one rank samples)."""
 
-    def __init__(self, vocab_range: tuple[int, int], vocab: int, dim: int, dtype: torch.dtype, comm: GroupComm):
+    def __init__(self, vocab_range: tuple[int, int], vocab: int, dim: int, dtype: torch.dtype, comm: GroupComm,
+                 ops: Ops):
         super().__init__()
         self.weight = _param(vocab_range[1] - vocab_range[0], dim, dtype=dtype)  # [Vr, D]
-        self.comm = comm
+        self.comm, self.ops = comm, ops
         self.widths = tuple(b - a for a, b in (even_split(vocab, comm.size, r) for r in range(comm.size)))
 
     def forward(self, h: torch.Tensor) -> torch.Tensor | None:
         # h [R, D] -> logits [R, V] on tp rank 0, None elsewhere
-        return self.comm.gather_columns_to_first(F.linear(h, self.weight), self.widths)
+        return self.comm.gather_columns_to_first(self.ops.linear(h, self.weight, None), self.widths)

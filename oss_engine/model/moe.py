@@ -101,7 +101,7 @@ class MoE(nn.Module):
         super().__init__()
         E, D, I = shard.num_experts, cfg.hidden_size, shard.intermediate_size
         self.top_k = cfg.num_experts_per_tok
-        self.router = Linear(D, cfg.num_local_experts, bias=True, dtype=dtype)  # every rank routes over all E
+        self.router = Linear(D, cfg.num_local_experts, bias=True, dtype=dtype, ops=ops)  # every rank routes over all E
         if I == 0:
             self.experts = NoExperts()
         else:

@@ -1,0 +1,61 @@
+"""Batch-1 linear layers of gpt-oss on one GPU: `gemv_triton` (CUDA-core GEMV) with several tile sets against
+cuBLAS (F.linear), at the qkv, o_proj, router and lm_head shapes, bf16. Checks against F.linear in float32,
+then times CUDA-graph replays after a read-only L2 flush (median us) and prints GB/s.
+
+Run: PYTHONPATH=. python scripts/gpu_bench_gemv.py
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from oss_engine.bench.hardware import median_seconds
+from oss_engine.kernels.triton.gemv import GemvTiles, gemv_triton
+from gpu_probe_flush import read_fn
+
+SHAPES = {"qkv": (5120, 2880), "o_proj": (2880, 4096), "router 20b": (32, 2880), "router 120b": (128, 2880),
+          "lm_head": (201088, 2880)}
+TILES = [GemvTiles(8, 512, 4, 1), GemvTiles(8, 512, 4, 2), GemvTiles(8, 512, 4, 3), GemvTiles(16, 512, 4, 2),
+         GemvTiles(4, 1024, 4, 2), GemvTiles(16, 256, 4, 3), GemvTiles(32, 256, 8, 2), GemvTiles(8, 1024, 8, 2),
+         GemvTiles(2, 2048, 4, 2), GemvTiles(4, 512, 2, 2), GemvTiles(1, 1024, 4, 2), GemvTiles(2, 512, 4, 3)]
+
+
+def graph_us(fn, before, reps=30) -> float:
+    fn()
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        fn()
+    return 1e6 * median_seconds(g.replay, torch.device("cuda"), reps, before=before)
+
+
+def main() -> None:
+    dev = torch.device("cuda")
+    flush = read_fn(torch.empty(256 << 20, dtype=torch.uint8, device=dev), 256 << 10)
+    print(torch.cuda.get_device_name())
+    for name, (N, K) in SHAPES.items():
+        w = torch.randn(N, K, device=dev, dtype=torch.bfloat16)
+        b = torch.randn(N, device=dev, dtype=torch.bfloat16)
+        x = torch.randn(1, K, device=dev, dtype=torch.bfloat16)
+        ref = F.linear(x.float(), w.float(), b.float())
+        mb = N * K * 2 / 1e6
+        base = graph_us(lambda: F.linear(x, w, b), flush)
+        cells = [f"cuBLAS {base:.1f} ({mb * 1e3 / base:.0f} GB/s)"]
+        best = None
+        for t in TILES if N >= 1024 else TILES[:6]:
+            try:
+                err = ((gemv_triton(x, w, b, t).float() - ref).norm() / ref.norm()).item()
+                us = graph_us(lambda: gemv_triton(x, w, b, t), flush)
+            except Exception as exc:  # noqa: BLE001 - report, go on
+                cells.append(f"{t}: {type(exc).__name__}")
+                continue
+            cells.append(f"{t.block_n}/{t.block_k}/w{t.num_warps}s{t.num_stages} {us:.1f}"
+                         + ("" if err < 1e-2 else f" ERR {err:.1e}"))
+            best = min(best or (us, t), (us, t), key=lambda p: p[0])
+        print(f"{name} [{N} x {K}, {mb:.1f} MB]: " + " | ".join(cells))
+        print(f"   best {best[0]:.1f} us ({mb * 1e3 / best[0]:.0f} GB/s) {best[1]}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
