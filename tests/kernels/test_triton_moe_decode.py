@@ -100,7 +100,7 @@ def test_use_decode_path():
 
 def test_op_table_takes_both_paths(poisoned, monkeypatch):
     """The triton op table sends a decode batch down this path and a larger one down the grouped path; both
-    equal the reference."""
+    equal the reference (within float32 rounding in the interpreter; compiled on CUDA both multiply in bf16)."""
     calls = []
     real_dec = dec_mod.moe_experts_decode_triton
     monkeypatch.setattr(dec_mod, "moe_experts_decode_triton",
@@ -116,7 +116,7 @@ def test_op_table_takes_both_paths(poisoned, monkeypatch):
         weights = torch.softmax(torch.randn(T, A, generator=gen), dim=-1).to(DEV)
         out = ops.moe_experts(x, weights, ids, w1, w2, 0.6, ALPHA)
         assert calls == expect
-        assert rel_l2(out, moe_experts_ref(x, weights, ids, w1, w2, 0.6, ALPHA)) < 1e-5
+        assert rel_l2(out, moe_experts_ref(x, weights, ids, w1, w2, 0.6, ALPHA)) < (1e-5 if INTERPRET else 2e-2)
 
 
 def test_empty_batch():
