@@ -10,24 +10,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from oss_engine.bench.hardware import median_seconds
 from oss_engine.kernels.triton.gemv import GemvTiles, gemv_triton
-from gpu_probe_flush import read_fn
+from gpu_probe_flush import graph_us, read_fn
 
 SHAPES = {"qkv": (5120, 2880), "o_proj": (2880, 4096), "router 20b": (32, 2880), "router 120b": (128, 2880),
           "lm_head": (201088, 2880)}
 TILES = [GemvTiles(8, 512, 4, 1), GemvTiles(8, 512, 4, 2), GemvTiles(8, 512, 4, 3), GemvTiles(16, 512, 4, 2),
          GemvTiles(4, 1024, 4, 2), GemvTiles(16, 256, 4, 3), GemvTiles(32, 256, 8, 2), GemvTiles(8, 1024, 8, 2),
          GemvTiles(2, 2048, 4, 2), GemvTiles(4, 512, 2, 2), GemvTiles(1, 1024, 4, 2), GemvTiles(2, 512, 4, 3)]
-
-
-def graph_us(fn, before, reps=30) -> float:
-    fn()
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fn()
-    return 1e6 * median_seconds(g.replay, torch.device("cuda"), reps, before=before)
 
 
 def main() -> None:

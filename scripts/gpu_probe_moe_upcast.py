@@ -15,9 +15,8 @@ import torch
 from oss_engine.kernels.triton.moe import moe_experts_triton
 from oss_engine.kernels.triton.moe_decode import moe_experts_decode_triton
 from oss_engine.kernels.types import ExpertWeight
-from gpu_bench_gemv import graph_us
 from gpu_bench_moe import ALPHA, D, E, I, LIMIT, batch, mxfp4_weight
-from gpu_probe_flush import read_fn
+from gpu_probe_flush import graph_us, read_fn
 
 
 def dense_weight(out: int, inp: int) -> ExpertWeight:
