@@ -15,13 +15,13 @@ import torch
 
 from oss_engine.bench.kernel_bench import graph_us
 from oss_engine.kernels.ref.moe import moe_experts_ref
-from oss_engine.kernels.triton.moe import MoeTritonConfig, default_config, moe_experts_triton
+from oss_engine.kernels.triton.moe import moe_experts_triton
 from oss_engine.kernels.triton.moe_decode import (
     DecodeTiles,
     default_decode_tiles,
     moe_experts_decode_triton,
 )
-from gpu_bench_moe import ALPHA, A, D, E, I, LIMIT, batch, mxfp4_weight
+from gpu_bench_moe import ALPHA, A, D, I, LIMIT, batch, mxfp4_weight
 
 DECODE = {  # name: DecodeTiles(bn1, bk1, warps1, stages1, bn2, bk2, split2, warps2, stages2)
     "default": None,
@@ -41,11 +41,6 @@ def rel(a, b):
     return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
 
-def grouped_variants(T: int) -> dict[str, MoeTritonConfig]:
-    base = default_config(T * A, E, torch.device("cuda"))
-    return {"grp": base}
-
-
 def main() -> None:
     t0 = time.time()
     dev = torch.device("cuda")
@@ -53,7 +48,6 @@ def main() -> None:
     gen = torch.Generator().manual_seed(0)
     w1, w2 = mxfp4_weight(2 * I, D, gen), mxfp4_weight(D, I, gen)
     print(f"default decode tiles: {default_decode_tiles(dev)}")
-    results = {}
     for T in (1, 4, 8, 64):
         x, weights, ids = batch(T, gen)
         ref = moe_experts_ref(x, weights, ids, w1, w2, LIMIT, ALPHA)
@@ -62,8 +56,7 @@ def main() -> None:
             for name, tiles in DECODE.items():
                 runs["dec-" + name] = functools.partial(moe_experts_decode_triton, x, weights, ids, w1, w2, LIMIT,
                                                         ALPHA, tiles=tiles)
-        for name, cfg in grouped_variants(T).items():
-            runs[name] = functools.partial(moe_experts_triton, x, weights, ids, w1, w2, LIMIT, ALPHA, config=cfg)
+        runs["grp"] = functools.partial(moe_experts_triton, x, weights, ids, w1, w2, LIMIT, ALPHA)  # its defaults
         line = []
         for name, fn in runs.items():
             try:
@@ -72,7 +65,6 @@ def main() -> None:
             except Exception as exc:  # noqa: BLE001 - report, go on
                 print(f"T={T:>2} {name}: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}")
                 continue
-            results[(T, name)] = us
             line.append(f"{name} {us:.1f}" + ("" if err < 2e-2 else f" ERR {err:.1e}"))
         print(f"T={T:>2} ({ids.unique().numel()} experts): " + " | ".join(line), flush=True)
 

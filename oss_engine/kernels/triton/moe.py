@@ -347,6 +347,25 @@ def _weight_args(w: ExpertWeight, mode: str) -> tuple[torch.Tensor, torch.Tensor
     return b, s, (b.stride(0), b.stride(1), b.stride(2), s.stride(0), s.stride(1), s.stride(2))
 
 
+def kernel_mode(requested: str, w1: ExpertWeight, compute: torch.dtype) -> tuple[str, dict]:
+    """(the mode the GEMMs run, their MODE / COMPUTE / PRECISION constexprs): "dense" for dense weights, else
+    the requested MXFP4 decode, "arith" in place of a dot_scaled mode when compute is not bf16 (tl.dot_scaled
+    multiplies in bf16 only). Shared by this path and the decode path (moe_decode.py)."""
+    mode = requested if w1.is_mxfp4 else "dense"
+    if mode not in _MODES or (w1.is_mxfp4 and mode == "dense"):
+        raise ValueError(f"unknown MXFP4 decode mode {requested!r}")
+    if mode.startswith("dot_scaled") and compute != torch.bfloat16:
+        mode = "arith"
+    return mode, {"MODE": _MODES[mode], "COMPUTE": _TL_DTYPE[compute],
+                  "PRECISION": "ieee" if compute == torch.float32 else "tf32"}  # ieee: no tf32 for float32
+
+
+def act_strides(mode: str, I: int) -> tuple[int, int]:
+    """(s_aq, s_ah) of the [P, I] activation GEMM 1 writes and GEMM 2 reads: "arith" keeps it split as
+    [P, 2, I/2] (evens, odds), the other modes as natural rows."""
+    return (1, I // 2) if mode == "arith" else (2, 1)
+
+
 def group_by_expert(ids: torch.Tensor, num_experts: int) -> tuple[torch.Tensor, torch.Tensor]:
     """ids [T, A] -> (order [P] int64: sorted row -> pair t*A + a, bounds [E + 1] int32). No host sync.
 
@@ -385,18 +404,13 @@ def moe_experts_triton(x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor
         return out.zero_()
     cfg = config or default_config(P, E, x.device)
     compute = compute_dtype or (torch.bfloat16 if x.is_cuda else torch.float32)
-    mode = cfg.mxfp4_decode if w1.is_mxfp4 else "dense"
-    if mode not in _MODES or (w1.is_mxfp4 and mode == "dense"):
-        raise ValueError(f"unknown MXFP4 decode mode {cfg.mxfp4_decode!r}")
-    if mode.startswith("dot_scaled") and compute != torch.bfloat16:
-        mode = "arith"  # tl.dot_scaled multiplies in bf16 only
+    mode, consts = kernel_mode(cfg.mxfp4_decode, w1, compute)
     order, bounds = group_by_expert(ids, E)
     route_w = weights.reshape(-1)  # [P]
-    common = {"E": E, "E_PAD": triton.next_power_of_2(E), "MODE": _MODES[mode], "COMPUTE": _TL_DTYPE[compute],
-              "PRECISION": "ieee" if compute == torch.float32 else "tf32"}  # ieee: no tf32 for float32
+    common = {"E": E, "E_PAD": triton.next_power_of_2(E), **consts}
 
     act = _empty((P, I), compute, x.device)  # rows in sorted order
-    s_aq, s_ah = (1, I // 2) if mode == "arith" else (2, 1)  # arith: [P, 2, I/2] (evens, odds)
+    s_aq, s_ah = act_strides(mode, I)
     w, s, ws = _weight_args(w1, mode)
     t1 = cfg.gemm1
     grid1 = (triton.cdiv(P, t1.block_m) + min(E, P), triton.cdiv(2 * I, t1.block_n))

@@ -35,7 +35,7 @@ import triton
 import triton.language as tl
 
 from ..types import ExpertWeight
-from .moe import _MODES, _TL_DTYPE, _combine_kernel, _load_a, _mma_step, _weight_args
+from .moe import _combine_kernel, _load_a, _mma_step, _weight_args, act_strides, kernel_mode
 
 MAX_DECODE_PAIRS = 16  # pairs up to which the op table takes this path (see use_decode_path)
 
@@ -150,18 +150,14 @@ def moe_experts_decode_triton(x: torch.Tensor, weights: torch.Tensor, ids: torch
         return out.zero_()
     tiles = tiles or default_decode_tiles(x.device)
     compute = compute_dtype or (torch.bfloat16 if x.is_cuda else torch.float32)
-    mode = tiles.mxfp4_decode if w1.is_mxfp4 else "dense"
-    if mode not in _MODES or mode == "dot_scaled_swap" or (w1.is_mxfp4 and mode == "dense"):
-        raise ValueError(f"MXFP4 decode mode {tiles.mxfp4_decode!r} not available on the decode path")
-    if mode == "dot_scaled" and compute != torch.bfloat16:
-        mode = "arith"  # tl.dot_scaled multiplies in bf16 only
+    if w1.is_mxfp4 and tiles.mxfp4_decode == "dot_scaled_swap":  # its [BN, BM] accumulator: grouped path only
+        raise ValueError("MXFP4 decode mode 'dot_scaled_swap' not available on the decode path")
+    mode, common = kernel_mode(tiles.mxfp4_decode, w1, compute)
     flat_ids = ids.reshape(-1)  # [P]
     route_w = weights.reshape(-1)  # [P]
-    common = {"MODE": _MODES[mode], "COMPUTE": _TL_DTYPE[compute],
-              "PRECISION": "ieee" if compute == torch.float32 else "tf32"}
 
     act = _empty((P, I), compute, x.device)
-    s_aq, s_ah = (1, I // 2) if mode == "arith" else (2, 1)  # arith: [P, 2, I/2] (evens, odds)
+    s_aq, s_ah = act_strides(mode, I)
     w, s, ws = _weight_args(w1, mode)
     _pair_gemm1_kernel[(P, triton.cdiv(2 * I, tiles.block_n1))](
         x, flat_ids, w, s, w1.bias, act, x.stride(0), x.stride(1), *ws, w1.bias.stride(0), w1.bias.stride(1),
