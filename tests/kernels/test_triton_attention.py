@@ -189,11 +189,11 @@ ptrs = dict(q_ptr="*bf16", k_ptr="*bf16", v_ptr="*bf16", sinks_ptr="*fp32", out_
 strides = ("s_qt", "s_qh", "s_ot", "s_oh", "s_kn", "s_ks", "s_kk", "s_vn", "s_vs", "s_vk")
 for block_m, split in ((16, True), (16, False), (128, False)):  # decode split / single pass, prefill
     consts = dict(G=8, G_PAD=8, BLOCK_Q=block_m // 8, BLOCK_M=block_m, BLOCK_N=64, D=64, S=16, SPLIT=split,
-                  COMPUTE=tl.bfloat16, DOT_PRECISION=None, WHILE_LOOP=False, s_qd=1, s_od=1, s_kd=1, s_vd=1)
+                  COMPUTE=tl.bfloat16, DOT_PRECISION=None, WHILE_LOOP=False, PDL=True, s_qd=1, s_od=1, s_kd=1, s_vd=1)
     compile_sm90(A._attn_kernel, consts, ptrs, floats=("qk_scale",), divisible=(*ptrs, *strides))
-compile_sm90(A._combine_kernel, dict(NUM_SPLITS=8, BLOCK_H=16, D=64, s_od=1),
+compile_sm90(A._combine_kernel, dict(NUM_SPLITS=8, BLOCK_H=16, D=64, PDL=True, s_od=1),
              dict(part_acc_ptr="*fp32", part_ml_ptr="*fp32", sinks_ptr="*fp32", out_ptr="*bf16"))
-compile_sm90(A._store_kv_kernel, dict(K=8, D=64, S=16, BLOCK=512, s_kd=1, s_vd=1, s_cd=1, s_dd=1),
+compile_sm90(A._store_kv_kernel, dict(K=8, D=64, S=16, BLOCK=512, PDL=True, s_kd=1, s_vd=1, s_cd=1, s_dd=1),
              dict(k_ptr="*bf16", v_ptr="*bf16", kc_ptr="*bf16", vc_ptr="*bf16", slot_ptr="*i64"))
 print("ok")
 """

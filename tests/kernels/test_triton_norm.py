@@ -140,7 +140,7 @@ from oss_engine.kernels.triton import norm as N
 
 ptrs = dict(x_ptr="*bf16", res_ptr="*bf16", w_ptr="*fp32", out_ptr="*bf16", r_out_ptr="*bf16")
 for has_res in (True, False):
-    compile_sm90(N._add_rms_norm_kernel, dict(HAS_RESIDUAL=has_res, BLOCK_D=4096), ptrs, floats=("eps",))
+    compile_sm90(N._add_rms_norm_kernel, dict(HAS_RESIDUAL=has_res, BLOCK_D=4096, PDL=True), ptrs, floats=("eps",))
 print("ok")
 """
 

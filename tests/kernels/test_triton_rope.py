@@ -168,7 +168,7 @@ unit = ("s_qd", "s_kd", "s_vd", "s_cd", "s_sd", "s_od", "s_cx", "s_dx")
 for cache in ("*bf16", "*fp32"):
     ptrs = dict(q_ptr="*bf16", k_ptr="*bf16", v_ptr="*bf16", cos_ptr="*fp32", sin_ptr="*fp32", qo_ptr="*bf16",
                 kc_ptr=cache, vc_ptr=cache, slot_ptr="*i64")
-    consts = dict(H=64, K=8, D2=32, S=16, H_PAD=64, K_PAD=8, D2_PAD=32, D_PAD=64, **{n: 1 for n in unit})
+    consts = dict(H=64, K=8, D2=32, S=16, H_PAD=64, K_PAD=8, D2_PAD=32, D_PAD=64, PDL=True, **{n: 1 for n in unit})
     compile_sm90(fn, consts, ptrs, divisible=fn.arg_names)  # every runtime argument 16-divisible
 print("ok")
 """

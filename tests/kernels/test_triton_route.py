@@ -143,7 +143,7 @@ from oss_engine.kernels.triton import route as R
 
 ptrs = dict(logits_ptr="*bf16", w_ptr="*fp32", ids_ptr="*i64")
 for E, BT in ((32, 1), (128, 16)):
-    compile_sm90(R._route_kernel, dict(E=E, A=4, E_PAD=E, A_PAD=4, BLOCK_T=BT, s_le=1, s_wa=1, s_ia=1), ptrs)
+    compile_sm90(R._route_kernel, dict(E=E, A=4, E_PAD=E, A_PAD=4, BLOCK_T=BT, PDL=True, s_le=1, s_wa=1, s_ia=1), ptrs)
 print("ok")
 """
 

@@ -39,6 +39,9 @@ i = 1, offset 4 >= length 1: returns; pids 3, 4, 5 -> seq 2, rows 4..7, 8..11, 1
 Key split worked example: BN = 64, a decode query at position 1000 (full attention), P = 4: lo = 0,
 hi = 1000, visible tiles start at 0, n_tiles = ceil(1001 / 64) = 16, 4 tiles per split: split 2 takes keys
 [512, 768), split 3 keys [768, 1001).
+
+PDL (`launch.py`): `_attn_kernel` and `_store_kv_kernel` call `gdc_wait()` first (q, the caches and every
+metadata tensor are produced on the GPU); `_combine_kernel` reads only the sinks (weights) before it.
 """
 
 from __future__ import annotations
@@ -48,8 +51,10 @@ from dataclasses import dataclass
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from ...model.forward_batch import AttentionMetadata
+from . import launch
 
 _LOG2E = 1.4426950408889634
 _NO_WINDOW = 1 << 30  # window None: every key j <= i is visible
@@ -93,8 +98,11 @@ def _attn_kernel(
     num_seqs, num_tokens, num_heads, window, qk_scale,
     G: tl.constexpr, G_PAD: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr, D: tl.constexpr, S: tl.constexpr, SPLIT: tl.constexpr,
-    COMPUTE: tl.constexpr, DOT_PRECISION: tl.constexpr, WHILE_LOOP: tl.constexpr,
+    COMPUTE: tl.constexpr, DOT_PRECISION: tl.constexpr, WHILE_LOOP: tl.constexpr, PDL: tl.constexpr,
 ):
+    if PDL:
+        gdc_wait()  # the metadata, q and the caches are all produced on the GPU
+        gdc_launch_dependents()
     pid = tl.program_id(0)
     kvh = tl.program_id(1)
     split = tl.program_id(2)
@@ -172,14 +180,17 @@ def _attn_kernel(
 
 @triton.jit
 def _combine_kernel(part_acc_ptr, part_ml_ptr, sinks_ptr, out_ptr, s_ot, s_oh, s_od, num_tokens, num_heads,
-                    NUM_SPLITS: tl.constexpr, BLOCK_H: tl.constexpr, D: tl.constexpr):
+                    NUM_SPLITS: tl.constexpr, BLOCK_H: tl.constexpr, D: tl.constexpr, PDL: tl.constexpr):
     # one program per (token, block of heads): merge the P partials (m_p, l_p, acc_p) and the sink s:
     # M = max(s, m_p...), out = sum_p acc_p 2^(m_p - M) / (2^(s - M) + sum_p l_p 2^(m_p - M))
     t = tl.program_id(0).to(tl.int64)
     h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     h_ok = h < num_heads
     d = tl.arange(0, D)
-    sink = tl.load(sinks_ptr + h, mask=h_ok, other=0.0).to(tl.float32) * 1.4426950408889634
+    sink = tl.load(sinks_ptr + h, mask=h_ok, other=0.0).to(tl.float32) * 1.4426950408889634  # a weight
+    if PDL:
+        gdc_wait()  # the partials are `_attn_kernel`'s output
+        gdc_launch_dependents()
     m_max = sink
     for p in tl.static_range(NUM_SPLITS):
         m_p = tl.load(part_ml_ptr + ((p * num_tokens + t) * num_heads + h) * 2, mask=h_ok, other=_NEG_INIT)
@@ -201,9 +212,12 @@ def _combine_kernel(part_acc_ptr, part_ml_ptr, sinks_ptr, out_ptr, s_ot, s_oh, s
 @triton.jit
 def _store_kv_kernel(k_ptr, v_ptr, kc_ptr, vc_ptr, slot_ptr, s_kt, s_kh, s_kd, s_vt, s_vh, s_vd,
                      s_cn, s_cs, s_ch, s_cd, s_dn, s_ds, s_dh, s_dd,
-                     K: tl.constexpr, D: tl.constexpr, S: tl.constexpr, BLOCK: tl.constexpr):
+                     K: tl.constexpr, D: tl.constexpr, S: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
     # one program per token t: k[t], v[t] ([K, D] each) -> slot = block * S + row; e.g. S = 16, slot 35 ->
     # block 2, row 3. A negative slot (a padding row) is skipped.
+    if PDL:
+        gdc_wait()
+        gdc_launch_dependents()
     t = tl.program_id(0).to(tl.int64)
     slot = tl.load(slot_ptr + t).to(tl.int64)
     if slot < 0:
@@ -228,9 +242,10 @@ def store_kv_triton(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_c
     if T == 0:
         return
     S = k_cache.shape[1]
+    pdl = launch.use_pdl(k.device)
     _store_kv_kernel[(T,)](k, v, k_cache, v_cache, slot_mapping, *k.stride(), *v.stride(), *k_cache.stride(),
-                           *v_cache.stride(), K=K, D=D, S=S, BLOCK=triton.next_power_of_2(K * D),
-                           num_warps=4 if K * D >= 512 else 1)
+                           *v_cache.stride(), K=K, D=D, S=S, BLOCK=triton.next_power_of_2(K * D), PDL=pdl,
+                           num_warps=4 if K * D >= 512 else 1, launch_pdl=pdl)
 
 
 @dataclass(frozen=True)
@@ -309,6 +324,7 @@ def paged_attention_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
     else:
         part_acc = part_ml = out  # not touched when SPLIT is off
     grid = (T // block_q + B, K, P)
+    pdl = launch.use_pdl(q.device)
     _attn_kernel[grid](
         q, k_cache, v_cache, sinks, out, part_acc, part_ml,
         meta.query_start_loc, meta.seq_lens, meta.block_tables, positions,
@@ -316,12 +332,12 @@ def paged_attention_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
         *k_cache.stride()[:4], *v_cache.stride()[:4], meta.block_tables.stride(0),
         B, T, H, _NO_WINDOW if window is None else window, scale * _LOG2E,
         G=G, G_PAD=g_pad, BLOCK_Q=block_q, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, D=D, S=S, SPLIT=P > 1,
-        COMPUTE=compute, DOT_PRECISION=None if low_precision else "ieee", WHILE_LOOP=not on_gpu,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        COMPUTE=compute, DOT_PRECISION=None if low_precision else "ieee", WHILE_LOOP=not on_gpu, PDL=pdl,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, launch_pdl=pdl,
     )
     if P > 1:
         block_h = min(triton.next_power_of_2(H), 16)
         _combine_kernel[(T, triton.cdiv(H, block_h))](
             part_acc, part_ml, sinks, out, out.stride(0), out.stride(1), out.stride(2), T, H,
-            NUM_SPLITS=P, BLOCK_H=block_h, D=D, num_warps=4)
+            NUM_SPLITS=P, BLOCK_H=block_h, D=D, PDL=pdl, num_warps=4, launch_pdl=pdl)
     return out

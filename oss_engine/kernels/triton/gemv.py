@@ -9,6 +9,9 @@ reached 50% / 37% of an H200's copy bandwidth on these, and a tensor-core Triton
 W, multiplies its [BN, BK] tiles by the row in float32 FMAs into a [BN, BK] accumulator (no cross-thread
 reduction inside the loop), and reduces once at the end; bias added in the epilogue. Products of bf16 values
 are exact in float32 and the sum is float32 in a fixed order: deterministic, as exact as cuBLAS or more.
+
+PDL (`launch.py`): the first [BN, BK] weight tile is loaded before `gdc_wait()`, so the weight stream starts
+while the previous kernel finishes (weights never change during a forward pass); x and y only after it.
 """
 
 from __future__ import annotations
@@ -18,6 +21,9 @@ from dataclasses import dataclass
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+
+from . import launch
 
 
 @dataclass(frozen=True)
@@ -29,18 +35,31 @@ class GemvTiles:
 
 
 @triton.jit
+def _w_tile(w_ptr, n, nmask, k0, K: tl.constexpr, s_wn, s_wk, BLOCK_K: tl.constexpr):
+    k = k0 + tl.arange(0, BLOCK_K)  # [BK]
+    return tl.load(w_ptr + n[:, None].to(tl.int64) * s_wn + k[None, :] * s_wk,
+                   mask=nmask[:, None] & (k < K)[None, :], other=0.0)  # [BN, BK]
+
+
+@triton.jit
+def _x_tile(x_ptr, k0, K: tl.constexpr, s_xk, BLOCK_K: tl.constexpr):
+    k = k0 + tl.arange(0, BLOCK_K)  # [BK]
+    return tl.load(x_ptr + k * s_xk, mask=k < K, other=0.0).to(tl.float32)
+
+
+@triton.jit
 def _gemv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, N, s_xk, s_wn, s_wk, s_yn, K: tl.constexpr, HAS_BIAS: tl.constexpr,
-                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr):
     n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)  # [BN]
     nmask = n < N
-    acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        k = k0 + tl.arange(0, BLOCK_K)  # [BK]
-        kmask = k < K
-        w = tl.load(w_ptr + n[:, None].to(tl.int64) * s_wn + k[None, :] * s_wk,
-                    mask=nmask[:, None] & kmask[None, :], other=0.0)  # [BN, BK]
-        x = tl.load(x_ptr + k * s_xk, mask=kmask, other=0.0)  # [BK]
-        acc += w.to(tl.float32) * x.to(tl.float32)[None, :]
+    w = _w_tile(w_ptr, n, nmask, 0, K, s_wn, s_wk, BLOCK_K)  # step 0's weights: before the wait (see above)
+    if PDL:
+        gdc_wait()  # x is the previous kernel's output
+        gdc_launch_dependents()
+    acc = w.to(tl.float32) * _x_tile(x_ptr, 0, K, s_xk, BLOCK_K)[None, :]  # [BN, BK]
+    for k0 in range(BLOCK_K, K, BLOCK_K):
+        w = _w_tile(w_ptr, n, nmask, k0, K, s_wn, s_wk, BLOCK_K)
+        acc += w.to(tl.float32) * _x_tile(x_ptr, k0, K, s_xk, BLOCK_K)[None, :]
     y = tl.sum(acc, axis=1)  # [BN]
     if HAS_BIAS:
         y += tl.load(b_ptr + n, mask=nmask, other=0.0).to(tl.float32)
@@ -56,10 +75,11 @@ def gemv_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     N = weight.shape[0]
     t = tiles or GemvTiles()
     y = torch.empty((1, N), dtype=x.dtype, device=x.device)
+    pdl = launch.use_pdl(x.device)
     _gemv_kernel[(triton.cdiv(N, t.block_n),)](
         x, weight, bias if bias is not None else weight, y, N, x.stride(1), weight.stride(0), weight.stride(1),
-        y.stride(1), K=K, HAS_BIAS=bias is not None, BLOCK_N=t.block_n, BLOCK_K=t.block_k,
-        num_warps=t.num_warps, num_stages=t.num_stages)
+        y.stride(1), K=K, HAS_BIAS=bias is not None, BLOCK_N=t.block_n, BLOCK_K=t.block_k, PDL=pdl,
+        num_warps=t.num_warps, num_stages=t.num_stages, launch_pdl=pdl)
     return y
 
 

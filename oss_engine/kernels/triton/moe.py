@@ -51,6 +51,9 @@ special-cased.
 A operand addressing: "arith" reads logical column k = 2q + h at q * s_aq + h * s_ah (x: s_aq = 2 s_xk,
 s_ah = s_xk; act in the split layout [P, 2, I/2] that GEMM 1 writes for it: s_aq = 1, s_ah = I/2); the
 other modes read a natural row, column k at k * s_ah.
+
+PDL (`launch.py`): every kernel here calls `gdc_wait()` first. The GEMMs find their expert (so the weights to
+prefetch) only from `bounds`, which the grouping writes, so nothing is read before the wait.
 """
 
 from __future__ import annotations
@@ -60,8 +63,10 @@ from dataclasses import dataclass
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from ..types import ExpertWeight
+from . import launch
 
 _TL_DTYPE = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
 _MODES = {"dense": 0, "arith": 1, "dot_scaled": 2, "dot_scaled_swap": 3}
@@ -218,10 +223,13 @@ def _moe_gemm1_kernel(
     limit, alpha,
     K: tl.constexpr, N: tl.constexpr, A: tl.constexpr, E: tl.constexpr, E_PAD: tl.constexpr,
     MODE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    COMPUTE: tl.constexpr, PRECISION: tl.constexpr,
+    COMPUTE: tl.constexpr, PRECISION: tl.constexpr, PDL: tl.constexpr,
 ):
     """act[r, i] = swiglu(x[tok(r)] @ W1[e]^T + b1[e])[i] for the block's rows and BLOCK_N / 2 columns i
     (W1 rows n0 .. n0 + BLOCK_N, N = 2I)."""
+    if PDL:
+        gdc_wait()
+        gdc_launch_dependents()
     pid_m = tl.program_id(0)
     expert, start, end, total = _expert_block(bounds_ptr, pid_m, E, E_PAD, BLOCK_M)
     if pid_m >= total:
@@ -264,8 +272,12 @@ def _moe_gemm2_kernel(
     s_ar, s_aq, s_ah, s_we, s_wn, s_wk, s_se, s_sn, s_sg, s_be, s_bn, s_yp,
     K: tl.constexpr, N: tl.constexpr, E: tl.constexpr, E_PAD: tl.constexpr, MODE: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, COMPUTE: tl.constexpr, PRECISION: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     """y[order[r], n] = route_w[order[r]] * (act[r] @ W2[e]^T + b2[e])[n] for the block's rows, BLOCK_N n."""
+    if PDL:
+        gdc_wait()
+        gdc_launch_dependents()
     pid_m = tl.program_id(0)
     expert, start, end, total = _expert_block(bounds_ptr, pid_m, E, E_PAD, BLOCK_M)
     if pid_m >= total:
@@ -295,8 +307,11 @@ def _moe_gemm2_kernel(
 
 @triton.jit
 def _combine_kernel(y_ptr, out_ptr, T, D, s_yp, s_ot, A: tl.constexpr, BLOCK_T: tl.constexpr,
-                    BLOCK_D: tl.constexpr):
+                    BLOCK_D: tl.constexpr, PDL: tl.constexpr):
     """out[t, d] = sum over a (in order) of y[t * A + a, d], cast to out's dtype."""
+    if PDL:
+        gdc_wait()
+        gdc_launch_dependents()
     t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
     d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     mask = (t < T)[:, None] & (d < D)[None, :]
@@ -308,10 +323,13 @@ def _combine_kernel(y_ptr, out_ptr, T, D, s_yp, s_ot, A: tl.constexpr, BLOCK_T: 
 
 @triton.jit
 def _group_small_kernel(ids_ptr, order_ptr, bounds_ptr, P, E: tl.constexpr, E_PAD: tl.constexpr,
-                        P_PAD: tl.constexpr, CHUNK: tl.constexpr):
+                        P_PAD: tl.constexpr, CHUNK: tl.constexpr, PDL: tl.constexpr):
     """One program: a stable counting sort of P <= P_PAD expert ids (decode batches), the same (order,
     bounds) as sort + searchsorted in one launch instead of five.
     rank[p] = #{q < p : ids[q] == ids[p]}; order[bounds[ids[p]] + rank[p]] = p."""
+    if PDL:
+        gdc_wait()
+        gdc_launch_dependents()
     p = tl.arange(0, P_PAD)
     e_p = tl.load(ids_ptr + p, mask=p < P, other=E_PAD).to(tl.int32)  # pads match no expert
     e = tl.arange(0, E_PAD)
@@ -377,8 +395,9 @@ def group_by_expert(ids: torch.Tensor, num_experts: int) -> tuple[torch.Tensor, 
     if P <= _SMALL_GROUP and p_pad * e_pad <= 8192:  # decode: one launch (larger spills registers)
         order = _empty((P,), torch.int64, ids.device)
         bounds = _empty((num_experts + 1,), torch.int32, ids.device)
+        pdl = launch.use_pdl(ids.device)
         _group_small_kernel[(1,)](flat, order, bounds, P, E=num_experts, E_PAD=e_pad, P_PAD=p_pad,
-                                  CHUNK=min(p_pad, 32), num_warps=8)
+                                  CHUNK=min(p_pad, 32), PDL=pdl, num_warps=8, launch_pdl=pdl)
         return order, bounds
     sorted_ids, order = torch.sort(flat, stable=True)  # [P] each
     experts = torch.arange(num_experts + 1, device=ids.device, dtype=sorted_ids.dtype)  # [E + 1]
@@ -407,7 +426,8 @@ def moe_experts_triton(x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor
     mode, consts = kernel_mode(cfg.mxfp4_decode, w1, compute)
     order, bounds = group_by_expert(ids, E)
     route_w = weights.reshape(-1)  # [P]
-    common = {"E": E, "E_PAD": triton.next_power_of_2(E), **consts}
+    pdl = launch.use_pdl(x.device)
+    common = {"E": E, "E_PAD": triton.next_power_of_2(E), "PDL": pdl, **consts}
 
     act = _empty((P, I), compute, x.device)  # rows in sorted order
     s_aq, s_ah = act_strides(mode, I)
@@ -418,7 +438,7 @@ def moe_experts_triton(x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor
         x, order, bounds, w, s, w1.bias, act, x.stride(0), x.stride(1), *ws,
         w1.bias.stride(0), w1.bias.stride(1), act.stride(0), s_aq, s_ah, float(limit), float(alpha),
         K=D, N=2 * I, A=A, BLOCK_M=t1.block_m, BLOCK_N=t1.block_n, BLOCK_K=t1.block_k, num_warps=t1.num_warps,
-        num_stages=t1.num_stages, **common)
+        num_stages=t1.num_stages, launch_pdl=pdl, **common)
 
     y = _empty((P, D), torch.float32, x.device)  # [P, D] pair rows, p = t * A + a
     w, s, ws = _weight_args(w2, mode)
@@ -428,9 +448,9 @@ def moe_experts_triton(x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor
         act, order, bounds, w, s, w2.bias, route_w, y, act.stride(0), s_aq, s_ah, *ws,
         w2.bias.stride(0), w2.bias.stride(1), y.stride(0), K=I, N=D,
         BLOCK_M=t2.block_m, BLOCK_N=t2.block_n, BLOCK_K=t2.block_k, num_warps=t2.num_warps,
-        num_stages=t2.num_stages, **common)
+        num_stages=t2.num_stages, launch_pdl=pdl, **common)
 
     block_t, block_d = 16, 128
     _combine_kernel[(triton.cdiv(T, block_t), triton.cdiv(D, block_d))](
-        y, out, T, D, y.stride(0), out.stride(0), A=A, BLOCK_T=block_t, BLOCK_D=block_d)
+        y, out, T, D, y.stride(0), out.stride(0), A=A, BLOCK_T=block_t, BLOCK_D=block_d, PDL=pdl, launch_pdl=pdl)
     return out

@@ -24,6 +24,9 @@ columns, 2 warps, 2 pipeline stages (each stage also holds the 16-row A tile, so
 per SM: 55.7 vs 48.9 us at one token), GEMM 2 split in 2. Against the grouped path: 48.9 vs 64.4 us at 1 token,
 84.8 vs 93.5 at 2, equal at 4, and 259.9 vs 197.5 at 8 tokens (32 pairs, where blocks start to be shared),
 hence MAX_DECODE_PAIRS = 16.
+
+PDL (`launch.py`): every kernel here calls `gdc_wait()` first: a pair learns its expert, so which weights to
+read, only from ids, which the routing writes; nothing is prefetched.
 """
 
 from __future__ import annotations
@@ -33,8 +36,10 @@ from dataclasses import dataclass
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from ..types import ExpertWeight
+from . import launch
 from .moe import _combine_kernel, _load_a, _mma_step, _weight_args, act_strides, kernel_mode
 
 MAX_DECODE_PAIRS = 16  # pairs up to which the op table takes this path (see use_decode_path)
@@ -71,9 +76,12 @@ def _pair_gemm1_kernel(
     s_xt, s_xk, s_we, s_wn, s_wk, s_se, s_sn, s_sg, s_be, s_bn, s_ap, s_aq, s_ah,
     limit, alpha,
     K: tl.constexpr, N: tl.constexpr, A: tl.constexpr, MODE: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr, COMPUTE: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_K: tl.constexpr, COMPUTE: tl.constexpr, PRECISION: tl.constexpr, PDL: tl.constexpr,
 ):
     """act[p, i] = swiglu(x[p // A] @ W1[ids[p]]^T + b1)[i] for BLOCK_N / 2 columns i (W1 rows n0 .. n0 + BN)."""
+    if PDL:
+        gdc_wait()  # before ids: the expert, so the weights to read, is only known from them
+        gdc_launch_dependents()
     p = tl.program_id(0)
     expert = tl.load(ids_ptr + p).to(tl.int64)
     r = tl.arange(0, 16)  # the dot's 16 rows: row 0 is the pair's, the rest masked
@@ -106,9 +114,13 @@ def _pair_gemm2_kernel(
     s_ap, s_aq, s_ah, s_we, s_wn, s_wk, s_se, s_sn, s_sg, s_be, s_bn, s_yr,
     K: tl.constexpr, N: tl.constexpr, S: tl.constexpr, K_SPLIT: tl.constexpr, MODE: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, COMPUTE: tl.constexpr, PRECISION: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     """y[p * S + s, n] = weights[p] * (act[p, split s] @ W2[ids[p]][n, split s] (+ b2[n] on split 0)).
     K_SPLIT, a multiple of BLOCK_K, is each split's reduction length (the last may be shorter)."""
+    if PDL:
+        gdc_wait()  # before ids, as GEMM 1
+        gdc_launch_dependents()
     p = tl.program_id(0)
     s = tl.program_id(2)
     expert = tl.load(ids_ptr + p).to(tl.int64)
@@ -153,6 +165,7 @@ def moe_experts_decode_triton(x: torch.Tensor, weights: torch.Tensor, ids: torch
     if w1.is_mxfp4 and tiles.mxfp4_decode == "dot_scaled_swap":  # its [BN, BM] accumulator: grouped path only
         raise ValueError("MXFP4 decode mode 'dot_scaled_swap' not available on the decode path")
     mode, common = kernel_mode(tiles.mxfp4_decode, w1, compute)
+    pdl = launch.use_pdl(x.device)
     flat_ids = ids.reshape(-1)  # [P]
     route_w = weights.reshape(-1)  # [P]
 
@@ -162,7 +175,8 @@ def moe_experts_decode_triton(x: torch.Tensor, weights: torch.Tensor, ids: torch
     _pair_gemm1_kernel[(P, triton.cdiv(2 * I, tiles.block_n1))](
         x, flat_ids, w, s, w1.bias, act, x.stride(0), x.stride(1), *ws, w1.bias.stride(0), w1.bias.stride(1),
         act.stride(0), s_aq, s_ah, float(limit), float(alpha), K=D, N=2 * I, A=A, BLOCK_N=tiles.block_n1,
-        BLOCK_K=tiles.block_k1, num_warps=tiles.warps1, num_stages=tiles.stages1, **common)
+        BLOCK_K=tiles.block_k1, num_warps=tiles.warps1, num_stages=tiles.stages1, PDL=pdl, launch_pdl=pdl,
+        **common)
 
     S = max(1, min(tiles.split2, triton.cdiv(I, tiles.block_k2)))
     k_split = triton.cdiv(triton.cdiv(I, S), tiles.block_k2) * tiles.block_k2
@@ -172,9 +186,11 @@ def moe_experts_decode_triton(x: torch.Tensor, weights: torch.Tensor, ids: torch
     _pair_gemm2_kernel[(P, triton.cdiv(D, tiles.block_n2), S)](
         act, flat_ids, w, s, w2.bias, route_w, y, act.stride(0), s_aq, s_ah, *ws, w2.bias.stride(0),
         w2.bias.stride(1), y.stride(0), K=I, N=D, S=S, K_SPLIT=k_split, BLOCK_N=tiles.block_n2,
-        BLOCK_K=tiles.block_k2, num_warps=tiles.warps2, num_stages=tiles.stages2, **common)
+        BLOCK_K=tiles.block_k2, num_warps=tiles.warps2, num_stages=tiles.stages2, PDL=pdl, launch_pdl=pdl,
+        **common)
 
     block_t, block_d = 16, 128
     _combine_kernel[(triton.cdiv(T, block_t), triton.cdiv(D, block_d))](
-        y, out, T, D, y.stride(0), out.stride(0), A=A * S, BLOCK_T=block_t, BLOCK_D=block_d)
+        y, out, T, D, y.stride(0), out.stride(0), A=A * S, BLOCK_T=block_t, BLOCK_D=block_d, PDL=pdl,
+        launch_pdl=pdl)
     return out

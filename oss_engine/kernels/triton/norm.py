@@ -19,6 +19,9 @@ Contract choices (the same as the reference; nothing is written in place):
 - residual None (the first layer): new_residual IS x (the same tensor object, not a copy), and the kernel
   writes only normed.
 x, residual and weight may have any strides (a stride of 1 is specialised by Triton at no cost).
+
+PDL (`launch.py`): only the norm weight (fixed during a forward pass) is loaded before `gdc_wait()`; x and
+residual (the previous kernels' outputs) and every write come after it.
 """
 
 from __future__ import annotations
@@ -26,6 +29,9 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+
+from . import launch
 
 
 def _empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -34,11 +40,15 @@ def _empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> 
 
 @triton.jit
 def _add_rms_norm_kernel(x_ptr, res_ptr, w_ptr, out_ptr, r_out_ptr, s_xt, s_xd, s_rt, s_rd, s_wd, s_ot, s_nt,
-                         D, eps, HAS_RESIDUAL: tl.constexpr, BLOCK_D: tl.constexpr):
+                         D, eps, HAS_RESIDUAL: tl.constexpr, BLOCK_D: tl.constexpr, PDL: tl.constexpr):
     # one program per row t: x[t], residual[t] [D] -> out[t] = norm(r), r_out[t] = r (out, r_out contiguous)
     t = tl.program_id(0).to(tl.int64)
     d = tl.arange(0, BLOCK_D)
     ok = d < D
+    w = tl.load(w_ptr + d * s_wd, mask=ok, other=0.0)  # a weight: read before the wait
+    if PDL:
+        gdc_wait()
+        gdc_launch_dependents()
     x = tl.load(x_ptr + t * s_xt + d * s_xd, mask=ok, other=0.0)
     if HAS_RESIDUAL:
         res = tl.load(res_ptr + t * s_rt + d * s_rd, mask=ok, other=0.0)
@@ -48,8 +58,7 @@ def _add_rms_norm_kernel(x_ptr, res_ptr, w_ptr, out_ptr, r_out_ptr, s_xt, s_xd, 
         r = x
     h = r.to(tl.float32)  # pad lanes are 0 and add nothing to the sum
     inv = tl.rsqrt(tl.sum(h * h, axis=0) / D + eps)
-    w = tl.load(w_ptr + d * s_wd, mask=ok, other=0.0).to(tl.float32)
-    tl.store(out_ptr + t * s_ot + d, (w * (h * inv)).to(out_ptr.dtype.element_ty), mask=ok)
+    tl.store(out_ptr + t * s_ot + d, (w.to(tl.float32) * (h * inv)).to(out_ptr.dtype.element_ty), mask=ok)
 
 
 def add_rms_norm_triton(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor,
@@ -62,7 +71,8 @@ def add_rms_norm_triton(x: torch.Tensor, residual: torch.Tensor | None, weight: 
         return out, r_out
     block = triton.next_power_of_2(D)
     res = x if residual is None else residual  # unread when HAS_RESIDUAL is False
+    pdl = launch.use_pdl(x.device)
     _add_rms_norm_kernel[(T,)](x, res, weight, out, r_out, *x.stride(), *res.stride(), weight.stride(0),
                                out.stride(0), r_out.stride(0), D, eps, HAS_RESIDUAL=residual is not None,
-                               BLOCK_D=block, num_warps=min(max(block // 512, 1), 8))
+                               BLOCK_D=block, PDL=pdl, num_warps=min(max(block // 512, 1), 8), launch_pdl=pdl)
     return out, r_out

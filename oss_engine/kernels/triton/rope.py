@@ -20,6 +20,7 @@ Contract choices:
 - Deviation, as `store_kv_triton`: a negative slot (a padding row of a CUDA-graph batch) writes no cache row
   (its q is still rotated); the reference would wrap around to the last slot.
 No host sync and no data-dependent allocation: CUDA-graph capturable.
+PDL (`launch.py`): `gdc_wait()` comes first; every input (q, k, v, cos/sin, slots) is produced on the GPU.
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+
+from . import launch
 
 
 def _empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -55,7 +59,11 @@ def _rope_store_kv_kernel(q_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, qo_ptr, kc_ptr,
                           s_qt, s_qh, s_qd, s_kt, s_kh, s_kd, s_vt, s_vh, s_vd, s_ct, s_cd, s_st, s_sd, s_ot, s_oh,
                           s_od, s_cn, s_cs, s_ch, s_cx, s_dn, s_ds, s_dh, s_dx,
                           H: tl.constexpr, K: tl.constexpr, D2: tl.constexpr, S: tl.constexpr,
-                          H_PAD: tl.constexpr, K_PAD: tl.constexpr, D2_PAD: tl.constexpr, D_PAD: tl.constexpr):
+                          H_PAD: tl.constexpr, K_PAD: tl.constexpr, D2_PAD: tl.constexpr, D_PAD: tl.constexpr,
+                          PDL: tl.constexpr):
+    if PDL:
+        gdc_wait()
+        gdc_launch_dependents()
     t = tl.program_id(0).to(tl.int64)
     i = tl.arange(0, D2_PAD)
     c = tl.load(cos_ptr + t * s_ct + i * s_cd, mask=i < D2, other=0.0).to(tl.float32)  # [D2_PAD]
@@ -83,10 +91,12 @@ def rope_store_kv_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos:
     q_rot = _empty((T, H, D), q.dtype, q.device)
     if T == 0:
         return q_rot
+    pdl = launch.use_pdl(q.device)
     _rope_store_kv_kernel[(T,)](
         q, k, v, cos, sin, q_rot, k_cache, v_cache, slot_mapping,
         *q.stride(), *k.stride(), *v.stride(), *cos.stride(), *sin.stride(), *q_rot.stride(), *k_cache.stride(),
         *v_cache.stride(),
         H=H, K=K, D2=D // 2, S=k_cache.shape[1], H_PAD=triton.next_power_of_2(H), K_PAD=triton.next_power_of_2(K),
-        D2_PAD=triton.next_power_of_2(D // 2), D_PAD=triton.next_power_of_2(D), num_warps=4 if H * D >= 2048 else 1)
+        D2_PAD=triton.next_power_of_2(D // 2), D_PAD=triton.next_power_of_2(D), PDL=pdl,
+        num_warps=4 if H * D >= 2048 else 1, launch_pdl=pdl)
     return q_rot

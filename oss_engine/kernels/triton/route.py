@@ -19,6 +19,7 @@ are selectable (after every finite one); NaN logits give unspecified ids (torch.
 Worked example, E = 4, A = 2, logits [1.0, 3.0, 3.0, -2.0]: pass 1 m = 3.0, candidates {1, 2}, sel = 1;
 pass 2 m = 3.0, sel = 2; ids [1, 2], weights softmax([3, 3]) = [0.5, 0.5].
 Grid cdiv(T, BT) from shapes only: no host sync, CUDA-graph capturable.
+PDL (`launch.py`): `gdc_wait()` comes first; the logits are the previous kernel's output.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+
+from . import launch
 
 
 def _empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -35,7 +39,10 @@ def _empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> 
 @triton.jit
 def _route_kernel(logits_ptr, w_ptr, ids_ptr, T, s_lt, s_le, s_wt, s_wa, s_it, s_ia,
                   E: tl.constexpr, A: tl.constexpr, E_PAD: tl.constexpr, A_PAD: tl.constexpr,
-                  BLOCK_T: tl.constexpr):
+                  BLOCK_T: tl.constexpr, PDL: tl.constexpr):
+    if PDL:
+        gdc_wait()
+        gdc_launch_dependents()
     t = tl.program_id(0).to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T)  # [BT] token rows
     t_ok = t < T
     e = tl.arange(0, E_PAD)[None, :]  # [1, E_PAD]
@@ -69,8 +76,9 @@ def route_triton(router_logits: torch.Tensor, k: int) -> tuple[torch.Tensor, tor
         return weights, ids
     e_pad = triton.next_power_of_2(E)
     block_t = min(triton.next_power_of_2(T), max(1, 2048 // e_pad))  # tiles of about 2048 logits
+    pdl = launch.use_pdl(router_logits.device)
     _route_kernel[(triton.cdiv(T, block_t),)](
         router_logits, weights, ids, T, *router_logits.stride(), *weights.stride(), *ids.stride(),
-        E=E, A=k, E_PAD=e_pad, A_PAD=triton.next_power_of_2(k), BLOCK_T=block_t,
-        num_warps=4 if block_t * e_pad >= 1024 else 1)
+        E=E, A=k, E_PAD=e_pad, A_PAD=triton.next_power_of_2(k), BLOCK_T=block_t, PDL=pdl,
+        num_warps=4 if block_t * e_pad >= 1024 else 1, launch_pdl=pdl)
     return weights, ids

@@ -1,0 +1,32 @@
+"""Programmatic dependent launch (PDL): whether this package's Triton kernels launch with it.
+
+Why: a batch-1 decode step runs ~10 small kernels per layer back to back, and the gap between two of them
+(launch latency, the tail of one before the next starts) is a large share of the step on sm_90. With PDL a
+kernel may start while the previous one is still running: it can prefetch weights, then `gdc_wait()` blocks
+until the previous grid has completed and its writes are visible. Each kernel here takes `PDL: tl.constexpr`;
+its wrapper passes `PDL=pdl, launch_pdl=pdl` with `pdl = launch.use_pdl(device)`, looked up through the module
+at call time so a script can monkeypatch `launch.use_pdl` to compare both.
+
+Off for CPU tensors, GPUs before sm_90 (no griddepcontrol) and the Triton interpreter (TRITON_INTERPRET=1,
+Triton's own variable: gdc_wait is inline PTX the interpreter cannot run). The interpreter ignores the
+`launch_pdl` keyword, so passing False is harmless there.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+
+
+def use_pdl(device: torch.device) -> bool:
+    """True when kernels on `device` should launch with PDL: CUDA, capability >= 9.0, no interpreter."""
+    if device.type != "cuda" or os.environ.get("TRITON_INTERPRET") == "1":
+        return False
+    return _sm90_or_newer(device.index if device.index is not None else torch.cuda.current_device())
+
+
+@functools.lru_cache(maxsize=None)
+def _sm90_or_newer(index: int) -> bool:
+    return torch.cuda.get_device_capability(index)[0] >= 9
