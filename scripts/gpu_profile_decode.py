@@ -1,7 +1,8 @@
 """GPU machine: where a decode step's time goes. Builds the engine on a preset with random weights (as
 `oss-engine bench` does), brings B requests to context ~1024, then
   1. times `steps` engine steps (tok/s, as the bench's decode figure), and
-  2. profiles `prof_steps` more with torch.profiler (CUPTI: the kernels of the replayed CUDA graph) and prints
+  2. (--host) cProfiles 20 more steps: the host's Python work and where it waits for the GPU,
+  3. profiles `prof_steps` more with torch.profiler (CUPTI: the kernels of the replayed CUDA graph) and prints
      per kernel name: launches per step, mean us, us per step; then the sum of kernel time per step against
      the step's wall time (the difference is launch gaps, host work and idle GPU).
 With --ab-pdl the whole run is repeated with programmatic dependent launch forced off (patching
@@ -37,7 +38,22 @@ def short(name: str) -> str:
     return name if len(name) <= 60 else name[:57] + "..."
 
 
-def profile_batch(llm: LLM, batch: int, context: int, steps: int, prof_steps: int, top: int) -> float:
+def host_profile(engine, steps: int, top: int) -> None:
+    """cProfile of `steps` engine steps: the host's share (Python work, launches, the wait for the GPU)."""
+    import cProfile
+    import pstats
+
+    pr = cProfile.Profile()
+    pr.enable()
+    for _ in range(steps):
+        engine.step()
+    torch.cuda.synchronize()
+    pr.disable()
+    pstats.Stats(pr).sort_stats("tottime").print_stats(top)
+
+
+def profile_batch(llm: LLM, batch: int, context: int, steps: int, prof_steps: int, top: int,
+                  host: bool = False) -> float:
     engine = llm.engine
     rng = random.Random(batch)
     rids = _submit(engine, _prompts(batch, context, llm.config.model.vocab_size, rng), steps + prof_steps + 20)
@@ -57,6 +73,8 @@ def profile_batch(llm: LLM, batch: int, context: int, steps: int, prof_steps: in
         for _ in range(prof_steps):
             engine.step()
         torch.cuda.synchronize()
+    if host:
+        host_profile(engine, 20, 16)
     for rid in rids:
         engine.abort(rid)
     agg: dict[str, list[float]] = collections.defaultdict(list)
@@ -84,6 +102,7 @@ def main() -> None:
     ap.add_argument("--top", type=int, default=22)
     ap.add_argument("--util", type=float, default=0.5)
     ap.add_argument("--ab-pdl", action="store_true")
+    ap.add_argument("--host", action="store_true", help="also cProfile 20 steps a batch (host side)")
     args = ap.parse_args()
     batches = [int(b) for b in args.batch_sizes.split(",")]
     print(f"{torch.cuda.get_device_name()}  torch {torch.__version__}  {args.preset}")
@@ -103,7 +122,7 @@ def main() -> None:
             try:
                 for b in batches:
                     summary.append((label, b, profile_batch(llm, b, args.context, args.steps, args.prof_steps,
-                                                            args.top)))
+                                                            args.top, args.host)))
             finally:
                 llm.close()
                 del llm
