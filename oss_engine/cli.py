@@ -20,6 +20,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-model-len", type=int, default=None, help="longest prompt + output, in tokens")
     p.add_argument("--seed", type=int, default=0, help="seed for unseeded sampling")
     p.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs (decode steps run eagerly)")
+    p.add_argument("--no-async-scheduling", dest="async_scheduling", action="store_false",
+                   help="read each step's sampled tokens before scheduling the next (default: a step later, "
+                        "overlapping the host's work with the GPU's)")
     par = p.add_argument_group("parallelism (one process per rank, started here or by torchrun; gloo on CPU, "
                                "NCCL on CUDA)")
     par.add_argument("--tensor-parallel-size", "-tp", type=int, default=1,
@@ -107,7 +110,7 @@ def _llm(args: argparse.Namespace):
     from .llm import LLM
 
     return LLM(args.model, dtype=args.dtype, device=args.device, max_model_len=args.max_model_len, seed=args.seed,
-               enforce_eager=args.enforce_eager, **_parallel_kwargs(args))
+               enforce_eager=args.enforce_eager, async_scheduling=args.async_scheduling, **_parallel_kwargs(args))
 
 
 def _parallel_kwargs(args: argparse.Namespace) -> dict:
@@ -175,7 +178,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                       block_size=args.block_size, enable_prefix_caching=args.enable_prefix_caching,
                       gpu_memory_utilization=args.gpu_memory_utilization,
                       kv_cache_memory_bytes=args.kv_cache_memory_bytes, num_kv_blocks=args.num_kv_blocks,
-                      enforce_eager=args.enforce_eager, **_parallel_kwargs(args))
+                      enforce_eager=args.enforce_eager, async_scheduling=args.async_scheduling,
+                      **_parallel_kwargs(args))
     from .config import ModelConfig
 
     mcfg = ModelConfig.from_dir(model)  # fail fast on a bad directory, before the server starts

@@ -45,6 +45,7 @@ class SchedulerConfig:
     max_num_seqs: int = 256
     max_num_batched_tokens: int = 8192
     debug_checks: bool = False  # KV accounting checked after every step (tests)
+    async_scheduling: bool = True  # read sampled tokens a step late, overlapping host work (llm_engine.py)
 
     def validate(self) -> None:
         if self.max_num_seqs < 1:

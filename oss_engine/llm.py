@@ -39,7 +39,8 @@ class LLM:
                  debug_checks: bool = False, progress: bool = True, kernels: str = "auto",
                  enforce_eager: bool = False, load_format: str = "auto", tensor_parallel_size: int = 1,
                  pipeline_parallel_size: int = 1, data_parallel_size: int = 1, enable_expert_parallel: bool = False,
-                 distributed_timeout_s: float = 300.0, distributed_executor_backend: str = "auto"):
+                 distributed_timeout_s: float = 300.0, distributed_executor_backend: str = "auto",
+                 async_scheduling: bool = True):
         if model is None:
             model = str(default_model_dir())
         mcfg = ModelConfig.from_dir(model)
@@ -49,7 +50,7 @@ class LLM:
             raise ConfigError(f"max_model_len must be in [2, {mcfg.max_position_embeddings}], got {mlen}")
         cache = CacheConfig(block_size, enable_prefix_caching, gpu_memory_utilization, kv_cache_memory_bytes,
                             num_kv_blocks)
-        sched = SchedulerConfig(mlen, max_num_seqs, max_num_batched_tokens, debug_checks)
+        sched = SchedulerConfig(mlen, max_num_seqs, max_num_batched_tokens, debug_checks, async_scheduling)
         cache.validate()
         sched.validate()
         if load_format not in ("auto", "dummy"):

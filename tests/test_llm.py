@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from oss_engine import LLM, SamplingParams
 from oss_engine.chat.harmony import HarmonyRenderer
@@ -124,6 +125,9 @@ class ScriptedSampler:
 
     def sample(self, logits, batch):
         return SampleResult([self.tokens.pop(0) for _ in batch.params], [None] * len(batch.params))
+
+    def sample_tokens(self, logits, batch):  # the async engine's call: the tokens as a tensor
+        return torch.tensor([self.tokens.pop(0) for _ in batch.params])
 
 
 def test_chat_separates_reasoning_and_stops_on_return(llm, monkeypatch):

@@ -40,6 +40,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kernels", action="store_true", help="also time one MoE and one attention layer")
     p.add_argument("--compare", choices=["hf"], default=None, help="also run transformers on the same weights")
     p.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs")
+    p.add_argument("--no-async-scheduling", dest="async_scheduling", action="store_false",
+                   help="read sampled tokens before scheduling the next step")
     p.add_argument("--tensor-parallel-size", "-tp", type=int, default=1)
     p.add_argument("--enable-expert-parallel", action="store_true")
     p.add_argument("--kv-cache-memory-bytes", type=int, default=None,
@@ -90,7 +92,8 @@ def run(args) -> dict:
         llm = LLM(model_dir, device=args.device, dtype=args.dtype, skip_tokenizer_init=True, progress=False,
                   load_format="dummy" if args.random_weights else "auto", seed=args.seed,
                   max_model_len=longest, max_num_seqs=max(batches), enable_prefix_caching=False,
-                  enforce_eager=args.enforce_eager, gpu_memory_utilization=args.gpu_memory_utilization,
+                  enforce_eager=args.enforce_eager, async_scheduling=args.async_scheduling,
+                  gpu_memory_utilization=args.gpu_memory_utilization,
                   tensor_parallel_size=args.tensor_parallel_size, enable_expert_parallel=args.enable_expert_parallel,
                   kv_cache_memory_bytes=args.kv_cache_memory_bytes)
         try:

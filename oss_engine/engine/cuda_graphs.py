@@ -45,6 +45,7 @@ class DecodeRow:
     token: int
     position: int
     block_tables: dict[str, list[int]]  # per cache group
+    src: int = -1  # >= 0: the token is prev_tokens[src] on the device (async scheduling), `token` unused
 
 
 class DecodeGraphs:
@@ -99,13 +100,24 @@ class DecodeGraphs:
     def bucket(self, batch: int) -> int:
         return next(P for P in self.sizes if P >= batch)
 
-    def run(self, rows: list[DecodeRow]) -> torch.Tensor:
-        """Replay the bucket graph for these rows -> logits [B, V] float32 (valid until the next run)."""
+    def run(self, rows: list[DecodeRow], prev_tokens: torch.Tensor | None = None) -> torch.Tensor:
+        """Replay the bucket graph for these rows -> logits [B, V] float32 (valid until the next run).
+        Rows with src >= 0 take their token from prev_tokens[src] (a device tensor)."""
         B = len(rows)
         P = self.bucket(B)
         host, layout = self._stage(rows, P)
-        staged = torch.frombuffer(host, dtype=torch.int64).to(self.device)  # one host-to-device copy
+        # one host-to-device copy, from pinned memory so that it never waits for the GPU (async scheduling
+        # launches this step while the previous one still runs)
+        staged = torch.frombuffer(host, dtype=torch.int64)
+        if self.device.type == "cuda":
+            staged = staged.pin_memory()
+        staged = staged.to(self.device, non_blocking=True)
         self.input_ids[:P].copy_(staged[0:P])
+        dst = [i for i, r in enumerate(rows) if r.src >= 0]
+        if dst:
+            at = layout[-1][0] + 2 * P + P * layout[-1][1]  # the src segment follows the last group
+            src = staged[at:at + P]
+            self.input_ids[:P].copy_(torch.where(src >= 0, prev_tokens[src.clamp(min=0)], self.input_ids[:P]))
         self.positions[:P].copy_(staged[P:2 * P])
         for g, (at, width) in zip(self.groups, layout):
             self.seq_lens[g][:P].copy_(staged[at:at + P])  # int64 -> int32 on the device
@@ -116,7 +128,8 @@ class DecodeGraphs:
 
     def _stage(self, rows: list[DecodeRow], P: int) -> tuple[array, list[tuple[int, int]]]:
         """The step's inputs as one flat int64 array: ids [P], positions [P], then per group seq_lens [P],
-        slots [P], block table [P, width]; and per group (offset, width). Rows B..P-1 are padding."""
+        slots [P], block table [P, width], then src [P] (-1: the token is in ids); and per group (offset,
+        width). Rows B..P-1 are padding."""
         S, pad = self.S, P - len(rows)
         buf = array("q", [r.token for r in rows])
         buf.extend([0] * pad)
@@ -136,4 +149,6 @@ class DecodeGraphs:
                 buf.extend(t)
                 buf.extend([pb] * (width - len(t)))
             buf.extend([pb] * (width * pad))
+        buf.extend([r.src for r in rows])
+        buf.extend([-1] * pad)
         return buf, layout

@@ -4,6 +4,15 @@
 detokenize and check stops -> report. The nouns: Request, Scheduler (what runs), KVCacheManager (where its
 KV lives), ModelRunner (the model), Sampler (next tokens), Detokenizer (text and stop strings).
 A request with n > 1 becomes n child requests ("<id>#<i>") that share the prompt's cached blocks.
+
+Async scheduling (`SchedulerConfig.async_scheduling`, with a runner that takes device-resident input ids):
+a step's sampled tokens stay on the device and the host reads them one step later, after it has scheduled
+and launched the next step, whose decode rows take those tokens as input ids on the device. So the host's
+bookkeeping (appending tokens, stop checks, detokenizing, outputs, scheduling, staging) overlaps the GPU's
+forward pass instead of leaving the GPU idle between steps (vLLM's async scheduling). Costs: outputs come
+one `step()` later, and a request stopped by a sampled token (eos, a stop token or string) has already
+been scheduled for one more token, computed and thrown away. A request whose next token must end it by
+length is not scheduled again. Steps whose sampling reads logprobs stay synchronous.
 """
 
 from __future__ import annotations
@@ -63,6 +72,16 @@ class PendingStep:
     seqs: list[ScheduledSeq]  # empty: nothing to run this step
 
 
+@dataclass(frozen=True)
+class _InFlight:
+    """A step's sampled tokens that the host has not read yet (async scheduling)."""
+
+    reqs: list[Request]  # row i of `tokens` is reqs[i]'s next token
+    tokens: torch.Tensor  # [n] int64 on the runner's device: the next step's input ids
+    host: torch.Tensor  # [n] int64 on the CPU, filled by a non-blocking copy
+    ready: torch.cuda.Event | None  # recorded after that copy (None on the CPU: already there)
+
+
 @dataclass
 class _Parent:
     request_id: str
@@ -91,6 +110,8 @@ class LLMEngine:
         self.requests: dict[str, Request] = {}
         self._last_step_tokens = 0
         self._num_steps = 0
+        self._async = cfg.scheduler.async_scheduling and getattr(runner, "supports_device_tokens", False)
+        self._inflight: _InFlight | None = None
 
     # ---- requests in -------------------------------------------------------------------------------
 
@@ -162,20 +183,39 @@ class LLMEngine:
     # ---- one step ----------------------------------------------------------------------------------
 
     def step(self) -> list[RequestOutput]:
+        if self._async:
+            return self._step_async()
         pending = self.schedule_step()
         if not pending.seqs:
             return []
         return self.finish_step(pending, self.runner.execute(pending.seqs))
 
-    def schedule_step(self) -> PendingStep:
+    def _step_async(self) -> list[RequestOutput]:
+        """schedule -> launch the model (pending rows read last step's tokens on the device) -> read last
+        step's tokens, check stops, report -> advance and launch this step's sampling, left in flight."""
+        inflight, self._inflight = self._inflight, None
+        pending = self.schedule_step(inflight)
+        logits = self.runner.execute(pending.seqs, inflight.tokens if inflight else None) if pending.seqs else None
+        outs = self._outputs(self._resolve(inflight)) if inflight else []  # overlaps the GPU's forward pass
+        if logits is not None:
+            touched = self._sample_async(self._advance(pending.sched, logits), logits)
+            if self.cfg.scheduler.debug_checks:
+                self.kv.check_accounting(self.scheduler.live_request_ids())
+            outs += self._outputs(touched)
+        return outs
+
+    def schedule_step(self, inflight: _InFlight | None = None) -> PendingStep:
         """The first half of `step`: what the model runs next (split so that data-parallel replicas can
-        run their batches in one lock-step; see dp_engine.py)."""
+        run their batches in one lock-step; see dp_engine.py). With `inflight`, a request whose token is
+        still on the device runs it from there (its row in `inflight.tokens`)."""
         sched = self.scheduler.schedule()
         self._num_steps += 1
         self._last_step_tokens = sched.num_tokens
+        src = {id(r): i for i, r in enumerate(inflight.reqs)} if inflight else {}
         return PendingStep(sched, [
             ScheduledSeq(s.request.token_ids, s.request.num_computed_tokens, s.num_new_tokens,
-                         self.kv.block_tables(s.request.request_id), all_logits=s.request.wants_prompt_logprobs)
+                         self.kv.block_tables(s.request.request_id), all_logits=s.request.wants_prompt_logprobs,
+                         pending_row=src[id(s.request)] if s.request.num_pending else -1)
             for s in sched.scheduled])
 
     def finish_step(self, pending: PendingStep, logits: StepLogits) -> list[RequestOutput]:
@@ -192,6 +232,8 @@ class LLMEngine:
         sampling = []
         for s, (start, stop) in zip(sched.scheduled, step.rows):
             r = s.request
+            if r.finished:  # stopped by the token read after this step was scheduled (async scheduling)
+                continue
             if r.wants_prompt_logprobs:
                 self._prompt_logprobs(r, step.logits[start:stop])
             r.num_computed_tokens += s.num_new_tokens
@@ -211,9 +253,9 @@ class LLMEngine:
             if p + 1 < r.num_prompt_tokens:
                 r.prompt_logprobs.append(top_logprobs(lps[j], k, r.prompt_token_ids[p + 1]))
 
-    def _sample(self, sampling: list[tuple[Request, int]], step: StepLogits) -> list[Request]:
-        if not sampling:
-            return []
+    def _sampling_batch(self, sampling: list[tuple[Request, int]], step: StepLogits
+                        ) -> tuple[torch.Tensor, SamplingBatch]:
+        """(the sampling rows' logits [n, V], what the sampler needs to know of them)."""
         reqs = [r for r, _ in sampling]
         batch = SamplingBatch(params=[r.params for r in reqs], generators=[r.generator for r in reqs],
                               prompt_ids=[r.prompt_token_ids for r in reqs],
@@ -223,17 +265,61 @@ class LLMEngine:
                                        for r in reqs])
         rows = [row for _, row in sampling]
         logits = step.logits if rows == list(range(step.logits.shape[0])) else step.logits[rows]  # decode: all rows
-        result = self.sampler.sample(logits, batch)
+        return logits, batch
+
+    def _sample(self, sampling: list[tuple[Request, int]], step: StepLogits) -> list[Request]:
+        if not sampling:
+            return []
+        reqs = [r for r, _ in sampling]
+        result = self.sampler.sample(*self._sampling_batch(sampling, step))
         now = time.monotonic()
         for r, tok, lp in zip(reqs, result.token_ids, result.logprobs):
-            r.token_ids.append(tok)
-            r.first_token_time = r.first_token_time or now
-            if lp is not None:
-                r.logprobs.append(lp)
-            reason = self._stop_reason(r, tok)
-            if reason is not None:
-                self.scheduler.finish(r, reason)
+            self._take_token(r, tok, lp, now)
         return reqs
+
+    def _sample_async(self, sampling: list[tuple[Request, int]], step: StepLogits) -> list[Request]:
+        """Launch the sampling and leave its tokens in flight (read by the next step), or, when a row wants
+        logprobs, sample synchronously as `_sample`. Returns the requests that got a token now."""
+        reqs = [r for r, _ in sampling]
+        if not reqs or any(r.params.logprobs is not None for r in reqs):
+            return self._sample(sampling, step)
+        tokens = self.sampler.sample_tokens(*self._sampling_batch(sampling, step))  # [n] on the device
+        ready = None
+        if tokens.is_cuda:
+            host = torch.empty(tokens.shape, dtype=tokens.dtype, pin_memory=True)
+            host.copy_(tokens, non_blocking=True)
+            ready = torch.cuda.Event()
+            ready.record()
+        else:
+            host = tokens
+        for r in reqs:  # schedulable next step unless this token ends the request by length anyway
+            ends = r.num_output_tokens + 1 >= r.params.max_tokens or r.num_tokens + 1 >= self.cfg.max_model_len
+            r.num_pending = 0 if ends else 1
+        self._inflight = _InFlight(reqs, tokens, host, ready)
+        return []
+
+    def _resolve(self, inflight: _InFlight) -> list[Request]:
+        """Read a step's in-flight tokens (waiting for that copy only, not for later work), append them and
+        check stops. Returns the requests that got a token (not those aborted meanwhile)."""
+        if inflight.ready is not None:
+            inflight.ready.synchronize()
+        now = time.monotonic()
+        touched = []
+        for r, tok in zip(inflight.reqs, inflight.host.tolist()):
+            r.num_pending = 0
+            if not r.finished:
+                self._take_token(r, tok, None, now)
+                touched.append(r)
+        return touched
+
+    def _take_token(self, r: Request, tok: int, lp, now: float) -> None:
+        r.token_ids.append(tok)
+        r.first_token_time = r.first_token_time or now
+        if lp is not None:
+            r.logprobs.append(lp)
+        reason = self._stop_reason(r, tok)
+        if reason is not None:
+            self.scheduler.finish(r, reason)
 
     def _stop_reason(self, r: Request, tok: int) -> str | None:
         parent = self.parents[r.parent_id]

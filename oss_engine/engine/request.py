@@ -4,6 +4,11 @@ The one invariant: `num_computed_tokens <= num_tokens`; every step grants a runn
 tokens in between, and when computed catches up the step's last logits row yields its next token
 (`num_tokens` grows by one). Prefill chunks, decodes, prefix hits and recomputation after preemption are
 all this one path.
+
+Async scheduling (llm_engine.py) adds one state: `num_pending` = 1 while the request's next token has been
+sampled on the device but not yet read by the host. That token sits at position `num_tokens` (one past
+`token_ids`), and the scheduler may already grant it (a decode whose input id the runner takes from the
+device); once read it is appended to `token_ids` and `num_pending` returns to 0.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ class Request:
     prompt_logprobs: list[Logprobs | None] = field(default_factory=list)
     first_token_time: float | None = None
     constraint: object | None = None  # has allowed_ids(output_token_ids) -> ids or None (e.g. tool_choice)
+    num_pending: int = 0  # 1: a sampled token the host has not read yet, schedulable at position num_tokens
 
     def __post_init__(self) -> None:
         if not self.token_ids:

@@ -8,6 +8,10 @@ pad block, never handed out by the KV manager: CUDA-graph padding rows write and
 
 On CUDA (unless `enforce_eager`), decode steps replay CUDA graphs (engine/cuda_graphs.py); other steps run
 eagerly.
+
+Device-resident input ids (async scheduling): a sequence may be scheduled for the token the previous step
+sampled before the host has read it (`ScheduledSeq.pending_row` >= 0, the token sits one past `token_ids`);
+`execute` then takes that input id from `prev_tokens[pending_row]` on the device.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ class ScheduledSeq:
     num_new: int
     block_tables: dict[str, list[int]]  # per cache group, logical block -> physical block
     all_logits: bool = False  # logits for every new row (prompt logprobs), not just the last
+    pending_row: int = -1  # >= 0: the input id at position num_computed is prev_tokens[pending_row] (device)
 
 
 @dataclass(frozen=True)
@@ -49,6 +54,8 @@ def kv_bytes_per_block(cfg: EngineConfig, group: str, shard: RankShard | None = 
 
 
 class ModelRunner:
+    supports_device_tokens = True  # execute takes prev_tokens (async scheduling)
+
     def __init__(self, cfg: EngineConfig, model: GptOssModel, num_blocks: dict[str, int],
                  capture_graphs: bool = True):
         self.cfg, self.model = cfg, model
@@ -76,39 +83,52 @@ class ModelRunner:
             return None
         rows = []
         for s in seqs:
-            if s.num_new != 1 or s.all_logits or s.num_computed + 1 != len(s.token_ids):
+            last = len(s.token_ids) if s.pending_row >= 0 else len(s.token_ids) - 1  # the new token's position
+            if s.num_new != 1 or s.all_logits or s.num_computed != last:
                 return None
-            rows.append(DecodeRow(s.token_ids[s.num_computed], s.num_computed, s.block_tables))
+            token = 0 if s.pending_row >= 0 else s.token_ids[s.num_computed]
+            rows.append(DecodeRow(token, s.num_computed, s.block_tables, s.pending_row))
         return rows
 
     @torch.inference_mode()
-    def execute(self, seqs: list[ScheduledSeq]) -> StepLogits:
-        """The step's logits; on the graph path a view valid until the next execute."""
+    def execute(self, seqs: list[ScheduledSeq], prev_tokens: torch.Tensor | None = None) -> StepLogits:
+        """The step's logits; on the graph path a view valid until the next execute. `prev_tokens` [n] int64 on
+        the device: the previous step's sampled ids, read by rows with `pending_row` >= 0."""
         rows = self._graph_rows(seqs)
         if rows is not None:
-            return StepLogits(self.graphs.run(rows), [(i, i + 1) for i in range(len(rows))])
-        batch, rows = self.prepare(seqs)
+            return StepLogits(self.graphs.run(rows, prev_tokens), [(i, i + 1) for i in range(len(rows))])
+        batch, rows = self.prepare(seqs, prev_tokens)
         hidden = self.model.final_hidden(self.model(batch, self.kv_caches))  # [T, D]
         return StepLogits(self.model.compute_logits(hidden[batch.logits_indices]), rows)
 
-    def prepare(self, seqs: list[ScheduledSeq]) -> tuple[ForwardBatch, list[tuple[int, int]]]:
+    def prepare(self, seqs: list[ScheduledSeq], prev_tokens: torch.Tensor | None = None
+                ) -> tuple[ForwardBatch, list[tuple[int, int]]]:
         ids, pos, qsl, lens, logit_idx, rows = [], [], [0], [], [], []
+        dst, src = [], []  # rows of ids filled on the device from prev_tokens
         for s in seqs:
             start, stop = s.num_computed, s.num_computed + s.num_new
-            ids += s.token_ids[start:stop]
+            if s.pending_row >= 0:  # the one new token is not on the host yet
+                dst.append(len(ids))
+                src.append(s.pending_row)
+                ids.append(0)
+            else:
+                ids += s.token_ids[start:stop]
             pos += range(start, stop)
             qsl.append(qsl[-1] + s.num_new)
             lens.append(stop)
             first = len(logit_idx)
             if s.all_logits:
                 logit_idx += range(qsl[-2], qsl[-1])
-            elif stop == len(s.token_ids):  # caught up: the last row predicts the next token
+            elif stop == len(s.token_ids) or s.pending_row >= 0:  # caught up: the last row predicts the next
                 logit_idx.append(qsl[-1] - 1)
             rows.append((first, len(logit_idx)))
         dev = self.device
         attention = {g: self._group_metadata(g, seqs, qsl, lens) for g in self.groups}
+        input_ids = torch.tensor(ids, dtype=torch.int64, device=dev)
+        if dst:
+            input_ids[torch.tensor(dst, device=dev)] = prev_tokens[torch.tensor(src, device=dev)]
         batch = ForwardBatch(
-            input_ids=torch.tensor(ids, dtype=torch.int64, device=dev),
+            input_ids=input_ids,
             positions=torch.tensor(pos, dtype=torch.int64, device=dev),
             attention=attention,
             logits_indices=torch.tensor(logit_idx, dtype=torch.int64, device=dev),

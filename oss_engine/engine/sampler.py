@@ -227,6 +227,12 @@ class Sampler:
 
     def sample(self, logits: torch.Tensor, batch: SamplingBatch) -> SampleResult:
         # logits [B, V] float32, one row per sequence of the batch; not modified
+        token_ids = self.sample_tokens(logits, batch).tolist()
+        return SampleResult(token_ids, _logprobs(logits, batch.params, token_ids))
+
+    def sample_tokens(self, logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
+        """The next token of every row as a device tensor [B] int64, without reading it on the host (async
+        scheduling reads it a step later); logprobs are `sample`'s."""
         B = logits.shape[0]
         ps = batch.params
         x = process_logits(logits, batch)  # [B, V]
@@ -244,8 +250,7 @@ class Sampler:
                 tokens = tokens_s
             else:
                 tokens[torch.tensor(sampled, device=logits.device)] = tokens_s
-        token_ids = tokens.tolist()
-        return SampleResult(token_ids, _logprobs(logits, ps, token_ids))
+        return tokens
 
     def _sample_rows(self, x: torch.Tensor, rows: list[int], batch: SamplingBatch) -> torch.Tensor:
         # x [B, V] processed logits -> int64 [S] tokens of the sampled rows

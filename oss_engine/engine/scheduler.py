@@ -55,7 +55,10 @@ class Scheduler:
         i = 0
         while i < len(self.running) and budget > 0:
             req = self.running[i]
-            num_new = min(req.num_tokens - req.num_computed_tokens, budget)
+            num_new = min(req.num_tokens + req.num_pending - req.num_computed_tokens, budget)
+            if num_new == 0:  # its last sampled token ends it (async scheduling): nothing to run
+                i += 1
+                continue
             while not self.kv.allocate(req.request_id, req.token_ids, req.num_computed_tokens, num_new):
                 victim = self.running.pop()  # the most recently admitted
                 self._preempt(victim)

@@ -64,3 +64,13 @@ def test_a_smaller_step_repads_rows_a_larger_one_used():
     g.run(big[:3])  # bucket 4: row 3 is padding again
     assert g.seq_lens["full_attention"][3].item() == 1 and g.tables["full_attention"][3, 0].item() == 50
     assert g.slots["full_attention"][3].item() == 50 * 4
+
+
+def test_rows_whose_token_is_still_on_the_device():
+    """Async scheduling: a row with src >= 0 takes its input id from prev_tokens[src] (the previous step's
+    sampled ids, not yet read by the host); the other rows keep their staged ids, padding stays 0."""
+    g = graphs(8)
+    tables = {n: [1] for n in GROUPS}
+    rows = [DecodeRow(7, 3, tables), DecodeRow(0, 3, tables, src=2), DecodeRow(0, 3, tables, src=0)]
+    g.run(rows, prev_tokens=torch.tensor([101, 102, 103]))
+    assert g.input_ids[:4].tolist() == [7, 103, 101, 0]

@@ -132,3 +132,21 @@ def test_graph_logits_match_eager_in_bf16(ckpt):
     err = ((graph - eager).norm() / eager.norm()).item()
     assert err < 2e-2, err
     assert torch.equal(graph.argmax(-1), eager.argmax(-1))
+
+
+def test_async_scheduling_changes_nothing_on_the_graph_path(ckpt):
+    """Async scheduling on CUDA (pinned copies, an event per step, decode graphs fed from the device) against
+    the synchronous engine on the same GPU: the same tokens and finish reasons, with stop tokens that fire
+    at different steps and a mixed batch where some requests want logprobs."""
+    ps = prompts(24, 1, 80, seed=9)
+    sync, asyn = make(ckpt, "cuda", async_scheduling=False), make(ckpt, "cuda")
+    assert asyn.engine._async and not sync.engine._async and asyn.engine.runner.graphs is not None
+    free = tokens(sync.generate(prompt_token_ids=ps, sampling_params=GREEDY))
+    params = [SamplingParams(max_tokens=4 + i % 9, temperature=0.0, ignore_eos=True,
+                             stop_token_ids=[free[i][min(i % 7, 11)]] if i % 3 == 0 else None,
+                             logprobs=1 if i % 5 == 0 else None) for i in range(len(ps))]
+    want = [[(c.token_ids, c.finish_reason) for c in o.outputs]
+            for o in sync.generate(prompt_token_ids=ps, sampling_params=params)]
+    got = [[(c.token_ids, c.finish_reason) for c in o.outputs]
+           for o in asyn.generate(prompt_token_ids=ps, sampling_params=params)]
+    assert got == want
