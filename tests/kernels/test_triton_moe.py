@@ -175,7 +175,7 @@ def test_dot_scaled_falls_back_off_bf16(poisoned):
     run_case("mxfp4", 4, 2, 64, 32, 3, "uniform", config=MoeTritonConfig(t, t, "dot_scaled_swap"))
 
 
-@pytest.mark.parametrize("T", [1, 8, 64, 256, 2048])
+@pytest.mark.parametrize("T", [1, 8, 64, 128, 256, 2048])
 def test_default_config_shapes(T):
     """The CUDA defaults respect the kernels' constraints (dot dims >= 16, K steps of whole scale groups)."""
     cfg = moe_mod.default_config(4 * T, 32, torch.device("cuda"))
@@ -204,7 +204,7 @@ def to_bf16(w: ExpertWeight) -> ExpertWeight:
 @pytest.mark.gpu
 @pytest.mark.skipif(INTERPRET, reason="TRITON_INTERPRET=1: a bf16 tl.dot is wrong in the interpreter")
 @pytest.mark.parametrize("mode", ["default", "arith", "dot_scaled", "dot_scaled_swap", "dense"])
-@pytest.mark.parametrize("T", [1, 7, 64, 300])
+@pytest.mark.parametrize("T", [1, 7, 24, 64, 300])
 def test_gpu_bf16(mode, T):
     """bf16 on CUDA (bf16 operands, float32 accumulation) against the float32 reference, with each regime's
     default tiles. D = I = 320 is no multiple of the K steps, so the tails are masked."""

@@ -1,0 +1,58 @@
+"""GPU machine: the grouped MoE path's rows per block (BLOCK_M) at the batch sizes where experts get several
+rows: T = 64, 128, 256, 512 and 2048 (8, 16, 32, 64 and 256 rows an expert on gpt-oss-20b). Every weight is decoded once per block of
+its expert, and the e2m1 decode is what limits these GEMMs (docs/performance.md), so a block that holds all
+of an expert's rows should pay. Same tiles for both GEMMs; experts only; graph replay with L2 flushed
+(gpu_bench_moe's timer); each point checked against the reference first (rel L2 < 2e-2).
+
+Run: PYTHONPATH=. python scripts/gpu_sweep_moe_rows.py
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from gpu_bench_moe import ALPHA, LIMIT, D, I, batch, mxfp4_weight, time_graph_flushed
+from oss_engine.kernels.ref.moe import moe_experts_ref
+from oss_engine.kernels.triton.moe import GemmTiles, MoeTritonConfig, default_config, moe_experts_triton
+
+CANDIDATES = {  # T: [GemmTiles(block_m, block_n, block_k, warps, stages)]
+    64: [GemmTiles(16, 64, 128, 4, 4), GemmTiles(32, 64, 128, 4, 4), GemmTiles(32, 128, 128, 4, 4),
+         GemmTiles(32, 64, 256, 4, 3), GemmTiles(16, 128, 128, 4, 4)],
+    128: [GemmTiles(32, 128, 64, 4, 4), GemmTiles(64, 128, 64, 4, 4), GemmTiles(16, 64, 128, 4, 4)],
+    256: [GemmTiles(64, 128, 64, 4, 4), GemmTiles(64, 128, 128, 8, 3), GemmTiles(64, 64, 128, 4, 4),
+          GemmTiles(64, 128, 64, 4, 4), GemmTiles(32, 64, 128, 4, 4), GemmTiles(32, 128, 256, 4, 3),
+          GemmTiles(64, 64, 256, 4, 3), GemmTiles(64, 128, 64, 4, 3), GemmTiles(64, 256, 64, 8, 3)],
+    512: [GemmTiles(64, 128, 64, 4, 4), GemmTiles(128, 128, 64, 8, 3), GemmTiles(64, 128, 128, 4, 4)],
+    2048: [GemmTiles(128, 128, 128, 8, 3), GemmTiles(128, 256, 64, 8, 3), GemmTiles(64, 128, 64, 4, 4),
+           GemmTiles(128, 64, 128, 4, 3), GemmTiles(128, 128, 64, 4, 3), GemmTiles(256, 128, 64, 8, 3)],
+}
+
+
+def main() -> None:
+    gen = torch.Generator().manual_seed(0)
+    w1, w2 = mxfp4_weight(2 * I, D, gen), mxfp4_weight(D, I, gen)
+    print(torch.cuda.get_device_name())
+    for T, tiles in CANDIDATES.items():
+        x, weights, ids = batch(T, gen)
+        want = moe_experts_ref(x, weights, ids, w1, w2, LIMIT, ALPHA).float()
+        base = default_config(T * 4, 32, torch.device("cuda"))
+        rows = []
+        for label, cfg in [("default", base)] + [(str(t), MoeTritonConfig(t, t, base.mxfp4_decode)) for t in tiles]:
+            fn = functools.partial(moe_experts_triton, x, weights, ids, w1, w2, LIMIT, ALPHA, config=cfg)
+            try:
+                got = fn()
+                err = ((got.float() - want).norm() / want.norm()).item()
+                us = time_graph_flushed(fn, reps=15)
+            except Exception as exc:  # noqa: BLE001 - e.g. out of shared memory: report, go on
+                print(f"  T={T} {label}: {type(exc).__name__}: {str(exc)[:80]}")
+                continue
+            rows.append((us, label, err))
+        print(f"T = {T} (default {base.gemm1} / {base.gemm2}):")
+        for us, label, err in sorted(rows):
+            print(f"  {us:8.1f} us  {label}" + ("" if err < 2e-2 else f"  ERR {err:.1e}"))
+
+
+if __name__ == "__main__":
+    main()
