@@ -1,5 +1,5 @@
 """GPU machine: the grouped MoE path's rows per block (BLOCK_M) at the batch sizes where experts get several
-rows: T = 64, 128, 256, 512 and 2048 (8, 16, 32, 64 and 256 rows an expert on gpt-oss-20b). Every weight is decoded once per block of
+rows: T = 8 to 2048 (1 to 256 rows an expert on gpt-oss-20b). Every weight is decoded once per block of
 its expert, and the e2m1 decode is what limits these GEMMs (docs/performance.md), so a block that holds all
 of an expert's rows should pay. Same tiles for both GEMMs; experts only; graph replay with L2 flushed
 (gpu_bench_moe's timer); each point checked against the reference first (rel L2 < 2e-2).
@@ -16,18 +16,14 @@ import torch
 from gpu_bench_moe import ALPHA, LIMIT, D, I, batch, mxfp4_weight, time_graph_flushed
 from oss_engine.kernels.ref.moe import moe_experts_ref
 from oss_engine.kernels.triton.moe import GemmTiles, MoeTritonConfig, default_config, moe_experts_triton
+from oss_engine.kernels.triton.moe_decode import moe_experts_decode_triton
 
-CANDIDATES = {  # T: [GemmTiles(block_m, block_n, block_k, warps, stages)]
-    64: [GemmTiles(16, 64, 128, 4, 4), GemmTiles(32, 64, 128, 4, 4), GemmTiles(32, 128, 128, 4, 4),
-         GemmTiles(32, 64, 256, 4, 3), GemmTiles(16, 128, 128, 4, 4)],
-    128: [GemmTiles(32, 128, 64, 4, 4), GemmTiles(64, 128, 64, 4, 4), GemmTiles(16, 64, 128, 4, 4)],
-    256: [GemmTiles(64, 128, 64, 4, 4), GemmTiles(64, 128, 128, 8, 3), GemmTiles(64, 64, 128, 4, 4),
-          GemmTiles(64, 128, 64, 4, 4), GemmTiles(32, 64, 128, 4, 4), GemmTiles(32, 128, 256, 4, 3),
-          GemmTiles(64, 64, 256, 4, 3), GemmTiles(64, 128, 64, 4, 3), GemmTiles(64, 256, 64, 8, 3)],
-    512: [GemmTiles(64, 128, 64, 4, 4), GemmTiles(128, 128, 64, 8, 3), GemmTiles(64, 128, 128, 4, 4)],
-    2048: [GemmTiles(128, 128, 128, 8, 3), GemmTiles(128, 256, 64, 8, 3), GemmTiles(64, 128, 64, 4, 4),
-           GemmTiles(128, 64, 128, 4, 3), GemmTiles(128, 128, 64, 4, 3), GemmTiles(256, 128, 64, 8, 3)],
+CANDIDATES = {  # T: tiles for both GEMMs, or (GEMM 1's, GEMM 2's); rounds 1-2 (T = 8-2048) chose the defaults
+    8: [GemmTiles(16, 64, 128, 2, 4)],
+    64: [GemmTiles(16, 64, 128, 2, 3), (GemmTiles(16, 64, 128, 2, 3), GemmTiles(16, 32, 256, 2, 3)),
+         (GemmTiles(16, 64, 128, 2, 4), GemmTiles(16, 64, 128, 2, 3))],
 }
+DECODE_PATH_AT = (8,)  # also time moe_decode.py's per-pair path here (the op table takes it up to 16 pairs)
 
 
 def main() -> None:
@@ -39,8 +35,14 @@ def main() -> None:
         want = moe_experts_ref(x, weights, ids, w1, w2, LIMIT, ALPHA).float()
         base = default_config(T * 4, 32, torch.device("cuda"))
         rows = []
-        for label, cfg in [("default", base)] + [(str(t), MoeTritonConfig(t, t, base.mxfp4_decode)) for t in tiles]:
-            fn = functools.partial(moe_experts_triton, x, weights, ids, w1, w2, LIMIT, ALPHA, config=cfg)
+        points = [(label, functools.partial(moe_experts_triton, x, weights, ids, w1, w2, LIMIT, ALPHA, config=cfg))
+                  for label, cfg in [("default", base)]
+                  + [(str(t), MoeTritonConfig(*(t if isinstance(t, tuple) else (t, t)), base.mxfp4_decode))
+                     for t in tiles]]
+        if T in DECODE_PATH_AT:
+            points.append(("decode path", functools.partial(moe_experts_decode_triton, x, weights, ids, w1, w2,
+                                                            LIMIT, ALPHA)))
+        for label, fn in points:
             try:
                 got = fn()
                 err = ((got.float() - want).norm() / want.norm()).item()

@@ -91,21 +91,23 @@ class MoeTritonConfig:
 
 def default_config(num_pairs: int, num_experts: int, device: torch.device) -> MoeTritonConfig:
     """Tiles per regime, by mean rows per expert. Decode (<= 8 rows an expert): BM = 16 and narrow N tiles
-    of 2 warps, so one token's 4 experts still make 360 programs per GEMM on gpt-oss-20b and no two warps
-    decode the same weights. Above that, a block should hold all of an expert's rows: each weight is then
+    of 2 warps, so that few tokens still make hundreds of programs per GEMM and no two warps decode the
+    same weights. Above that, a block should hold all of an expert's rows: each weight is then
     decoded once, and the e2m1 decode is what limits these GEMMs. Measured on an H200 at the gpt-oss-20b
     expert shapes (scripts/gpu_sweep_moe_rows.py, experts only, L2 flushed), against the previous tiles:
     16 rows an expert (T = 128) 426 -> 365 us with BM = 32; 32 rows (T = 256) 649 -> 474 and 64 rows (T = 512)
     981 -> 640 with BM = 64, BK = 64; prefill (T = 2048, 256 rows) 1,792 -> 1,559 with 4 warps instead of 8.
-    At 8 rows (T = 64) the decode tiles stayed best (293 us; BM = 32 356)."""
+    At up to 8 rows BM = 16 stays best (T = 64: BM = 32 356 us); there one 64 x 128 tile of 2 warps and 3
+    stages for both GEMMs (GEMM 2 had 32 x 256 and GEMM 1 4 stages) took T = 8 202 -> 187 us, T = 32
+    289 -> 268 and T = 64 295 -> 273."""
     if device.type != "cuda":  # the interpreter: few programs and steps keep the CPU tests fast
         t = GemmTiles(16, 64, 64, 4, 1)
         return MoeTritonConfig(t, t, "arith")
     mode = "dot_scaled" if hasattr(tl, "dot_scaled") else "arith"
     rows_per_expert = num_pairs / max(1, num_experts)
     if rows_per_expert <= 8:
-        return MoeTritonConfig(GemmTiles(16, 64, 128, 2, 4), GemmTiles(16, 32, 256, 2, 3), mode)
-    if rows_per_expert <= 16:
+        t = GemmTiles(16, 64, 128, 2, 3)
+    elif rows_per_expert <= 16:
         t = GemmTiles(32, 128, 64, 4, 4)
     elif rows_per_expert <= 64:
         t = GemmTiles(64, 128, 64, 4, 4)
