@@ -28,11 +28,15 @@ def test_matches_reference(N, K, with_bias):
 
 
 def test_default_tiles_few_rows():
-    """Router-sized layers (N < 1024) take one row a program; the default tiles still match the reference
-    (here N = 32, the 20b router's rows, K with a tail past the 512-wide step)."""
-    assert gemv_mod.default_tiles(32).block_n == 1 and gemv_mod.default_tiles(5120).block_n == 8
+    """Router-sized layers (N < 1024) take one row a program, o_proj-like ones (K >= 4096) two; the default
+    tiles still match the reference (N = 32, the 20b router's rows, and K = 4100, tails past the 512-wide
+    step)."""
+    assert gemv_mod.default_tiles(32, 2880).block_n == 1 and gemv_mod.default_tiles(5120, 2880).block_n == 8
+    assert gemv_mod.default_tiles(2880, 4096) == GemvTiles(2, 512, 4, 3)  # o_proj's long rows
     x, w, b = torch.randn(1, 600, device=DEV), torch.randn(32, 600, device=DEV), torch.randn(32, device=DEV)
     assert rel_l2(gemv_triton(x, w, b), linear_ref(x, w, b)) < 1e-6
+    x, w = torch.randn(1, 4100, device=DEV), torch.randn(1030, 4100, device=DEV)
+    assert rel_l2(gemv_triton(x, w, None), linear_ref(x, w, None)) < 1e-6
 
 
 def test_strided_input():

@@ -34,12 +34,18 @@ class GemvTiles:
     num_stages: int = 2
 
 
-def default_tiles(N: int) -> GemvTiles:
-    """Few-row layers (the routers: 32 or 128 rows) take one row a program, so that 32-128 programs share the
-    read instead of 4-16: on an H200 the 20b router went 7.8 -> 5.0 us and the 120b one 8.0 -> 5.2
-    (scripts/gpu_bench_gemv.py). Larger layers keep 8 rows, the best or within 0.6 us of it for qkv, o_proj
-    and the lm_head in the same sweep."""
-    return GemvTiles(block_n=1) if N < 1024 else GemvTiles()
+def default_tiles(N: int, K: int) -> GemvTiles:
+    """Tiles by shape, from one H200 sweep (scripts/gpu_bench_gemv.py, read-only flush):
+    - few rows (the routers: 32 or 128) take one row a program, so that 32-128 programs share the read
+      instead of 4-16: the 20b router 7.8 -> 5.0 us, the 120b one 8.0 -> 5.2;
+    - long rows (o_proj: K = 4096) take 2 rows a program and 3 stages: 11.7 -> 10.6 us (the same tile made
+      qkv, K = 2880, slower: 13.5 vs 12.1);
+    - the rest (qkv, the lm_head) keep 8 rows, the best or within 2% of it."""
+    if N < 1024:
+        return GemvTiles(block_n=1)
+    if K >= 4096:
+        return GemvTiles(block_n=2, num_stages=3)
+    return GemvTiles()
 
 
 @triton.jit
@@ -81,7 +87,7 @@ def gemv_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     if M != 1:
         raise ValueError(f"gemv_triton takes one row, got {M}")
     N = weight.shape[0]
-    t = tiles or default_tiles(N)
+    t = tiles or default_tiles(N, K)
     y = torch.empty((1, N), dtype=x.dtype, device=x.device)
     pdl = launch.use_pdl(x.device)
     _gemv_kernel[(triton.cdiv(N, t.block_n),)](
