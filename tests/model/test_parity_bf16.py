@@ -66,6 +66,19 @@ def test_bf16_logits_within_2e2_of_float32_reference(dense_routing_checkpoint, d
 
 
 @pytest.mark.parametrize("device", DEVICES)
+def test_bf16_one_token_steps_within_2e2_of_float32_reference(dense_routing_checkpoint, device):
+    """The prompt fed one token a step, as decode runs it: on the GPU every step then takes the batch-1
+    kernels (the one-row linears, the MoE decode path)."""
+    fmt, path = dense_routing_checkpoint
+    ref, bf16 = load_pair(path, device)
+    ids = prompt(3, 40)
+    want, got = our_logits(ref, ids), our_logits(bf16, ids, chunks=[1] * len(ids)).cpu()
+    err = rel_l2(got, want)
+    print(f"dense-routing {fmt} {device} one token a step: logits rel L2 {err:.3e}")
+    assert err < 2e-2
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_bf16_greedy_matches_except_near_ties(parity_checkpoint, device):
     fmt, path = parity_checkpoint
     ref, bf16 = load_pair(path, device)
