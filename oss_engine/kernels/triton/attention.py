@@ -51,7 +51,6 @@ from dataclasses import dataclass
 import torch
 import triton
 import triton.language as tl
-from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from ...model.forward_batch import AttentionMetadata
 from . import launch
@@ -100,9 +99,7 @@ def _attn_kernel(
     BLOCK_N: tl.constexpr, D: tl.constexpr, S: tl.constexpr, SPLIT: tl.constexpr,
     COMPUTE: tl.constexpr, DOT_PRECISION: tl.constexpr, WHILE_LOOP: tl.constexpr, PDL: tl.constexpr,
 ):
-    if PDL:
-        gdc_wait()  # the metadata, q and the caches are all produced on the GPU
-        gdc_launch_dependents()
+    launch.wait_for_inputs(PDL)  # the metadata, q and the caches are all produced on the GPU
     pid = tl.program_id(0)
     kvh = tl.program_id(1)
     split = tl.program_id(2)
@@ -188,9 +185,7 @@ def _combine_kernel(part_acc_ptr, part_ml_ptr, sinks_ptr, out_ptr, s_ot, s_oh, s
     h_ok = h < num_heads
     d = tl.arange(0, D)
     sink = tl.load(sinks_ptr + h, mask=h_ok, other=0.0).to(tl.float32) * 1.4426950408889634  # a weight
-    if PDL:
-        gdc_wait()  # the partials are `_attn_kernel`'s output
-        gdc_launch_dependents()
+    launch.wait_for_inputs(PDL)  # the partials are `_attn_kernel`'s output
     m_max = sink
     for p in tl.static_range(NUM_SPLITS):
         m_p = tl.load(part_ml_ptr + ((p * num_tokens + t) * num_heads + h) * 2, mask=h_ok, other=_NEG_INIT)
@@ -215,9 +210,7 @@ def _store_kv_kernel(k_ptr, v_ptr, kc_ptr, vc_ptr, slot_ptr, s_kt, s_kh, s_kd, s
                      K: tl.constexpr, D: tl.constexpr, S: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
     # one program per token t: k[t], v[t] ([K, D] each) -> slot = block * S + row; e.g. S = 16, slot 35 ->
     # block 2, row 3. A negative slot (a padding row) is skipped.
-    if PDL:
-        gdc_wait()
-        gdc_launch_dependents()
+    launch.wait_for_inputs(PDL)
     t = tl.program_id(0).to(tl.int64)
     slot = tl.load(slot_ptr + t).to(tl.int64)
     if slot < 0:

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 import torch
 import triton
 import triton.language as tl
-from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from . import launch
 
@@ -67,9 +66,7 @@ def _gemv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, N, s_xk, s_wn, s_wk, s_yn, K: tl.co
     n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)  # [BN]
     nmask = n < N
     w = _w_tile(w_ptr, n, nmask, 0, K, s_wn, s_wk, BLOCK_K)  # step 0's weights: before the wait (see above)
-    if PDL:
-        gdc_wait()  # x is the previous kernel's output
-        gdc_launch_dependents()
+    launch.wait_for_inputs(PDL)  # x is the previous kernel's output
     acc = w.to(tl.float32) * _x_tile(x_ptr, 0, K, s_xk, BLOCK_K)[None, :]  # [BN, BK]
     for k0 in range(BLOCK_K, K, BLOCK_K):
         w = _w_tile(w_ptr, n, nmask, k0, K, s_wn, s_wk, BLOCK_K)

@@ -3,8 +3,9 @@
 Why: a batch-1 decode step runs ~10 small kernels per layer back to back, and the gap between two of them
 (launch latency, the tail of one before the next starts) is a large share of the step on sm_90. With PDL a
 kernel may start while the previous one is still running: it can prefetch weights, then `gdc_wait()` blocks
-until the previous grid has completed and its writes are visible. Each kernel here takes `PDL: tl.constexpr`;
-its wrapper passes `PDL=pdl, launch_pdl=pdl` with `pdl = launch.use_pdl(device)`, looked up through the module
+until the previous grid has completed and its writes are visible. Each kernel here takes `PDL: tl.constexpr`
+and calls `wait_for_inputs(PDL)` (below) before its first read of produced data and its first write; its
+wrapper passes `PDL=pdl, launch_pdl=pdl` with `pdl = launch.use_pdl(device)`, looked up through the module
 at call time so a script can monkeypatch `launch.use_pdl` to compare both.
 
 Off for CPU tensors, GPUs before sm_90 (no griddepcontrol) and the Triton interpreter (TRITON_INTERPRET=1,
@@ -18,6 +19,9 @@ import functools
 import os
 
 import torch
+import triton
+import triton.language as tl
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 
 def use_pdl(device: torch.device) -> bool:
@@ -30,3 +34,13 @@ def use_pdl(device: torch.device) -> bool:
 @functools.lru_cache(maxsize=None)
 def _sm90_or_newer(index: int) -> bool:
     return torch.cuda.get_device_capability(index)[0] >= 9
+
+
+@triton.jit
+def wait_for_inputs(PDL: tl.constexpr):
+    """In a kernel launched with PDL: block until the previous grid has completed and its writes are
+    visible (call it before reading anything produced on the GPU and before any write), then let the next
+    kernel start launching. A no-op when PDL is off."""
+    if PDL:
+        gdc_wait()
+        gdc_launch_dependents()

@@ -63,7 +63,6 @@ from dataclasses import dataclass
 import torch
 import triton
 import triton.language as tl
-from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from ..types import ExpertWeight
 from . import launch
@@ -231,9 +230,7 @@ def _moe_gemm1_kernel(
 ):
     """act[r, i] = swiglu(x[tok(r)] @ W1[e]^T + b1[e])[i] for the block's rows and BLOCK_N / 2 columns i
     (W1 rows n0 .. n0 + BLOCK_N, N = 2I)."""
-    if PDL:
-        gdc_wait()
-        gdc_launch_dependents()
+    launch.wait_for_inputs(PDL)
     pid_m = tl.program_id(0)
     expert, start, end, total = _expert_block(bounds_ptr, pid_m, E, E_PAD, BLOCK_M)
     if pid_m >= total:
@@ -279,9 +276,7 @@ def _moe_gemm2_kernel(
     PDL: tl.constexpr,
 ):
     """y[order[r], n] = route_w[order[r]] * (act[r] @ W2[e]^T + b2[e])[n] for the block's rows, BLOCK_N n."""
-    if PDL:
-        gdc_wait()
-        gdc_launch_dependents()
+    launch.wait_for_inputs(PDL)
     pid_m = tl.program_id(0)
     expert, start, end, total = _expert_block(bounds_ptr, pid_m, E, E_PAD, BLOCK_M)
     if pid_m >= total:
@@ -313,9 +308,7 @@ def _moe_gemm2_kernel(
 def _combine_kernel(y_ptr, out_ptr, T, D, s_yp, s_ot, A: tl.constexpr, BLOCK_T: tl.constexpr,
                     BLOCK_D: tl.constexpr, PDL: tl.constexpr):
     """out[t, d] = sum over a (in order) of y[t * A + a, d], cast to out's dtype."""
-    if PDL:
-        gdc_wait()
-        gdc_launch_dependents()
+    launch.wait_for_inputs(PDL)
     t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
     d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     mask = (t < T)[:, None] & (d < D)[None, :]
@@ -331,9 +324,7 @@ def _group_small_kernel(ids_ptr, order_ptr, bounds_ptr, P, E: tl.constexpr, E_PA
     """One program: a stable counting sort of P <= P_PAD expert ids (decode batches), the same (order,
     bounds) as sort + searchsorted in one launch instead of five.
     rank[p] = #{q < p : ids[q] == ids[p]}; order[bounds[ids[p]] + rank[p]] = p."""
-    if PDL:
-        gdc_wait()
-        gdc_launch_dependents()
+    launch.wait_for_inputs(PDL)
     p = tl.arange(0, P_PAD)
     e_p = tl.load(ids_ptr + p, mask=p < P, other=E_PAD).to(tl.int32)  # pads match no expert
     e = tl.arange(0, E_PAD)

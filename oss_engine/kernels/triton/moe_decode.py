@@ -36,7 +36,6 @@ from dataclasses import dataclass
 import torch
 import triton
 import triton.language as tl
-from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from ..types import ExpertWeight
 from . import launch
@@ -79,9 +78,7 @@ def _pair_gemm1_kernel(
     BLOCK_K: tl.constexpr, COMPUTE: tl.constexpr, PRECISION: tl.constexpr, PDL: tl.constexpr,
 ):
     """act[p, i] = swiglu(x[p // A] @ W1[ids[p]]^T + b1)[i] for BLOCK_N / 2 columns i (W1 rows n0 .. n0 + BN)."""
-    if PDL:
-        gdc_wait()  # before ids: the expert, so the weights to read, is only known from them
-        gdc_launch_dependents()
+    launch.wait_for_inputs(PDL)  # before ids: the expert, so the weights to read, is only known from them
     p = tl.program_id(0)
     expert = tl.load(ids_ptr + p).to(tl.int64)
     r = tl.arange(0, 16)  # the dot's 16 rows: row 0 is the pair's, the rest masked
@@ -118,9 +115,7 @@ def _pair_gemm2_kernel(
 ):
     """y[p * S + s, n] = weights[p] * (act[p, split s] @ W2[ids[p]][n, split s] (+ b2[n] on split 0)).
     K_SPLIT, a multiple of BLOCK_K, is each split's reduction length (the last may be shorter)."""
-    if PDL:
-        gdc_wait()  # before ids, as GEMM 1
-        gdc_launch_dependents()
+    launch.wait_for_inputs(PDL)  # before ids, as GEMM 1
     p = tl.program_id(0)
     s = tl.program_id(2)
     expert = tl.load(ids_ptr + p).to(tl.int64)

@@ -29,7 +29,6 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from . import launch
 
@@ -46,9 +45,7 @@ def _add_rms_norm_kernel(x_ptr, res_ptr, w_ptr, out_ptr, r_out_ptr, s_xt, s_xd, 
     d = tl.arange(0, BLOCK_D)
     ok = d < D
     w = tl.load(w_ptr + d * s_wd, mask=ok, other=0.0)  # a weight: read before the wait
-    if PDL:
-        gdc_wait()
-        gdc_launch_dependents()
+    launch.wait_for_inputs(PDL)
     x = tl.load(x_ptr + t * s_xt + d * s_xd, mask=ok, other=0.0)
     if HAS_RESIDUAL:
         res = tl.load(res_ptr + t * s_rt + d * s_rd, mask=ok, other=0.0)

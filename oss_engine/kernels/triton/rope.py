@@ -28,7 +28,6 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from . import launch
 
@@ -61,9 +60,7 @@ def _rope_store_kv_kernel(q_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, qo_ptr, kc_ptr,
                           H: tl.constexpr, K: tl.constexpr, D2: tl.constexpr, S: tl.constexpr,
                           H_PAD: tl.constexpr, K_PAD: tl.constexpr, D2_PAD: tl.constexpr, D_PAD: tl.constexpr,
                           PDL: tl.constexpr):
-    if PDL:
-        gdc_wait()
-        gdc_launch_dependents()
+    launch.wait_for_inputs(PDL)
     t = tl.program_id(0).to(tl.int64)
     i = tl.arange(0, D2_PAD)
     c = tl.load(cos_ptr + t * s_ct + i * s_cd, mask=i < D2, other=0.0).to(tl.float32)  # [D2_PAD]

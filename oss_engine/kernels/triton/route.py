@@ -27,7 +27,6 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from . import launch
 
@@ -40,9 +39,7 @@ def _empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> 
 def _route_kernel(logits_ptr, w_ptr, ids_ptr, T, s_lt, s_le, s_wt, s_wa, s_it, s_ia,
                   E: tl.constexpr, A: tl.constexpr, E_PAD: tl.constexpr, A_PAD: tl.constexpr,
                   BLOCK_T: tl.constexpr, PDL: tl.constexpr):
-    if PDL:
-        gdc_wait()
-        gdc_launch_dependents()
+    launch.wait_for_inputs(PDL)
     t = tl.program_id(0).to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T)  # [BT] token rows
     t_ok = t < T
     e = tl.arange(0, E_PAD)[None, :]  # [1, E_PAD]
