@@ -113,8 +113,7 @@ class DecodeGraphs:
             staged = staged.pin_memory()
         staged = staged.to(self.device, non_blocking=True)
         self.input_ids[:P].copy_(staged[0:P])
-        dst = [i for i, r in enumerate(rows) if r.src >= 0]
-        if dst:
+        if any(r.src >= 0 for r in rows):
             at = layout[-1][0] + 2 * P + P * layout[-1][1]  # the src segment follows the last group
             src = staged[at:at + P]
             self.input_ids[:P].copy_(torch.where(src >= 0, prev_tokens[src.clamp(min=0)], self.input_ids[:P]))

@@ -198,10 +198,7 @@ class LLMEngine:
         logits = self.runner.execute(pending.seqs, inflight.tokens if inflight else None) if pending.seqs else None
         outs = self._outputs(self._resolve(inflight)) if inflight else []  # overlaps the GPU's forward pass
         if logits is not None:
-            touched = self._sample_async(self._advance(pending.sched, logits), logits)
-            if self.cfg.scheduler.debug_checks:
-                self.kv.check_accounting(self.scheduler.live_request_ids())
-            outs += self._outputs(touched)
+            outs += self.finish_step(pending, logits, in_flight=True)
         return outs
 
     def schedule_step(self, inflight: _InFlight | None = None) -> PendingStep:
@@ -218,11 +215,11 @@ class LLMEngine:
                          pending_row=src[id(s.request)] if s.request.num_pending else -1)
             for s in sched.scheduled])
 
-    def finish_step(self, pending: PendingStep, logits: StepLogits) -> list[RequestOutput]:
-        """The second half of `step`: advance, sample, detokenize, report."""
-        sched = pending.sched
-        sampling = self._advance(sched, logits)
-        touched = self._sample(sampling, logits)
+    def finish_step(self, pending: PendingStep, logits: StepLogits, in_flight: bool = False) -> list[RequestOutput]:
+        """The second half of `step`: advance, sample, detokenize, report. `in_flight` (async scheduling):
+        the sampled tokens are left on the device for the next step to read."""
+        sampling = self._advance(pending.sched, logits)
+        touched = self._sample_async(sampling, logits) if in_flight else self._sample(sampling, logits)
         if self.cfg.scheduler.debug_checks:
             self.kv.check_accounting(self.scheduler.live_request_ids())
         return self._outputs(touched)
