@@ -42,7 +42,7 @@ def mxfp4_weight(out: int, inp: int, gen: torch.Generator) -> ExpertWeight:
     blocks = torch.randint(0, 256, (E, out, inp // 32, 16), generator=gen, dtype=torch.uint8)
     scales = torch.randint(118, 123, (E, out, inp // 32), generator=gen, dtype=torch.uint8)
     bias = (torch.randn(E, out, generator=gen) * 0.1).to(torch.bfloat16)
-    return ExpertWeight(bias.cuda(), blocks=blocks.cuda(), scales=scales.cuda())
+    return ExpertWeight(bias.cuda(), blocks=blocks.cuda(), scales=scales.cuda()).with_scale_range()
 
 
 def batch(T: int, gen: torch.Generator):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -20,10 +20,19 @@ class ExpertWeight:
     dense: torch.Tensor | None = None  # [E, out, in]
     blocks: torch.Tensor | None = None  # uint8 [E, out, in/32, 16], two e2m1 codes a byte, low nibble first
     scales: torch.Tensor | None = None  # uint8 [E, out, in/32], e8m0
+    # MXFP4: (min, max) of the scale bytes when known (measured once, at load time: reading it costs a host
+    # sync); kernels whose decode holds only for some scales (moe_gluon.py) run only when it is known
+    scale_range: tuple[int, int] | None = None
 
     @property
     def is_mxfp4(self) -> bool:
         return self.blocks is not None
+
+    def with_scale_range(self) -> "ExpertWeight":
+        """This weight with `scale_range` measured (a host sync; for loaders and tests)."""
+        if self.scales is None:
+            return self
+        return replace(self, scale_range=(int(self.scales.min()), int(self.scales.max())))
 
     def expert(self, e: int, dtype: torch.dtype) -> torch.Tensor:
         """Expert e's weight [out, in] in `dtype`, dequantized on the fly for MXFP4 (never kept)."""

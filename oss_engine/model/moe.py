@@ -50,10 +50,18 @@ class MXFP4Experts(_Experts):
         self.w2_blocks = _buffer(E, D, I // MXFP4_BLOCK, MXFP4_BLOCK // 2, dtype=torch.uint8)
         self.w2_scales = _buffer(E, D, I // MXFP4_BLOCK, dtype=torch.uint8)
         self.w2_bias = _buffer(E, D, dtype=dtype)
+        self.scale_ranges: tuple[tuple[int, int], tuple[int, int]] | None = None  # set by after_load
+
+    def after_load(self) -> None:
+        """Called by the loader once the weights are in: note each projection's scale-byte range (see
+        ExpertWeight.scale_range)."""
+        w1, w2 = self.weights()
+        self.scale_ranges = (w1.with_scale_range().scale_range, w2.with_scale_range().scale_range)
 
     def weights(self) -> tuple[ExpertWeight, ExpertWeight]:
-        return (ExpertWeight(self.w1_bias, blocks=self.w1_blocks, scales=self.w1_scales),
-                ExpertWeight(self.w2_bias, blocks=self.w2_blocks, scales=self.w2_scales))
+        r1, r2 = self.scale_ranges or (None, None)
+        return (ExpertWeight(self.w1_bias, blocks=self.w1_blocks, scales=self.w1_scales, scale_range=r1),
+                ExpertWeight(self.w2_bias, blocks=self.w2_blocks, scales=self.w2_scales, scale_range=r2))
 
 
 class DenseExperts(_Experts):

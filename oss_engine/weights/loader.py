@@ -65,6 +65,10 @@ def load_weights(model: torch.nn.Module, model_dir: str | Path, cfg, *, shard: R
             tensors_read += 1
             with torch.no_grad():
                 dst.copy_(t)
+    for module in model.modules():  # facts about the loaded weights that modules keep (e.g. MXFP4 scale ranges)
+        hook = getattr(module, "after_load", None)
+        if hook is not None:
+            hook()
     param_bytes = sum(p.numel() * p.element_size() for p in params.values())
     return LoadReport(bytes_read, param_bytes, tensors_read)
 

@@ -47,7 +47,13 @@ def test_loads_every_parameter(tiny):
     assert torch.equal(qkv.weight[: q.shape[0]], q)  # q rows first
     assert torch.equal(qkv.bias[-v.shape[0]:], v)  # v rows last
     if fmt == "mxfp4":
-        assert llm.model.layers[0].mlp.experts.w1_blocks.dtype == torch.uint8  # kept packed
+        experts = llm.model.layers[0].mlp.experts
+        assert experts.w1_blocks.dtype == torch.uint8  # kept packed
+        s1 = ref["model.layers.0.mlp.experts.gate_up_proj_scales"]
+        s2 = ref["model.layers.0.mlp.experts.down_proj_scales"]
+        want = ((int(s1.min()), int(s1.max())), (int(s2.min()), int(s2.max())))
+        assert experts.scale_ranges == want  # noted by after_load, passed to the kernels
+        assert tuple(w.scale_range for w in experts.weights()) == want
     else:
         w = ref["model.layers.0.mlp.experts.down_proj"].float()  # [E, I, D] input-major
         assert torch.equal(llm.model.layers[0].mlp.experts.w2, w.transpose(1, 2))

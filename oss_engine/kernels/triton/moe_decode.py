@@ -39,6 +39,11 @@ import triton.language as tl
 
 from ..types import ExpertWeight
 from . import launch
+
+try:  # Gluon (triton.experimental) ships with Triton >= 3.4; without it the "gluon" mode falls back
+    from . import moe_gluon
+except ImportError:  # pragma: no cover - depends on the installed Triton
+    moe_gluon = None
 from .moe import _combine_kernel, _load_a, _mma_step, _weight_args, act_strides, kernel_mode
 
 MAX_DECODE_PAIRS = 16  # pairs up to which the op table takes this path (see use_decode_path)
@@ -55,12 +60,22 @@ class DecodeTiles:
     split2: int = 2  # S: GEMM 2 reduction chunks
     warps2: int = 2
     stages2: int = 2
-    mxfp4_decode: str = "dot_scaled"  # as MoeTritonConfig.mxfp4_decode
+    mxfp4_decode: str = "dot_scaled"  # as MoeTritonConfig.mxfp4_decode, or "gluon" (moe_gluon.py)
+
+
+GLUON_TILES = DecodeTiles(32, 128, 2, 3, 32, 128, 2, 2, 3, "gluon")  # stages: the loads run 3 steps ahead
 
 
 def default_decode_tiles(device: torch.device) -> DecodeTiles:
-    if device.type != "cuda":  # the interpreter: few programs and steps keep the CPU tests fast
+    """CUDA: moe_gluon.py's kernels where Gluon is there (MXFP4 calls they do not fit fall back to
+    `triton_decode_tiles`); the interpreter: few programs and steps keep the CPU tests fast."""
+    if device.type != "cuda":
         return DecodeTiles(64, 64, 4, 1, 64, 64, 2, 4, 1, "arith")
+    return GLUON_TILES if moe_gluon is not None else triton_decode_tiles()
+
+
+def triton_decode_tiles() -> DecodeTiles:
+    """The Triton kernels' CUDA defaults (the docstring's measurements)."""
     return DecodeTiles(mxfp4_decode="dot_scaled" if hasattr(tl, "dot_scaled") else "arith")
 
 
@@ -143,6 +158,58 @@ def _empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> 
     return torch.empty(shape, dtype=dtype, device=device)
 
 
+def _gluon_fits(x: torch.Tensor, w1: ExpertWeight, w2: ExpertWeight, tiles: DecodeTiles, compute: torch.dtype,
+                D: int, I: int) -> bool:
+    """Whether the Gluon kernels take this call: MXFP4 weights whose scale bytes are known to lie in the range
+    they decode exactly, bf16 on CUDA, tiles that divide the shapes."""
+    if moe_gluon is None or not w1.is_mxfp4 or not x.is_cuda or compute != torch.bfloat16 or x.dtype != compute:
+        return False
+    in_range = all(w.scale_range is not None and moe_gluon.SCALE_MIN <= w.scale_range[0]
+                   and w.scale_range[1] <= moe_gluon.SCALE_MAX for w in (w1, w2))
+    return (in_range and moe_gluon.fits(2 * I, D, tiles.block_n1, tiles.block_k1, tiles.warps1)
+            and moe_gluon.fits(D, I, tiles.block_n2, tiles.block_k2, tiles.warps2))
+
+
+def _experts_gluon(x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor, w1: ExpertWeight, w2: ExpertWeight,
+                   limit: float, alpha: float, tiles: DecodeTiles, out: torch.Tensor) -> torch.Tensor:
+    """The decode path with moe_gluon.py's GEMMs (same buffers, grids and combine as the Triton kernels)."""
+    T, D = x.shape
+    A = ids.shape[1]
+    I = w1.bias.shape[1] // 2
+    P = T * A
+    pdl = launch.use_pdl(x.device)
+    flat_ids = ids.reshape(-1)  # [P]
+    route_w = weights.reshape(-1)  # [P]
+    x = x.contiguous()
+    act = _empty((P, I), torch.bfloat16, x.device)
+    w, s, ws = _weight_args(w1, "dot_scaled")  # bytes [E, 2I, D/2], scales [E, 2I, D/32]
+    nw = tiles.warps1
+    moe_gluon._pair_gemm1_gluon[(P, (2 * I) // tiles.block_n1)](
+        x.view(torch.int32), flat_ids, w.view(torch.int32), s, w1.bias, act, x.stride(0), ws[0], ws[1], *ws[3:],
+        w1.bias.stride(0), act.stride(0), float(limit), float(alpha), K=D, A=A, BN=tiles.block_n1,
+        BK=tiles.block_k1, L=moe_gluon.words_layout(nw, tiles.block_k1),
+        LA=moe_gluon.act_layout(nw, tiles.block_k1), DEPTH=min(3, max(2, tiles.stages1)), PDL=pdl, num_warps=nw,
+        launch_pdl=pdl)
+
+    S = max(1, min(tiles.split2, triton.cdiv(I, tiles.block_k2)))
+    k_split = triton.cdiv(triton.cdiv(I, S), tiles.block_k2) * tiles.block_k2
+    S = triton.cdiv(I, k_split)  # no empty split
+    y = _empty((P * S, D), torch.float32, x.device)  # row p * S + s
+    w, s, ws = _weight_args(w2, "dot_scaled")
+    nw = tiles.warps2
+    moe_gluon._pair_gemm2_gluon[(P, D // tiles.block_n2, S)](
+        act.view(torch.int32), flat_ids, w.view(torch.int32), s, w2.bias, route_w, y, act.stride(0), ws[0], ws[1],
+        *ws[3:], w2.bias.stride(0), y.stride(0), K=I, S=S, K_SPLIT=k_split, BN=tiles.block_n2, BK=tiles.block_k2,
+        L=moe_gluon.words_layout(nw, tiles.block_k2), LA=moe_gluon.act_layout(nw, tiles.block_k2),
+        DEPTH=min(3, max(2, tiles.stages2)), PDL=pdl, num_warps=nw, launch_pdl=pdl)
+
+    block_t, block_d = 16, 128
+    _combine_kernel[(triton.cdiv(T, block_t), triton.cdiv(D, block_d))](
+        y, out, T, D, y.stride(0), out.stride(0), A=A * S, BLOCK_T=block_t, BLOCK_D=block_d, PDL=pdl,
+        launch_pdl=pdl)
+    return out
+
+
 def moe_experts_decode_triton(x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor, w1: ExpertWeight,
                               w2: ExpertWeight, limit: float, alpha: float, tiles: DecodeTiles | None = None,
                               compute_dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -157,6 +224,10 @@ def moe_experts_decode_triton(x: torch.Tensor, weights: torch.Tensor, ids: torch
         return out.zero_()
     tiles = tiles or default_decode_tiles(x.device)
     compute = compute_dtype or (torch.bfloat16 if x.is_cuda else torch.float32)
+    if tiles.mxfp4_decode == "gluon":
+        if _gluon_fits(x, w1, w2, tiles, compute, D, I):
+            return _experts_gluon(x, weights, ids, w1, w2, limit, alpha, tiles, out)
+        tiles = triton_decode_tiles()
     if w1.is_mxfp4 and tiles.mxfp4_decode == "dot_scaled_swap":  # its [BN, BM] accumulator: grouped path only
         raise ValueError("MXFP4 decode mode 'dot_scaled_swap' not available on the decode path")
     mode, common = kernel_mode(tiles.mxfp4_decode, w1, compute)

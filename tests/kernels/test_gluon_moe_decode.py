@@ -1,0 +1,158 @@
+"""The Gluon MXFP4 decode GEMMs (`moe_gluon.py`) against their twins: GEMM 2 alone against a float64 matmul of
+the dequantized weights (every e2m1 code, scales across the documented range: the products are exact in
+bf16, so only the float32 summation differs), the decode path in "gluon" mode against `moe_experts_ref`
+and against the "dot_scaled" mode. Gluon's inline PTX runs on a GPU only: those tests carry the gpu marker.
+On the CPU machine the kernels are compiled for sm_90 (no shared memory, registers under 128).
+"""
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+pytest.importorskip("triton.experimental.gluon")
+
+from oss_engine.kernels.ref.moe import moe_experts_ref
+from oss_engine.kernels.triton import moe_gluon
+from oss_engine.kernels.triton import moe_decode as dec_mod
+from oss_engine.kernels.triton.moe_decode import DecodeTiles, moe_experts_decode_triton
+from oss_engine.kernels.types import ExpertWeight
+from oss_engine.weights.mxfp4 import dequantize_mxfp4
+from test_triton_moe import ALPHA, make_ids, make_weight, to_bf16
+from triton_cases import INTERPRET, rel_l2, run_compile_check
+
+GLUON = DecodeTiles(32, 128, 2, 2, 32, 128, 2, 2, 2, "gluon")
+GLUON_BK64 = DecodeTiles(64, 64, 2, 3, 32, 64, 3, 1, 3, "gluon")  # loads 3 steps ahead
+
+
+def test_fits():
+    assert moe_gluon.fits(5760, 2880, 32, 128, 2) and moe_gluon.fits(2880, 2880, 32, 64, 2)
+    assert not moe_gluon.fits(2880, 2880, 128, 128, 2)  # 2880 rows are not whole 128-row tiles
+    assert not moe_gluon.fits(640, 320, 32, 64, 4)  # 4 warps need 64-row tiles (8 row pairs a warp)
+    assert not moe_gluon.fits(5760, 2880, 32, 256, 2)  # a lane's bytes would span two scale groups
+    assert not moe_gluon.fits(640, 96, 32, 64, 2)  # K not a multiple of 64
+    assert not moe_gluon.fits(640, 320, 24, 64, 2)  # BN not whole n8 tiles of every warp
+
+
+def test_scales_in_range():
+    assert moe_gluon.scales_in_range(torch.tensor([66, 127, 192], dtype=torch.uint8))
+    assert not moe_gluon.scales_in_range(torch.tensor([127, 193], dtype=torch.uint8))
+    assert not moe_gluon.scales_in_range(torch.tensor([65], dtype=torch.uint8))
+
+
+def test_compiles_for_sm90_without_shared_memory():
+    """Both kernels at the gpt-oss-20b shapes (K tail masked at BK = 128) compile for sm_90: no shared
+    memory (the operands stay in registers) and fewer registers than the dot_scaled kernel's 168."""
+    run_compile_check(r'''
+import os, re, subprocess, tempfile
+from triton.experimental.gluon._runtime import GluonASTSource
+from oss_engine.kernels.triton import moe_gluon as G
+
+def build(fn, consts, ptrs, floats=()):
+    sig = {n: "constexpr" if n in consts else ptrs.get(n, "fp32" if n in floats else "i32") for n in fn.arg_names}
+    div = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(fn.arg_names)
+           if sig[n] not in ("constexpr", "fp32")}
+    k = triton.compile(GluonASTSource(fn, sig, consts, attrs=div), target=GPUTarget("cuda", 90, 32),
+                       options={"num_warps": 2})
+    ptx = k.asm["ptx"]
+    assert "ld.shared" not in ptx and "st.shared" not in ptx, "shared memory used"
+    assert "mma.sync.aligned.m16n8k16" in ptx and "griddepcontrol.wait" in ptx
+    nv = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "k.cubin")
+        open(path, "wb").write(k.asm["cubin"])
+        usage = subprocess.run([os.path.join(nv, "cuobjdump"), "-res-usage", path], capture_output=True,
+                               text=True).stdout
+    regs = int(re.search(r"REG:(\d+)", usage).group(1))
+    assert regs < 168, f"{regs} registers (dot_scaled's decode kernel: 168)"
+
+L, LA = G.words_layout(2, 128), G.act_layout(2, 128)
+build(G._pair_gemm1_gluon, dict(K=2880, A=4, BN=32, BK=128, L=L, LA=LA, DEPTH=2, PDL=True),
+      dict(x_ptr="*i32", ids_ptr="*i64", w_ptr="*i32", s_ptr="*u8", b_ptr="*bf16", act_ptr="*bf16"),
+      floats=("limit", "alpha"))
+build(G._pair_gemm2_gluon, dict(K=2880, S=2, K_SPLIT=1536, BN=32, BK=128, L=L, LA=LA, DEPTH=3, PDL=True),
+      dict(act_ptr="*i32", ids_ptr="*i64", w_ptr="*i32", s_ptr="*u8", b_ptr="*bf16", route_w_ptr="*bf16",
+           y_ptr="*fp32"))
+print("ok")
+''')
+
+
+def every_code_weight(E: int, out: int, inp: int, scales: list[int], gen: torch.Generator) -> ExpertWeight:
+    """Random bytes (every e2m1 code, -0 included) with row r's scale byte scales[r % len(scales)]."""
+    blocks = torch.randint(0, 256, (E, out, inp // 32, 16), generator=gen, dtype=torch.uint8)
+    s = torch.tensor(scales, dtype=torch.uint8)[torch.arange(out) % len(scales)]
+    return ExpertWeight(torch.zeros(E, out), blocks=blocks, scales=s[None, :, None].expand(E, out, inp // 32)
+                        .contiguous())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(INTERPRET, reason="inline PTX: a GPU only")
+@pytest.mark.parametrize("bk,nw,bn,depth", [(128, 2, 32, 2), (64, 2, 32, 3), (128, 1, 32, 3), (128, 4, 64, 2)])
+def test_gemm2_exact_codes_and_scales(bk, nw, bn, depth):
+    """y = act @ W^T for one pair with every code and scales 2**-61, 2**-10, 2**0, 2**3, 2**65 (bytes 66,
+    117, 127, 130, 192): each column within 1e-5 of float64 (the bf16 products are exact); K = 320 leaves a
+    masked tail at BK = 128."""
+    dev = torch.device("cuda")
+    gen = torch.Generator().manual_seed(bk + nw)
+    D, I = 2 * bn, 320
+    w = every_code_weight(1, D, I, [66, 117, 127, 130, 192], gen)
+    act = torch.randn(1, I, generator=gen).to(torch.bfloat16)
+    want = act.double() @ dequantize_mxfp4(w.blocks[0], w.scales[0], dtype=torch.float64).T  # [1, D]
+    blocks, scales = w.blocks.to(dev).reshape(1, D, I // 2), w.scales.to(dev)
+    y = torch.full((1, D), float("nan"), device=dev)
+    moe_gluon._pair_gemm2_gluon[(1, D // bn, 1)](
+        act.to(dev).view(torch.int32), torch.zeros(1, dtype=torch.long, device=dev), blocks.view(torch.int32), scales,
+        torch.zeros(1, D, dtype=torch.bfloat16, device=dev), torch.ones(1, device=dev), y, I, blocks.stride(0),
+        blocks.stride(1), scales.stride(0), scales.stride(1), scales.stride(2), D, D, K=I, S=1, K_SPLIT=I, BN=bn,
+        BK=bk, L=moe_gluon.words_layout(nw, bk), LA=moe_gluon.act_layout(nw, bk), DEPTH=depth, PDL=False,
+        num_warps=nw)
+    err = ((y.cpu().double() - want).abs() / want.abs().clamp_min(1e-300))[0]
+    assert torch.isfinite(y).all() and err.max() < 1e-5, f"worst column {err.argmax()}: {err.max():.2e}"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(INTERPRET, reason="inline PTX: a GPU only")
+@pytest.mark.parametrize("fmt", ["mxfp4", "bytes"])
+@pytest.mark.parametrize("tiles", [GLUON, GLUON_BK64], ids=["bk128", "bk64"])
+@pytest.mark.parametrize("T", [1, 2, 4])
+def test_decode_path_gluon(monkeypatch, fmt, tiles, T):
+    """The decode path in "gluon" mode, bf16: within 2e-2 of the float32 reference and within 2e-3 of the
+    "dot_scaled" mode (both multiply bf16 operands exactly; only the summation order differs); D = I = 320
+    masks K tails and GEMM 2's second split. The Gluon kernels ran (a spy), which needs the scale range."""
+    calls = []
+    real = dec_mod._experts_gluon
+    monkeypatch.setattr(dec_mod, "_experts_gluon", lambda *a, **k: calls.append(1) or real(*a, **k))
+    dev = torch.device("cuda")
+    gen = torch.Generator().manual_seed(T)
+    E, A, D, I = 16, 4, 320, 320
+    w1, w2 = (to_bf16(make_weight(fmt, E, out, inp, gen)).with_scale_range() for out, inp in ((2 * I, D), (D, I)))
+    x = torch.randn(T, D, generator=gen).to(dev, torch.bfloat16)
+    ids = make_ids("uniform", T, E, A, gen).to(dev)
+    weights = torch.softmax(torch.randn(T, A, generator=gen), dim=-1).to(dev)
+    limit = 20.0 if fmt == "bytes" else 7.0
+    out = moe_experts_decode_triton(x, weights, ids, w1, w2, limit, ALPHA, tiles=tiles)
+    ref = moe_experts_ref(x, weights, ids, w1, w2, limit, ALPHA)
+    twin = moe_experts_decode_triton(x, weights, ids, w1, w2, limit, ALPHA,
+                                     tiles=DecodeTiles(32, 128, 2, 1, 32, 128, 2, 2, 1, "dot_scaled"))
+    assert calls == [1], "the Gluon kernels did not run"
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
+    assert rel_l2(out, ref) < 2e-2
+    assert rel_l2(out, twin) < 2e-3
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(INTERPRET, reason="inline PTX: a GPU only")
+def test_falls_back_without_a_known_scale_range(monkeypatch):
+    """Weights whose scale range is unknown, or outside SCALE_MIN .. SCALE_MAX, take the Triton kernels."""
+    monkeypatch.setattr(dec_mod, "_experts_gluon", lambda *a, **k: pytest.fail("the Gluon kernels ran"))
+    dev = torch.device("cuda")
+    gen = torch.Generator().manual_seed(0)
+    E, A, D, I = 8, 4, 128, 128
+    w1, w2 = to_bf16(make_weight("mxfp4", E, 2 * I, D, gen)), to_bf16(make_weight("mxfp4", E, D, I, gen))
+    x = torch.randn(1, D, generator=gen).to(dev, torch.bfloat16)
+    ids, weights = torch.arange(A, device=dev)[None], torch.full((1, A), 0.25, device=dev)
+    ref = moe_experts_ref(x, weights, ids, w1, w2, 7.0, ALPHA)
+    for a, b in ((w1, w2), (w1.with_scale_range(), replace(w2, scale_range=(60, 127)))):
+        out = moe_experts_decode_triton(x, weights, ids, a, b, 7.0, ALPHA, tiles=GLUON)
+        assert rel_l2(out, ref) < 2e-2
