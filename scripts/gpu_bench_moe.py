@@ -26,6 +26,7 @@ from oss_engine.kernels.triton.moe import (
     GemmTiles,
     MoeTritonConfig,
     default_config,
+    triton_config,
     moe_experts_triton,
 )
 from oss_engine.kernels.types import ExpertWeight
@@ -52,8 +53,10 @@ def batch(T: int, gen: torch.Generator):
 
 
 def config_for(mode: str, T: int) -> MoeTritonConfig:
-    base = default_config(T * A, E, torch.device("cuda"))
-    return base if mode == "default" else MoeTritonConfig(base.gemm1, base.gemm2, mode)
+    if mode == "default":
+        return default_config(T * A, E, torch.device("cuda"))
+    base = triton_config(T * A, E, torch.device("cuda"))  # the Triton kernels' tiles for the other modes
+    return MoeTritonConfig(base.gemm1, base.gemm2, mode)
 
 
 def time_graph_flushed(fn, reps: int = 30) -> float:

@@ -15,7 +15,7 @@ import torch
 
 from gpu_bench_moe import ALPHA, LIMIT, D, I, batch, mxfp4_weight, time_graph_flushed
 from oss_engine.kernels.ref.moe import moe_experts_ref
-from oss_engine.kernels.triton.moe import GemmTiles, MoeTritonConfig, default_config, moe_experts_triton
+from oss_engine.kernels.triton.moe import GemmTiles, MoeTritonConfig, moe_experts_triton, triton_config
 from oss_engine.kernels.triton.moe_decode import moe_experts_decode_triton
 
 CANDIDATES = {  # T: tiles for both GEMMs, or (GEMM 1's, GEMM 2's); rounds 1-2 (T = 8-2048) chose the defaults
@@ -33,7 +33,7 @@ def main() -> None:
     for T, tiles in CANDIDATES.items():
         x, weights, ids = batch(T, gen)
         want = moe_experts_ref(x, weights, ids, w1, w2, LIMIT, ALPHA).float()
-        base = default_config(T * 4, 32, torch.device("cuda"))
+        base = triton_config(T * 4, 32, torch.device("cuda"))
         rows = []
         points = [(label, functools.partial(moe_experts_triton, x, weights, ids, w1, w2, LIMIT, ALPHA, config=cfg))
                   for label, cfg in [("default", base)]

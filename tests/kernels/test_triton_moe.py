@@ -177,8 +177,9 @@ def test_dot_scaled_falls_back_off_bf16(poisoned):
 
 @pytest.mark.parametrize("T", [1, 8, 64, 128, 256, 2048])
 def test_default_config_shapes(T):
-    """The CUDA defaults respect the kernels' constraints (dot dims >= 16, K steps of whole scale groups)."""
-    cfg = moe_mod.default_config(4 * T, 32, torch.device("cuda"))
+    """The Triton kernels' CUDA defaults respect their constraints (dot dims >= 16, K steps of whole scale
+    groups); default_config hands few rows an expert to moe_gluon.py (test_gluon_moe.py)."""
+    cfg = moe_mod.triton_config(4 * T, 32, torch.device("cuda"))
     assert cfg.mxfp4_decode in ("arith", "dot_scaled", "dot_scaled_swap")
     for t in (cfg.gemm1, cfg.gemm2):
         assert t.block_m >= 16 and t.block_k % 64 == 0 and t.block_n >= 16
@@ -218,7 +219,7 @@ def test_gpu_bf16(mode, T):
     weights = torch.softmax(torch.randn(T, A, generator=gen), dim=-1).to(dev)
     config = None
     if mode not in ("default", "dense"):
-        base = moe_mod.default_config(T * A, E, dev)
+        base = moe_mod.triton_config(T * A, E, dev)
         config = MoeTritonConfig(base.gemm1, base.gemm2, mode)
     out = moe_experts_triton(x, weights, ids, w1, w2, 7.0, ALPHA, config=config)
     ref = moe_experts_ref(x, weights, ids, w1, w2, 7.0, ALPHA)

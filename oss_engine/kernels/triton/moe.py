@@ -67,6 +67,11 @@ import triton.language as tl
 from ..types import ExpertWeight
 from . import launch
 
+try:  # Gluon (triton.experimental) ships with Triton >= 3.4; without it the "gluon" mode falls back
+    from . import moe_gluon
+except ImportError:  # pragma: no cover - depends on the installed Triton
+    moe_gluon = None
+
 _TL_DTYPE = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
 _MODES = {"dense": 0, "arith": 1, "dot_scaled": 2, "dot_scaled_swap": 3}
 _SMALL_GROUP = 256  # pairs up to which one Triton program groups them (`_group_small_kernel`)
@@ -88,7 +93,24 @@ class MoeTritonConfig:
     mxfp4_decode: str = "arith"  # "arith" | "dot_scaled" | "dot_scaled_swap" (ignored for dense weights)
 
 
+GLUON_MAX_ROWS = 16  # mean rows an expert up to which the default is moe_gluon.py's grouped kernels
+
+
 def default_config(num_pairs: int, num_experts: int, device: torch.device) -> MoeTritonConfig:
+    """Up to GLUON_MAX_ROWS rows an expert on CUDA: moe_gluon.py's kernels, falling back to `triton_config`
+    for calls they do not take; otherwise `triton_config`. Measured on an H200 at the gpt-oss-20b expert
+    shapes (scripts/gpu_bench_moe_gluon.py, experts only, L2 flushed), against the Triton kernels: up to 4
+    rows an expert, blocks of 8 rows (one mma column tile), 64 weight rows, 4 warps, 128 k a step, loads 3
+    steps ahead: T = 8 187 -> 136 us, T = 32 267 -> 201; up to 16 rows, blocks of 16 (two tiles share each
+    decode) with 64 k a step: T = 64 272 -> 227, T = 128 367 -> 337 (blocks of 8 there: 257 and 440)."""
+    rows_per_expert = num_pairs / max(1, num_experts)
+    if device.type == "cuda" and moe_gluon is not None and rows_per_expert <= GLUON_MAX_ROWS:
+        t = GemmTiles(8, 64, 128, 4, 3) if rows_per_expert <= 4 else GemmTiles(16, 64, 64, 4, 3)
+        return MoeTritonConfig(t, t, "gluon")
+    return triton_config(num_pairs, num_experts, device)
+
+
+def triton_config(num_pairs: int, num_experts: int, device: torch.device) -> MoeTritonConfig:
     """Tiles per regime, by mean rows per expert. Decode (<= 8 rows an expert): BM = 16 and narrow N tiles
     of 2 warps, so that few tokens still make hundreds of programs per GEMM and no two warps decode the
     same weights. Above that, a block should hold all of an expert's rows: each weight is then
@@ -400,6 +422,44 @@ def group_by_expert(ids: torch.Tensor, num_experts: int) -> tuple[torch.Tensor, 
     return order, bounds
 
 
+def _experts_gluon(x: torch.Tensor, weights: torch.Tensor, w1: ExpertWeight, w2: ExpertWeight, limit: float,
+                   alpha: float, cfg: MoeTritonConfig, order: torch.Tensor, bounds: torch.Tensor,
+                   out: torch.Tensor) -> torch.Tensor:
+    """Steps 2-4 with moe_gluon.py's grouped GEMMs: blocks of block_m (8 or 16, both GEMMs the same) sorted
+    rows, the same act, y and combine as the Triton kernels."""
+    T, D = x.shape
+    P = order.numel()
+    A = P // T
+    E, two_i = w1.bias.shape
+    I = two_i // 2
+    pdl = launch.use_pdl(x.device)
+    x = x.contiguous()
+    bm = cfg.gemm1.block_m
+    grid_m = triton.cdiv(P, bm) + min(E, P)  # blocks: as _expert_block's bound
+    common = {"E": E, "E_PAD": triton.next_power_of_2(E), "BM": bm, "PDL": pdl}
+    act = _empty((P, I), torch.bfloat16, x.device)  # rows in sorted order
+    w, s, ws = _weight_args(w1, "dot_scaled")
+    t = cfg.gemm1
+    moe_gluon._group_gemm1_gluon[(grid_m, (2 * I) // t.block_n)](
+        x.view(torch.int32), order, bounds, w.view(torch.int32), s, w1.bias, act, x.stride(0), ws[0], ws[1],
+        *ws[3:], w1.bias.stride(0), act.stride(0), float(limit), float(alpha), K=D, A=A, BN=t.block_n,
+        BK=t.block_k, L=moe_gluon.words_layout(t.num_warps, t.block_k),
+        LA=moe_gluon.act_layout(t.num_warps, t.block_k), DEPTH=min(3, max(2, t.num_stages)), num_warps=t.num_warps,
+        launch_pdl=pdl, **common)
+    y = _empty((P, D), torch.float32, x.device)
+    w, s, ws = _weight_args(w2, "dot_scaled")
+    t = cfg.gemm2
+    moe_gluon._group_gemm2_gluon[(grid_m, D // t.block_n)](
+        act.view(torch.int32), order, bounds, w.view(torch.int32), s, w2.bias, weights.reshape(-1), y,
+        act.stride(0), ws[0], ws[1], *ws[3:], w2.bias.stride(0), y.stride(0), K=I, BN=t.block_n, BK=t.block_k,
+        L=moe_gluon.words_layout(t.num_warps, t.block_k), LA=moe_gluon.act_layout(t.num_warps, t.block_k),
+        DEPTH=min(3, max(2, t.num_stages)), num_warps=t.num_warps, launch_pdl=pdl, **common)
+    block_t, block_d = 16, 128
+    _combine_kernel[(triton.cdiv(T, block_t), triton.cdiv(D, block_d))](
+        y, out, T, D, y.stride(0), out.stride(0), A=A, BLOCK_T=block_t, BLOCK_D=block_d, PDL=pdl, launch_pdl=pdl)
+    return out
+
+
 def moe_experts_triton(x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor, w1: ExpertWeight,
                        w2: ExpertWeight, limit: float, alpha: float, config: MoeTritonConfig | None = None,
                        compute_dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -418,8 +478,15 @@ def moe_experts_triton(x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor
         return out.zero_()
     cfg = config or default_config(P, E, x.device)
     compute = compute_dtype or (torch.bfloat16 if x.is_cuda else torch.float32)
-    mode, consts = kernel_mode(cfg.mxfp4_decode, w1, compute)
     order, bounds = group_by_expert(ids, E)
+    if cfg.mxfp4_decode == "gluon":
+        t1, t2 = cfg.gemm1, cfg.gemm2
+        if moe_gluon is not None and t1.block_m == t2.block_m and moe_gluon.takes(
+                x, w1, w2, compute, (t1.block_n, t1.block_k, t1.num_warps), (t2.block_n, t2.block_k, t2.num_warps),
+                t1.block_m):
+            return _experts_gluon(x, weights, w1, w2, limit, alpha, cfg, order, bounds, out)
+        cfg = triton_config(P, E, x.device)
+    mode, consts = kernel_mode(cfg.mxfp4_decode, w1, compute)
     route_w = weights.reshape(-1)  # [P]
     pdl = launch.use_pdl(x.device)
     common = {"E": E, "E_PAD": triton.next_power_of_2(E), "PDL": pdl, **consts}

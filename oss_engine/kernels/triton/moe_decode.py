@@ -22,8 +22,10 @@ weight decode (Triton's e2m1 upcast in "dot_scaled", or `_mma_step`'s other mode
 were measured on an H200 at the gpt-oss-20b shapes (scripts/gpu_bench_moe_decode.py): 32-row W tiles of 256
 columns, 2 warps, 2 pipeline stages (each stage also holds the 16-row A tile, so 4 stages left few programs
 per SM: 55.7 vs 48.9 us at one token), GEMM 2 split in 2. Against the grouped path: 48.9 vs 64.4 us at 1 token,
-84.8 vs 93.5 at 2, equal at 4, and 259.9 vs 197.5 at 8 tokens (32 pairs, where blocks start to be shared),
-hence MAX_DECODE_PAIRS = 16.
+84.8 vs 93.5 at 2, equal at 4, and 259.9 vs 197.5 at 8 tokens (32 pairs, where blocks start to be shared).
+On CUDA both paths now default to moe_gluon.py's kernels (`GLUON_TILES` here, moe.py's `default_config`),
+where the crossing moved down (scripts/gpu_bench_moe_gluon.py, H200): decode path 37.2 us at 1 token
+(grouped 71.8), 60.6 vs 66.7 at 2, but 99.3 vs 89.1 at 4 tokens: MAX_DECODE_PAIRS = 8.
 
 PDL (`launch.py`): every kernel here calls `gdc_wait()` first: a pair learns its expert, so which weights to
 read, only from ids, which the routing writes; nothing is prefetched.
@@ -46,7 +48,7 @@ except ImportError:  # pragma: no cover - depends on the installed Triton
     moe_gluon = None
 from .moe import _combine_kernel, _load_a, _mma_step, _weight_args, act_strides, kernel_mode
 
-MAX_DECODE_PAIRS = 16  # pairs up to which the op table takes this path (see use_decode_path)
+MAX_DECODE_PAIRS = 8  # pairs up to which the op table takes this path (see use_decode_path)
 
 
 @dataclass(frozen=True)
@@ -158,18 +160,6 @@ def _empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> 
     return torch.empty(shape, dtype=dtype, device=device)
 
 
-def _gluon_fits(x: torch.Tensor, w1: ExpertWeight, w2: ExpertWeight, tiles: DecodeTiles, compute: torch.dtype,
-                D: int, I: int) -> bool:
-    """Whether the Gluon kernels take this call: MXFP4 weights whose scale bytes are known to lie in the range
-    they decode exactly, bf16 on CUDA, tiles that divide the shapes."""
-    if moe_gluon is None or not w1.is_mxfp4 or not x.is_cuda or compute != torch.bfloat16 or x.dtype != compute:
-        return False
-    in_range = all(w.scale_range is not None and moe_gluon.SCALE_MIN <= w.scale_range[0]
-                   and w.scale_range[1] <= moe_gluon.SCALE_MAX for w in (w1, w2))
-    return (in_range and moe_gluon.fits(2 * I, D, tiles.block_n1, tiles.block_k1, tiles.warps1)
-            and moe_gluon.fits(D, I, tiles.block_n2, tiles.block_k2, tiles.warps2))
-
-
 def _experts_gluon(x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor, w1: ExpertWeight, w2: ExpertWeight,
                    limit: float, alpha: float, tiles: DecodeTiles, out: torch.Tensor) -> torch.Tensor:
     """The decode path with moe_gluon.py's GEMMs (same buffers, grids and combine as the Triton kernels)."""
@@ -225,7 +215,8 @@ def moe_experts_decode_triton(x: torch.Tensor, weights: torch.Tensor, ids: torch
     tiles = tiles or default_decode_tiles(x.device)
     compute = compute_dtype or (torch.bfloat16 if x.is_cuda else torch.float32)
     if tiles.mxfp4_decode == "gluon":
-        if _gluon_fits(x, w1, w2, tiles, compute, D, I):
+        t1, t2 = (tiles.block_n1, tiles.block_k1, tiles.warps1), (tiles.block_n2, tiles.block_k2, tiles.warps2)
+        if moe_gluon is not None and moe_gluon.takes(x, w1, w2, compute, t1, t2):
             return _experts_gluon(x, weights, ids, w1, w2, limit, alpha, tiles, out)
         tiles = triton_decode_tiles()
     if w1.is_mxfp4 and tiles.mxfp4_decode == "dot_scaled_swap":  # its [BN, BM] accumulator: grouped path only

@@ -54,6 +54,8 @@ import torch
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 
+from ..types import ExpertWeight
+
 SCALE_MIN, SCALE_MAX = 66, 192  # e8m0 scale bytes this path decodes exactly (see the module docstring)
 
 # activation words A0..A3 = (x0, x1), (x2, x3), (x4, x5), (x6, x7) -> (x0, x4), (x1, x5), (x2, x6), (x3, x7)
@@ -64,30 +66,38 @@ prmt.b32 $2, $5, $7, 0x5410;
 prmt.b32 $3, $5, $7, 0x7632;
 }""")
 
-# the even and odd rows' words of 4 weight bytes ($4, $5), their bf16x2 scale factors ($6, $7), the paired
-# activations ($8..$11), the accumulator ($12..$15) -> $0..$3 after two mma.m16n8k16 (weights the A operand)
-_STEP = gl.constexpr("""{
-.reg .b32 z, m, v, ea, eb, ec, ed, la, lb, ha, hb, ka, kb, ga, gb;
-mov.b32 z, 0x80008000;
-shl.b32 m, $4, 6; and.b32 m, m, 0x01C001C0; shl.b32 v, $4, 12; and.b32 v, v, 0x80008000; or.b32 la, m, v;
-shl.b32 m, $4, 2; and.b32 m, m, 0x01C001C0; shl.b32 v, $4, 8; and.b32 v, v, 0x80008000; or.b32 ha, m, v;
-shr.b32 m, $4, 2; and.b32 m, m, 0x01C001C0; shl.b32 v, $4, 4; and.b32 v, v, 0x80008000; or.b32 ka, m, v;
-shr.b32 m, $4, 6; and.b32 m, m, 0x01C001C0; and.b32 v, $4, 0x80008000; or.b32 ga, m, v;
-shl.b32 m, $5, 6; and.b32 m, m, 0x01C001C0; shl.b32 v, $5, 12; and.b32 v, v, 0x80008000; or.b32 lb, m, v;
-shl.b32 m, $5, 2; and.b32 m, m, 0x01C001C0; shl.b32 v, $5, 8; and.b32 v, v, 0x80008000; or.b32 hb, m, v;
-shr.b32 m, $5, 2; and.b32 m, m, 0x01C001C0; shl.b32 v, $5, 4; and.b32 v, v, 0x80008000; or.b32 kb, m, v;
-shr.b32 m, $5, 6; and.b32 m, m, 0x01C001C0; and.b32 v, $5, 0x80008000; or.b32 gb, m, v;
-fma.rn.bf16x2 la, la, $6, z;
-fma.rn.bf16x2 ha, ha, $6, z;
-fma.rn.bf16x2 ka, ka, $6, z;
-fma.rn.bf16x2 ga, ga, $6, z;
-fma.rn.bf16x2 lb, lb, $7, z;
-fma.rn.bf16x2 hb, hb, $7, z;
-fma.rn.bf16x2 kb, kb, $7, z;
-fma.rn.bf16x2 gb, gb, $7, z;
-mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {ea, eb, ec, ed}, {la, lb, ha, hb}, {$8, $9}, {$12, $13, $14, $15};
-mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {$0, $1, $2, $3}, {ka, kb, ga, gb}, {$10, $11}, {ea, eb, ec, ed};
-}""")
+def _step_asm(tiles: int) -> str:
+    """The inline PTX of one word of the even and odd rows for `tiles` token tiles. Operands: outputs $0 ..
+    $(4 tiles - 1) (each tile's d0..d3), then inputs: the two rows' words, their bf16x2 scale factors, each
+    tile's 4 paired activation registers, each tile's accumulator c0..c3. The decode (module docstring) is
+    done once; each tile takes two mma.m16n8k16, the weights as the A operand."""
+    o = 4 * tiles  # first input
+    qe, qo, fe, fo = (f"${o + i}" for i in range(4))
+    lines = [".reg .b32 z, m, v, ea, eb, ec, ed, la, lb, ha, hb, ka, kb, ga, gb;", "mov.b32 z, 0x80008000;"]
+    for q, (l, h, k, g) in ((qe, ("la", "ha", "ka", "ga")), (qo, ("lb", "hb", "kb", "gb"))):
+        lines += [  # (lo b0, lo b2), (hi b0, hi b2), (lo b1, lo b3), (hi b1, hi b3) as bf16x2 times 2**-126
+            f"shl.b32 m, {q}, 6; and.b32 m, m, 0x01C001C0; shl.b32 v, {q}, 12; and.b32 v, v, 0x80008000; "
+            f"or.b32 {l}, m, v;",
+            f"shl.b32 m, {q}, 2; and.b32 m, m, 0x01C001C0; shl.b32 v, {q}, 8; and.b32 v, v, 0x80008000; "
+            f"or.b32 {h}, m, v;",
+            f"shr.b32 m, {q}, 2; and.b32 m, m, 0x01C001C0; shl.b32 v, {q}, 4; and.b32 v, v, 0x80008000; "
+            f"or.b32 {k}, m, v;",
+            f"shr.b32 m, {q}, 6; and.b32 m, m, 0x01C001C0; and.b32 v, {q}, 0x80008000; or.b32 {g}, m, v;",
+        ]
+    lines += [f"fma.rn.bf16x2 {r}, {r}, {fe}, z;" for r in ("la", "ha", "ka", "ga")]
+    lines += [f"fma.rn.bf16x2 {r}, {r}, {fo}, z;" for r in ("lb", "hb", "kb", "gb")]
+    mma = "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32"
+    for tile in range(tiles):
+        p = [f"${o + 4 + 4 * tile + i}" for i in range(4)]
+        c = ", ".join(f"${o + 4 + 4 * tiles + 4 * tile + i}" for i in range(4))
+        d = ", ".join(f"${4 * tile + i}" for i in range(4))
+        lines += [f"{mma} {{ea, eb, ec, ed}}, {{la, lb, ha, hb}}, {{{p[0]}, {p[1]}}}, {{{c}}};",
+                  f"{mma} {{{d}}}, {{ka, kb, ga, gb}}, {{{p[2]}, {p[3]}}}, {{ea, eb, ec, ed}};"]
+    return "{\n" + "\n".join(lines) + "\n}"
+
+
+_STEP = gl.constexpr(_step_asm(1))
+_STEP2 = gl.constexpr(_step_asm(2))  # two token tiles (blocks of 16 rows) sharing one decode
 _UNDO = gl.constexpr(18446744073709551616.0)  # 2**64, the part of 2**126 the upcast leaves out
 
 
@@ -112,13 +122,15 @@ def _gdc_wait(PDL: gl.constexpr):
 
 
 @gluon.jit
-def _load_step(w_base, s_base, a_base, k0, k_end, s_wn, s_sn, s_sg,
-               BH: gl.constexpr, BK: gl.constexpr, L: gl.constexpr, LA: gl.constexpr):
+def _load_step(w_base, s_base, a_base, a_rows, a_rows2, k0, k_end, s_wn, s_sn, s_sg,
+               BH: gl.constexpr, BK: gl.constexpr, L: gl.constexpr, LA: gl.constexpr, TT: gl.constexpr):
     """One step's operands: the even and odd rows' weight words [BH, 4, W] int32, their bf16x2 scale factors
     [BH, 4, 1] int32, the activation pairs [1, 4, 4W] int32 (pair 4w + j of the lane's quarter). A lane's
     quarter (2I values from k0 + 2I t) lies wholly before k_end (a multiple of 32) or wholly after it: the
     mask is per quarter, so the loads stay 16-byte vectors; steps past k_end load nothing.
-    w_base: int32 view of row n0's bytes; a_base: int32 view of the activation row (bf16 pairs)."""
+    w_base: int32 view of row n0's bytes; a_base: int32 view of the activations (bf16 pairs), a_rows 0 (one
+    row for every lane) or [BH, 1, 1] int32-unit offsets of the row lane group g reads (grouped kernels);
+    with TT = 2 tokens tiles, a_rows2 the second tile's (else unused)."""
     I: gl.constexpr = BK // 8
     W: gl.constexpr = BK // 32
     j = gl.arange(0, BH, layout=gl.SliceLayout(1, gl.SliceLayout(2, L)))[:, None, None]  # [BH, 1, 1]
@@ -136,62 +148,95 @@ def _load_step(w_base, s_base, a_base, k0, k_end, s_wn, s_sn, s_sg,
     qo = gl.load(w_base + even + s_wn // 4, mask=live)  # any code decodes to a finite value
     se = gl.load(s_base + s_even, mask=live, other=127)
     so = gl.load(s_base + s_even + s_sn, mask=live, other=127)
-    a = gl.load(a_base + pair, mask=k0 + 2 * I * at < k_end, other=0)
+    a = gl.load(a_base + a_rows + pair, mask=k0 + 2 * I * at < k_end, other=0)
+    if TT == 2:
+        a2 = gl.load(a_base + a_rows2 + pair, mask=k0 + 2 * I * at < k_end, other=0)
+    else:
+        a2 = a
     fe = (se.to(gl.int32) + 62) * 0x00800080  # bf16 2**(s - 65) in both halves
     fo = (so.to(gl.int32) + 62) * 0x00800080
-    return qe, qo, fe, fo, a
+    return qe, qo, fe, fo, a, a2
 
 
 @gluon.jit
-def _mma_words(c0, c1, c2, c3, qe, qo, fe, fo, a, BH: gl.constexpr, BK: gl.constexpr, L: gl.constexpr):
-    """The accumulator c0..c3 [BH, 4, W] float32 (d0..d3 of each word's mma) += the words' two mma each."""
+def _paired(a, q, BK: gl.constexpr, L: gl.constexpr):
+    """Activation pairs [R, 4, 4W] -> the four mma B registers of each word (`_PAIR_A`), in q's shape."""
     W: gl.constexpr = BK // 32
-    a = gl.reshape(a, [1, 4, W, 2, 2])  # pair 4w + 2 u + v
-    a_v0, a_v1 = gl.split(a)  # [1, 4, W, 2] over u
+    a = gl.reshape(a, [a.shape[0], 4, W, 2, 2])  # pair 4w + 2 u + v
+    a_v0, a_v1 = gl.split(a)  # [R, 4, W, 2] over u
     a0, a2 = gl.split(a_v0)  # pairs 4w, 4w + 2
     a1, a3 = gl.split(a_v1)  # 4w + 1, 4w + 3
     p0, p1, p2, p3 = gl.inline_asm_elementwise(_PAIR_A, "=r,=r,=r,=r,r,r,r,r", [a0, a1, a2, a3],
                                                dtype=(gl.int32, gl.int32, gl.int32, gl.int32), is_pure=True, pack=1)
-    p0 = gl.broadcast(gl.convert_layout(p0, L), qe)[0]
-    p1 = gl.broadcast(gl.convert_layout(p1, L), qe)[0]
-    p2 = gl.broadcast(gl.convert_layout(p2, L), qe)[0]
-    p3 = gl.broadcast(gl.convert_layout(p3, L), qe)[0]
-    fe = gl.broadcast(fe, qe)[0]
-    fo = gl.broadcast(fo, qe)[0]
-    return gl.inline_asm_elementwise(_STEP, "=f,=f,=f,=f,r,r,r,r,r,r,r,r,f,f,f,f",
-                                     [qe, qo, fe, fo, p0, p1, p2, p3, c0, c1, c2, c3],
-                                     dtype=(gl.float32, gl.float32, gl.float32, gl.float32), is_pure=True, pack=1)
+    return (gl.broadcast(gl.convert_layout(p0, L), q)[0], gl.broadcast(gl.convert_layout(p1, L), q)[0],
+            gl.broadcast(gl.convert_layout(p2, L), q)[0], gl.broadcast(gl.convert_layout(p3, L), q)[0])
 
 
 @gluon.jit
-def _row_dot(w_base, s_base, a_base, k_lo, k_end, s_wn, s_sn, s_sg,
-             BH: gl.constexpr, BK: gl.constexpr, L: gl.constexpr, LA: gl.constexpr, DEPTH: gl.constexpr):
-    """(even, odd) [BH, 4] float32: a[k_lo:k_end] @ W^T for rows 2j and 2j + 1 (row pair j), the same in
-    every lane t. k_lo a multiple of BK, k_end of 32. Loads run DEPTH (2 or 3) steps ahead of the math: at a
-    few tokens a program streams one weight row block from HBM, so the bytes in flight set the speed."""
+def _mma_words(acc, buf, BK: gl.constexpr, L: gl.constexpr, TT: gl.constexpr):
+    """acc: 4 [BH, 4, W] float32 accumulators (d0..d3 of each word's mma) a token tile, TT tiles; buf a
+    `_load_step`. Each word's two mma a tile, the decode shared by the tiles."""
+    qe, qo, fe, fo, a, a2 = buf
+    p0, p1, p2, p3 = _paired(a, qe, BK, L)
+    fe = gl.broadcast(fe, qe)[0]
+    fo = gl.broadcast(fo, qe)[0]
+    if TT == 2:
+        r0, r1, r2, r3 = _paired(a2, qe, BK, L)
+        out = gl.inline_asm_elementwise(
+            _STEP2, "=f,=f,=f,=f,=f,=f,=f,=f,r,r,r,r,r,r,r,r,r,r,r,r,f,f,f,f,f,f,f,f",
+            [qe, qo, fe, fo, p0, p1, p2, p3, r0, r1, r2, r3, acc[0], acc[1], acc[2], acc[3], acc[4], acc[5],
+             acc[6], acc[7]], dtype=(gl.float32,) * 8, is_pure=True, pack=1)
+    else:
+        out = gl.inline_asm_elementwise(_STEP, "=f,=f,=f,=f,r,r,r,r,r,r,r,r,f,f,f,f",
+                                        [qe, qo, fe, fo, p0, p1, p2, p3, acc[0], acc[1], acc[2], acc[3]],
+                                        dtype=(gl.float32,) * 4, is_pure=True, pack=1)
+    return out
+
+
+@gluon.jit
+def _row_dot(w_base, s_base, a_base, a_rows, a_rows2, k_lo, k_end, s_wn, s_sn, s_sg, BH: gl.constexpr,
+             BK: gl.constexpr, L: gl.constexpr, LA: gl.constexpr, DEPTH: gl.constexpr, TT: gl.constexpr):
+    """4 TT [BH, 4] float32 sums, tile by tile: lane (g, t)'s mma outputs summed over its words, row 2j (c0,
+    c1) and row 2j + 1 (c2, c3) of W times activation columns 2t (c0, c2) and 2t + 1 (c1, c3), over k_lo ..
+    k_end (columns are the lane groups' rows, see a_rows; all the same row on the decode path). k_lo a
+    multiple of BK, k_end of 32. Loads run DEPTH (2 or 3) steps ahead of the math: at a few tokens a program
+    streams one weight row block from HBM, so the bytes in flight set the speed."""
     W: gl.constexpr = BK // 32
-    c0 = gl.zeros([BH, 4, W], gl.float32, L)
-    c1 = gl.zeros([BH, 4, W], gl.float32, L)
-    c2 = gl.zeros([BH, 4, W], gl.float32, L)
-    c3 = gl.zeros([BH, 4, W], gl.float32, L)
-    b0 = _load_step(w_base, s_base, a_base, k_lo, k_end, s_wn, s_sn, s_sg, BH, BK, L, LA)
-    b1 = _load_step(w_base, s_base, a_base, k_lo + BK, k_end, s_wn, s_sn, s_sg, BH, BK, L, LA)
+    z = gl.zeros([BH, 4, W], gl.float32, L)
+    if TT == 2:
+        acc = (z, z, z, z, z, z, z, z)
+    else:
+        acc = (z, z, z, z)
+    b0 = _load_step(w_base, s_base, a_base, a_rows, a_rows2, k_lo, k_end, s_wn, s_sn, s_sg, BH, BK, L, LA, TT)
+    b1 = _load_step(w_base, s_base, a_base, a_rows, a_rows2, k_lo + BK, k_end, s_wn, s_sn, s_sg, BH, BK, L, LA,
+                    TT)
     if DEPTH == 3:
-        b2 = _load_step(w_base, s_base, a_base, k_lo + 2 * BK, k_end, s_wn, s_sn, s_sg, BH, BK, L, LA)
+        b2 = _load_step(w_base, s_base, a_base, a_rows, a_rows2, k_lo + 2 * BK, k_end, s_wn, s_sn, s_sg, BH, BK,
+                        L, LA, TT)
     # unrolled by DEPTH so that each buffer is refilled in place (no register moves); the last round may run
     # up to DEPTH - 1 steps past k_end, on masked (zero) activations
     for k0 in range(k_lo, k_end, DEPTH * BK):
-        n0 = _load_step(w_base, s_base, a_base, k0 + DEPTH * BK, k_end, s_wn, s_sn, s_sg, BH, BK, L, LA)
-        c0, c1, c2, c3 = _mma_words(c0, c1, c2, c3, b0[0], b0[1], b0[2], b0[3], b0[4], BH, BK, L)
-        n1 = _load_step(w_base, s_base, a_base, k0 + (DEPTH + 1) * BK, k_end, s_wn, s_sn, s_sg, BH, BK, L, LA)
-        c0, c1, c2, c3 = _mma_words(c0, c1, c2, c3, b1[0], b1[1], b1[2], b1[3], b1[4], BH, BK, L)
+        n0 = _load_step(w_base, s_base, a_base, a_rows, a_rows2, k0 + DEPTH * BK, k_end, s_wn, s_sn, s_sg, BH,
+                        BK, L, LA, TT)
+        acc = _mma_words(acc, b0, BK, L, TT)
+        n1 = _load_step(w_base, s_base, a_base, a_rows, a_rows2, k0 + (DEPTH + 1) * BK, k_end, s_wn, s_sn, s_sg,
+                        BH, BK, L, LA, TT)
+        acc = _mma_words(acc, b1, BK, L, TT)
         if DEPTH == 3:
-            n2 = _load_step(w_base, s_base, a_base, k0 + 5 * BK, k_end, s_wn, s_sn, s_sg, BH, BK, L, LA)
-            c0, c1, c2, c3 = _mma_words(c0, c1, c2, c3, b2[0], b2[1], b2[2], b2[3], b2[4], BH, BK, L)
+            n2 = _load_step(w_base, s_base, a_base, a_rows, a_rows2, k0 + 5 * BK, k_end, s_wn, s_sn, s_sg, BH, BK,
+                            L, LA, TT)
+            acc = _mma_words(acc, b2, BK, L, TT)
             b2 = n2
         b0 = n0
         b1 = n1
-    return gl.sum(c0, axis=2) * _UNDO, gl.sum(c2, axis=2) * _UNDO
+    if TT == 2:
+        sums = (gl.sum(acc[0], axis=2) * _UNDO, gl.sum(acc[1], axis=2) * _UNDO, gl.sum(acc[2], axis=2) * _UNDO,
+                gl.sum(acc[3], axis=2) * _UNDO, gl.sum(acc[4], axis=2) * _UNDO, gl.sum(acc[5], axis=2) * _UNDO,
+                gl.sum(acc[6], axis=2) * _UNDO, gl.sum(acc[7], axis=2) * _UNDO)
+    else:
+        sums = (gl.sum(acc[0], axis=2) * _UNDO, gl.sum(acc[1], axis=2) * _UNDO, gl.sum(acc[2], axis=2) * _UNDO,
+                gl.sum(acc[3], axis=2) * _UNDO)
+    return sums
 
 
 @gluon.jit
@@ -207,9 +252,9 @@ def _pair_gemm1_gluon(x_ptr, ids_ptr, w_ptr, s_ptr, b_ptr, act_ptr,
     p = gl.program_id(0)
     n0 = gl.program_id(1) * BN
     expert = gl.load(ids_ptr + p).to(gl.int64)
-    gate, up = _row_dot(w_ptr + (expert * s_we + n0 * s_wn) // 4, s_ptr + expert * s_se + n0 * s_sn,
-                        x_ptr + (p // A).to(gl.int64) * (s_xt // 2), 0, K, s_wn, s_sn, s_sg, BH, BK, L, LA,
-                        DEPTH)
+    gate, _, up, _ = _row_dot(w_ptr + (expert * s_we + n0 * s_wn) // 4, s_ptr + expert * s_se + n0 * s_sn,
+                              x_ptr + (p // A).to(gl.int64) * (s_xt // 2), 0, 0, 0, K, s_wn, s_sn, s_sg, BH,
+                              BK, L, LA, DEPTH, 1)
     SL: gl.constexpr = gl.SliceLayout(2, L)
     j = gl.arange(0, BH, layout=gl.SliceLayout(1, SL))[:, None]  # [BH, 1]
     t = gl.arange(0, 4, layout=gl.SliceLayout(0, SL))[None, :]  # [1, 4]
@@ -239,9 +284,9 @@ def _pair_gemm2_gluon(act_ptr, ids_ptr, w_ptr, s_ptr, b_ptr, route_w_ptr, y_ptr,
     expert = gl.load(ids_ptr + p).to(gl.int64)
     k_lo = s * K_SPLIT
     k_end = gl.minimum(k_lo + K_SPLIT, K)
-    y0, y1 = _row_dot(w_ptr + (expert * s_we + n0 * s_wn) // 4, s_ptr + expert * s_se + n0 * s_sn,
-                      act_ptr + p.to(gl.int64) * (s_ap // 2), k_lo, k_end, s_wn, s_sn, s_sg, BH, BK, L, LA,
-                      DEPTH)
+    y0, _, y1, _ = _row_dot(w_ptr + (expert * s_we + n0 * s_wn) // 4, s_ptr + expert * s_se + n0 * s_sn,
+                            act_ptr + p.to(gl.int64) * (s_ap // 2), 0, 0, k_lo, k_end, s_wn, s_sn, s_sg, BH,
+                            BK, L, LA, DEPTH, 1)
     SL: gl.constexpr = gl.SliceLayout(2, L)
     j = gl.arange(0, BH, layout=gl.SliceLayout(1, SL))[:, None]
     t = gl.arange(0, 4, layout=gl.SliceLayout(0, SL))[None, :]
@@ -255,10 +300,133 @@ def _pair_gemm2_gluon(act_ptr, ids_ptr, w_ptr, s_ptr, b_ptr, route_w_ptr, y_ptr,
     gl.store(out + col + 1, y1, mask=keep)
 
 
+# --------------------------------------------------------------------------- grouped: blocks of <= 8 rows
+
+
+@gluon.jit
+def _add(a, b):
+    return a + b
+
+
+@gluon.jit
+def _expert_block(bounds_ptr, pid_m, E: gl.constexpr, E_PAD: gl.constexpr, BM: gl.constexpr, NW: gl.constexpr):
+    """Block pid_m of BM sorted rows -> (expert, first row, end row, blocks in all): moe.py's `_expert_block`
+    (its docstring has a worked example)."""
+    lay: gl.constexpr = gl.BlockedLayout([1], [32], [NW], [0])
+    e_idx = gl.arange(0, E_PAD, layout=lay)
+    e_mask = e_idx < E
+    lo = gl.load(bounds_ptr + e_idx, mask=e_mask, other=0)
+    hi = gl.load(bounds_ptr + e_idx + 1, mask=e_mask, other=0)
+    nb = (hi - lo + BM - 1) // BM  # blocks per expert, 0 for pads
+    ends = gl.associative_scan(nb, 0, _add)  # inclusive: expert e owns blocks [ends[e] - nb[e], ends[e])
+    expert = gl.sum((ends <= pid_m).to(gl.int32), axis=0)
+    first_block = gl.sum(gl.where(e_idx < expert, nb, 0), axis=0)
+    start = gl.sum(gl.where(e_idx == expert, lo, 0), axis=0) + (pid_m - first_block) * BM
+    end = gl.sum(gl.where(e_idx == expert, hi, 0), axis=0)
+    return expert, start, end, gl.sum(nb, axis=0)
+
+
+@gluon.jit
+def _block_rows(order_ptr, start, end, tile, BH: gl.constexpr, LA: gl.constexpr):
+    """Token tile `tile`'s sorted row for lane group g, start + 8 tile + g clamped to the block ([BH, 1, 1] in
+    LA's family; a clamped row's results are computed and never stored), and its pair order[row]."""
+    g = gl.arange(0, BH, layout=gl.SliceLayout(1, gl.SliceLayout(2, LA)))[:, None, None] % 8
+    row = gl.minimum(start + 8 * tile + g, end - 1)
+    return row, gl.load(order_ptr + row)
+
+
+@gluon.jit
+def _group_gemm1_gluon(x_ptr, order_ptr, bounds_ptr, w_ptr, s_ptr, b_ptr, act_ptr,
+                       s_xt, s_we, s_wn, s_se, s_sn, s_sg, s_be, s_ar, limit, alpha,
+                       K: gl.constexpr, A: gl.constexpr, E: gl.constexpr, E_PAD: gl.constexpr, BM: gl.constexpr,
+                       BN: gl.constexpr, BK: gl.constexpr, L: gl.constexpr, LA: gl.constexpr, DEPTH: gl.constexpr,
+                       PDL: gl.constexpr):
+    """moe.py's GEMM 1 for a block of BM (8 or 16: one or two mma column tiles) sorted rows of one expert:
+    act[r, i] = swiglu(x[order[r] // A] @ W1[e]^T + b1[e])[i] for the BN / 2 columns i of W1 rows
+    n0 .. n0 + BN. Pointers and strides as _pair_gemm1_gluon (s_ar: act's row stride)."""
+    _gdc_wait(PDL)
+    BH: gl.constexpr = BN // 2
+    TT: gl.constexpr = BM // 8
+    NW: gl.constexpr = gl.num_warps()
+    pid_m = gl.program_id(0)
+    expert, start, end, total = _expert_block(bounds_ptr, pid_m, E, E_PAD, BM, NW)
+    if pid_m < total:
+        n0 = gl.program_id(1) * BN
+        e = expert.to(gl.int64)
+        _, pair = _block_rows(order_ptr, start, end, 0, BH, LA)
+        _, pair2 = _block_rows(order_ptr, start, end, TT - 1, BH, LA)
+        sums = _row_dot(w_ptr + (e * s_we + n0 * s_wn) // 4, s_ptr + e * s_se + n0 * s_sn, x_ptr,
+                        (pair // A).to(gl.int64) * (s_xt // 2), (pair2 // A).to(gl.int64) * (s_xt // 2), 0, K,
+                        s_wn, s_sn, s_sg, BH, BK, L, LA, DEPTH, TT)
+        SL: gl.constexpr = gl.SliceLayout(2, L)
+        j = gl.arange(0, BH, layout=gl.SliceLayout(1, SL))[:, None]  # [BH, 1]
+        t = gl.arange(0, 4, layout=gl.SliceLayout(0, SL))[None, :]  # [1, 4]
+        b_gate = gl.load(b_ptr + e * s_be + n0 + 2 * j).to(gl.float32)
+        b_up = gl.load(b_ptr + e * s_be + n0 + 2 * j + 1).to(gl.float32)
+        for c in gl.static_range(2 * TT):  # tile c // 2, the lane's column 2t + c % 2: row start + 8 (c // 2) + 2t + c % 2
+            gate = gl.minimum(sums[4 * (c // 2) + c % 2] + b_gate, limit)
+            up = gl.minimum(gl.maximum(sums[4 * (c // 2) + 2 + c % 2] + b_up, -limit), limit)
+            act = gate * (1.0 / (1.0 + gl.exp(-alpha * gate))) * (up + 1.0)
+            row = start + 8 * (c // 2) + 2 * t + c % 2
+            gl.store(act_ptr + row.to(gl.int64) * s_ar + n0 // 2 + j, act.to(act_ptr.dtype.element_ty),
+                     mask=(row < end) & (j < BH))
+
+
+@gluon.jit
+def _group_gemm2_gluon(act_ptr, order_ptr, bounds_ptr, w_ptr, s_ptr, b_ptr, route_w_ptr, y_ptr,
+                       s_ar, s_we, s_wn, s_se, s_sn, s_sg, s_be, s_yp,
+                       K: gl.constexpr, E: gl.constexpr, E_PAD: gl.constexpr, BM: gl.constexpr, BN: gl.constexpr,
+                       BK: gl.constexpr, L: gl.constexpr, LA: gl.constexpr, DEPTH: gl.constexpr, PDL: gl.constexpr):
+    """moe.py's GEMM 2 for a block of BM (8 or 16) sorted rows: y[order[r], n] = route_w[order[r]] * (act[r] @
+    W2[e]^T + b2[e])[n] for BN columns n. act_ptr an int32 view (s_ar in bf16)."""
+    _gdc_wait(PDL)
+    BH: gl.constexpr = BN // 2
+    TT: gl.constexpr = BM // 8
+    NW: gl.constexpr = gl.num_warps()
+    pid_m = gl.program_id(0)
+    expert, start, end, total = _expert_block(bounds_ptr, pid_m, E, E_PAD, BM, NW)
+    if pid_m < total:
+        n0 = gl.program_id(1) * BN
+        e = expert.to(gl.int64)
+        row, _ = _block_rows(order_ptr, start, end, 0, BH, LA)
+        row2, _ = _block_rows(order_ptr, start, end, TT - 1, BH, LA)
+        sums = _row_dot(w_ptr + (e * s_we + n0 * s_wn) // 4, s_ptr + e * s_se + n0 * s_sn, act_ptr,
+                        row.to(gl.int64) * (s_ar // 2), row2.to(gl.int64) * (s_ar // 2), 0, K, s_wn, s_sn, s_sg, BH,
+                        BK, L, LA, DEPTH, TT)
+        SL: gl.constexpr = gl.SliceLayout(2, L)
+        j = gl.arange(0, BH, layout=gl.SliceLayout(1, SL))[:, None]
+        t = gl.arange(0, 4, layout=gl.SliceLayout(0, SL))[None, :]
+        col = n0 + 2 * j  # [BH, 1]: W2 row 2j's output column (2j + 1: col + 1)
+        b_even = gl.load(b_ptr + e * s_be + col).to(gl.float32)
+        b_odd = gl.load(b_ptr + e * s_be + col + 1).to(gl.float32)
+        for c in gl.static_range(2 * TT):
+            r = start + 8 * (c // 2) + 2 * t + c % 2  # [1, 4]
+            live = (r < end) & (j < BH)
+            pair = gl.load(order_ptr + r, mask=r < end, other=0)
+            rw = gl.load(route_w_ptr + pair, mask=r < end, other=0.0).to(gl.float32)
+            out = y_ptr + pair.to(gl.int64) * s_yp
+            gl.store(out + col, (sums[4 * (c // 2) + c % 2] + b_even) * rw, mask=live)
+            gl.store(out + col + 1, (sums[4 * (c // 2) + 2 + c % 2] + b_odd) * rw, mask=live)
+
 def fits(n: int, k: int, block_n: int, block_k: int, num_warps: int) -> bool:
     """Whether these kernels take an [n, k] weight with these tiles (the decode path falls back otherwise):
     whole tiles of 16 NW rows (8 row pairs a warp), K a multiple of 64."""
     return block_k in (64, 128) and block_n % (16 * num_warps) == 0 and n % block_n == 0 and k % 64 == 0
+
+
+def takes(x: torch.Tensor, w1: ExpertWeight, w2: ExpertWeight, compute: torch.dtype,
+          tiles1: tuple[int, int, int], tiles2: tuple[int, int, int], block_m: int = 8) -> bool:
+    """Whether these kernels take a call: MXFP4 weights whose scale bytes are known to lie in SCALE_MIN ..
+    SCALE_MAX (ExpertWeight.scale_range, measured at load time), bf16 activations on CUDA, and (block_n,
+    block_k, num_warps) tiles for GEMM 1 and GEMM 2 that divide the shapes (`fits`); grouped blocks of 8 or 16
+    rows."""
+    if not (w1.is_mxfp4 and w2.is_mxfp4 and x.is_cuda and compute == torch.bfloat16 and x.dtype == compute):
+        return False
+    if not all(w.scale_range is not None and SCALE_MIN <= w.scale_range[0] and w.scale_range[1] <= SCALE_MAX
+               for w in (w1, w2)):
+        return False
+    D, I = x.shape[1], w1.bias.shape[1] // 2
+    return block_m in (8, 16) and fits(2 * I, D, *tiles1) and fits(D, I, *tiles2)
 
 
 def scales_in_range(scales: torch.Tensor) -> bool:

@@ -1,8 +1,8 @@
-"""The Gluon MXFP4 decode GEMMs (`moe_gluon.py`) against their twins: GEMM 2 alone against a float64 matmul of
-the dequantized weights (every e2m1 code, scales across the documented range: the products are exact in
-bf16, so only the float32 summation differs), the decode path in "gluon" mode against `moe_experts_ref`
-and against the "dot_scaled" mode. Gluon's inline PTX runs on a GPU only: those tests carry the gpu marker.
-On the CPU machine the kernels are compiled for sm_90 (no shared memory, registers under 128).
+"""The Gluon MXFP4 GEMMs (`moe_gluon.py`) against their twins: the per-pair GEMM 2 alone against a float64
+matmul of the dequantized weights (every e2m1 code, scales across the documented range: the products are
+exact in bf16, so only the float32 summation differs); the decode path and the grouped path in "gluon" mode
+against `moe_experts_ref` and against the Triton "dot_scaled" kernels. Gluon's inline PTX runs on a GPU
+only: those tests carry the gpu marker. On the CPU machine the kernels are compiled for sm_90.
 """
 
 from dataclasses import replace
@@ -15,6 +15,7 @@ pytest.importorskip("triton.experimental.gluon")
 
 from oss_engine.kernels.ref.moe import moe_experts_ref
 from oss_engine.kernels.triton import moe_gluon
+from oss_engine.kernels.triton import moe as moe_mod
 from oss_engine.kernels.triton import moe_decode as dec_mod
 from oss_engine.kernels.triton.moe_decode import DecodeTiles, moe_experts_decode_triton
 from oss_engine.kernels.types import ExpertWeight
@@ -74,6 +75,13 @@ build(G._pair_gemm1_gluon, dict(K=2880, A=4, BN=32, BK=128, L=L, LA=LA, DEPTH=2,
 build(G._pair_gemm2_gluon, dict(K=2880, S=2, K_SPLIT=1536, BN=32, BK=128, L=L, LA=LA, DEPTH=3, PDL=True),
       dict(act_ptr="*i32", ids_ptr="*i64", w_ptr="*i32", s_ptr="*u8", b_ptr="*bf16", route_w_ptr="*bf16",
            y_ptr="*fp32"))
+LG = G.act_layout(2, 128)
+build(G._group_gemm1_gluon, dict(K=2880, A=4, E=32, E_PAD=32, BM=8, BN=32, BK=128, L=L, LA=LG, DEPTH=3, PDL=True),
+      dict(x_ptr="*i32", order_ptr="*i64", bounds_ptr="*i32", w_ptr="*i32", s_ptr="*u8", b_ptr="*bf16",
+           act_ptr="*bf16"), floats=("limit", "alpha"))
+build(G._group_gemm2_gluon, dict(K=2880, E=32, E_PAD=32, BM=8, BN=32, BK=128, L=L, LA=LG, DEPTH=3, PDL=True),
+      dict(act_ptr="*i32", order_ptr="*i64", bounds_ptr="*i32", w_ptr="*i32", s_ptr="*u8", b_ptr="*bf16",
+           route_w_ptr="*bf16", y_ptr="*fp32"))
 print("ok")
 ''')
 
@@ -156,3 +164,50 @@ def test_falls_back_without_a_known_scale_range(monkeypatch):
     for a, b in ((w1, w2), (w1.with_scale_range(), replace(w2, scale_range=(60, 127)))):
         out = moe_experts_decode_triton(x, weights, ids, a, b, 7.0, ALPHA, tiles=GLUON)
         assert rel_l2(out, ref) < 2e-2
+
+
+GROUPED = moe_mod.MoeTritonConfig(moe_mod.GemmTiles(8, 32, 128, 2, 3), moe_mod.GemmTiles(8, 32, 128, 2, 3), "gluon")
+GROUPED_WIDE = moe_mod.MoeTritonConfig(moe_mod.GemmTiles(8, 64, 64, 2, 2), moe_mod.GemmTiles(8, 64, 128, 4, 3),
+                                       "gluon")
+GROUPED_16 = moe_mod.MoeTritonConfig(moe_mod.GemmTiles(16, 32, 128, 2, 2), moe_mod.GemmTiles(16, 64, 64, 4, 3),
+                                     "gluon")  # two token tiles a block
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(INTERPRET, reason="inline PTX: a GPU only")
+@pytest.mark.parametrize("fmt", ["mxfp4", "bytes"])
+@pytest.mark.parametrize("cfg", [GROUPED, GROUPED_WIDE, GROUPED_16], ids=["default", "wide", "bm16"])
+@pytest.mark.parametrize("T,kind", [(3, "uniform"), (16, "uniform"), (16, "ragged"), (9, "one"), (21, "one")])
+def test_grouped_path_gluon(monkeypatch, fmt, cfg, T, kind):
+    """The grouped path in "gluon" mode (blocks of 8 sorted rows), bf16: within 2e-2 of the float32
+    reference and 2e-3 of the Triton kernels. "ragged" leaves experts empty and gives one most tokens, "one"
+    sends 9 or 21 tokens to the same 4 experts (blocks of 8: two or three a expert, the last partial; of 16:
+    one or two); D = I = 320 masks the K tails. The Gluon kernels ran (a spy)."""
+    calls = []
+    real = moe_mod._experts_gluon
+    monkeypatch.setattr(moe_mod, "_experts_gluon", lambda *a, **k: calls.append(1) or real(*a, **k))
+    dev = torch.device("cuda")
+    gen = torch.Generator().manual_seed(T)
+    E, A, D, I = 16, 4, 320, 320
+    w1, w2 = (to_bf16(make_weight(fmt, E, out, inp, gen)).with_scale_range() for out, inp in ((2 * I, D), (D, I)))
+    x = torch.randn(T, D, generator=gen).to(dev, torch.bfloat16)
+    ids = make_ids(kind, T, E, A, gen).to(dev)
+    weights = torch.softmax(torch.randn(T, A, generator=gen), dim=-1).to(dev)
+    limit = 20.0 if fmt == "bytes" else 7.0
+    out = moe_mod.moe_experts_triton(x, weights, ids, w1, w2, limit, ALPHA, config=cfg)
+    ref = moe_experts_ref(x, weights, ids, w1, w2, limit, ALPHA)
+    twin = moe_mod.moe_experts_triton(x, weights, ids, w1, w2, limit, ALPHA,
+                                      config=moe_mod.triton_config(T * A, E, dev))
+    assert calls == [1], "the Gluon kernels did not run"
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
+    assert rel_l2(out, ref) < 2e-2
+    assert rel_l2(out, twin) < 2e-3
+
+
+def test_default_config_picks_gluon_for_few_rows():
+    cuda = torch.device("cuda")
+    assert moe_mod.default_config(4 * 32, 32, cuda).gemm1.block_m == 8  # 4 rows an expert: one mma tile
+    assert moe_mod.default_config(4 * 64, 32, cuda).gemm1.block_m == 16  # 8: two tiles share each decode
+    assert moe_mod.default_config(4 * 128, 32, cuda).mxfp4_decode == "gluon"  # 16 rows
+    assert moe_mod.default_config(4 * 256, 32, cuda).mxfp4_decode != "gluon"  # 32
+    assert moe_mod.default_config(4, 32, torch.device("cpu")).mxfp4_decode == "arith"

@@ -1,0 +1,68 @@
+"""GPU machine: moe_gluon.py's grouped kernels (blocks of 8 sorted rows) against the Triton grouped kernels
+(`triton_config`, tl.dot_scaled) and, up to 16 pairs, the decode path, at the gpt-oss-20b expert shapes
+(uniform routing, experts only, graph replay with L2 flushed: gpu_bench_moe's timer). Each variant is
+checked against the float32 reference first (rel L2 < 2e-2).
+
+Run: PYTHONPATH=.:scripts python scripts/gpu_bench_moe_gluon.py [T,T,...]
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+
+import torch
+
+from gpu_bench_moe import ALPHA, A, E, EXPERT_BYTES, LIMIT, D, I, batch, mxfp4_weight, time_graph_flushed
+from oss_engine.kernels.ref.moe import moe_experts_ref
+from oss_engine.kernels.triton.moe import GemmTiles, MoeTritonConfig, moe_experts_triton, triton_config
+from oss_engine.kernels.triton.moe_decode import moe_experts_decode_triton, use_decode_path
+
+
+def gluon(t1: GemmTiles, t2: GemmTiles | None = None) -> MoeTritonConfig:
+    return MoeTritonConfig(t1, t2 or t1, "gluon")
+
+
+VARIANTS = {  # name: config (GemmTiles(block_m unused, block_n, block_k, warps, loads ahead))
+    "g32w2d3": gluon(GemmTiles(8, 32, 128, 2, 3)),
+    "g32w2d2": gluon(GemmTiles(8, 32, 128, 2, 2)),
+    "g64w2d3": gluon(GemmTiles(8, 64, 128, 2, 3)),
+    "g32w1d3": gluon(GemmTiles(8, 32, 128, 1, 3)),
+    "g64w4d3": gluon(GemmTiles(8, 64, 128, 4, 3)),
+    "g64w2k64": gluon(GemmTiles(8, 64, 64, 2, 3)),
+    "m16w2d2": gluon(GemmTiles(16, 32, 128, 2, 2)),
+    "m16w4d2": gluon(GemmTiles(16, 64, 128, 4, 2)),
+    "m16k64d3": gluon(GemmTiles(16, 32, 64, 2, 3)),
+    "m16w4k64": gluon(GemmTiles(16, 64, 64, 4, 3)),
+}
+
+
+def main() -> None:
+    Ts = [int(v) for v in sys.argv[1].split(",")] if len(sys.argv) > 1 else [2, 4, 8, 16, 32, 64, 128]
+    gen = torch.Generator().manual_seed(0)
+    w1, w2 = mxfp4_weight(2 * I, D, gen), mxfp4_weight(D, I, gen)
+    print(torch.cuda.get_device_name())
+    for T in Ts:
+        x, weights, ids = batch(T, gen)
+        want = moe_experts_ref(x, weights, ids, w1, w2, LIMIT, ALPHA).float()
+        points = {"triton": functools.partial(moe_experts_triton, x, weights, ids, w1, w2, LIMIT, ALPHA,
+                                              config=triton_config(T * A, E, torch.device("cuda")))}
+        if use_decode_path(T * A, E):
+            points["decode"] = functools.partial(moe_experts_decode_triton, x, weights, ids, w1, w2, LIMIT, ALPHA)
+        for name, cfg in VARIANTS.items():
+            points[name] = functools.partial(moe_experts_triton, x, weights, ids, w1, w2, LIMIT, ALPHA, config=cfg)
+        cells = []
+        for name, fn in points.items():
+            try:
+                err = ((fn().float() - want).norm() / want.norm()).item()
+                us = time_graph_flushed(fn, reps=15)
+            except Exception as exc:  # noqa: BLE001 - report, go on
+                cells.append(f"{name} {type(exc).__name__}: {str(exc).splitlines()[0][:60]}")
+                continue
+            cells.append(f"{name} {us:.1f}" + ("" if err < 2e-2 else f" ERR {err:.1e}"))
+        mb = ids.unique().numel() * EXPERT_BYTES / 1e6
+        print(f"T={T:>4} ({ids.unique().numel()} experts, {mb:.0f} MB): " + " | ".join(cells), flush=True)
+
+
+if __name__ == "__main__":
+    main()
