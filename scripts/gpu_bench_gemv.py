@@ -15,9 +15,11 @@ from gpu_probe_flush import graph_us, read_fn
 
 SHAPES = {"qkv": (5120, 2880), "o_proj": (2880, 4096), "router 20b": (32, 2880), "router 120b": (128, 2880),
           "lm_head": (201088, 2880)}
-TILES = [GemvTiles(8, 512, 4, 1), GemvTiles(8, 512, 4, 2), GemvTiles(8, 512, 4, 3), GemvTiles(16, 512, 4, 2),
-         GemvTiles(4, 1024, 4, 2), GemvTiles(16, 256, 4, 3), GemvTiles(32, 256, 8, 2), GemvTiles(8, 1024, 8, 2),
-         GemvTiles(2, 2048, 4, 2), GemvTiles(4, 512, 2, 2), GemvTiles(1, 1024, 4, 2), GemvTiles(2, 512, 4, 3)]
+TILES = [GemvTiles(8, 512, 4, 2), GemvTiles(2, 512, 4, 3),  # the defaults (Triton's pipeliner)
+         # registers `depth` steps ahead
+         GemvTiles(8, 512, 4, 1, 2), GemvTiles(8, 512, 4, 1, 3), GemvTiles(8, 256, 4, 1, 3), GemvTiles(4, 512, 4, 1, 3),
+         GemvTiles(16, 256, 4, 1, 3), GemvTiles(4, 256, 2, 1, 3), GemvTiles(2, 512, 4, 1, 3), GemvTiles(8, 256, 2, 1, 3),
+         GemvTiles(16, 512, 8, 1, 2), GemvTiles(4, 1024, 4, 1, 2)]
 SMALL_N_TILES = [GemvTiles(8, 512, 4, 2), GemvTiles(4, 512, 4, 2), GemvTiles(2, 512, 4, 2), GemvTiles(1, 512, 4, 2),
                  GemvTiles(1, 1024, 4, 2), GemvTiles(1, 256, 2, 2), GemvTiles(2, 256, 2, 3), GemvTiles(1, 512, 2, 3)]
 
@@ -42,7 +44,8 @@ def main() -> None:
             except Exception as exc:  # noqa: BLE001 - report, go on
                 cells.append(f"{t}: {type(exc).__name__}")
                 continue
-            cells.append(f"{t.block_n}/{t.block_k}/w{t.num_warps}s{t.num_stages} {us:.1f}"
+            cells.append(f"{t.block_n}/{t.block_k}/w{t.num_warps}" + (f"d{t.depth}" if t.depth else f"s{t.num_stages}")
+                         + f" {us:.1f}"
                          + ("" if err < 1e-2 else f" ERR {err:.1e}"))
             best = min(best or (us, t), (us, t), key=lambda p: p[0])
         print(f"{name} [{N} x {K}, {mb:.1f} MB]: " + " | ".join(cells))

@@ -13,15 +13,18 @@ from oss_engine.kernels.triton.gemv import GemvTiles, gemv_triton, linear_triton
 from triton_cases import DEV, INTERPRET, rel_l2
 
 SMALL = GemvTiles(8, 64, 4, 1)  # several row blocks and K steps at these sizes
+AHEAD = {"pipeliner": SMALL, "depth2": GemvTiles(8, 64, 4, 1, 2), "depth3": GemvTiles(4, 64, 4, 1, 3)}
 
 
 @pytest.mark.parametrize("N,K", [(40, 96), (5, 1000), (33, 64), (1, 32)])
 @pytest.mark.parametrize("with_bias", [True, False])
-def test_matches_reference(N, K, with_bias):
-    """Row blocks and K steps with tails (N, K not multiples of 8 / 64), with and without bias."""
+@pytest.mark.parametrize("tiles", list(AHEAD.values()), ids=list(AHEAD))
+def test_matches_reference(N, K, with_bias, tiles):
+    """Row blocks and K steps with tails (N, K not multiples of 8 / 64), with and without bias; loads run by
+    Triton's pipeliner or 2-3 steps ahead in registers (rounds that run past K: K = 32, 64, 96)."""
     x, w = torch.randn(1, K, device=DEV), torch.randn(N, K, device=DEV)
     b = torch.randn(N, device=DEV) if with_bias else None
-    got = gemv_triton(x, w, b, SMALL)
+    got = gemv_triton(x, w, b, tiles)
     want = linear_ref(x, w, b)
     assert got.shape == want.shape and got.dtype == want.dtype
     assert rel_l2(got, want) < 1e-6
@@ -33,6 +36,7 @@ def test_default_tiles_few_rows():
     step)."""
     assert gemv_mod.default_tiles(32, 2880).block_n == 1 and gemv_mod.default_tiles(5120, 2880).block_n == 8
     assert gemv_mod.default_tiles(2880, 4096) == GemvTiles(2, 512, 4, 3)  # o_proj's long rows
+    assert gemv_mod.default_tiles(201088, 2880).depth == 3  # the lm_head: loads 3 steps ahead
     x, w, b = torch.randn(1, 600, device=DEV), torch.randn(32, 600, device=DEV), torch.randn(32, device=DEV)
     assert rel_l2(gemv_triton(x, w, b), linear_ref(x, w, b)) < 1e-6
     x, w = torch.randn(1, 4100, device=DEV), torch.randn(1030, 4100, device=DEV)
