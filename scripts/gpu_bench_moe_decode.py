@@ -46,6 +46,9 @@ DECODE = {  # name: DecodeTiles(bn1, bk1, warps1, stages1, bn2, bk2, split2, war
     "gluon-bk64-d3": DecodeTiles(32, 64, 2, 3, 32, 64, 2, 2, 3, "gluon"),
     "gluon-s4-d3": DecodeTiles(32, 128, 2, 3, 32, 128, 4, 2, 3, "gluon"),
     "gluon-s4-d2": DecodeTiles(32, 128, 2, 2, 32, 128, 4, 2, 2, "gluon"),
+    "gluon-d4": DecodeTiles(32, 128, 2, 4, 32, 128, 2, 2, 4, "gluon"),
+    "gluon-w4-d4": DecodeTiles(64, 128, 4, 4, 64, 128, 2, 4, 4, "gluon"),
+    "gluon-s4-d4": DecodeTiles(32, 128, 2, 4, 32, 128, 4, 2, 4, "gluon"),
 }
 
 

@@ -23,17 +23,14 @@ def gluon(t1: GemmTiles, t2: GemmTiles | None = None) -> MoeTritonConfig:
     return MoeTritonConfig(t1, t2 or t1, "gluon")
 
 
-VARIANTS = {  # name: config (GemmTiles(block_m unused, block_n, block_k, warps, loads ahead))
-    "g32w2d3": gluon(GemmTiles(8, 32, 128, 2, 3)),
-    "g32w2d2": gluon(GemmTiles(8, 32, 128, 2, 2)),
-    "g64w2d3": gluon(GemmTiles(8, 64, 128, 2, 3)),
-    "g32w1d3": gluon(GemmTiles(8, 32, 128, 1, 3)),
-    "g64w4d3": gluon(GemmTiles(8, 64, 128, 4, 3)),
-    "g64w2k64": gluon(GemmTiles(8, 64, 64, 2, 3)),
-    "m16w2d2": gluon(GemmTiles(16, 32, 128, 2, 2)),
-    "m16w4d2": gluon(GemmTiles(16, 64, 128, 4, 2)),
-    "m16k64d3": gluon(GemmTiles(16, 32, 64, 2, 3)),
-    "m16w4k64": gluon(GemmTiles(16, 64, 64, 4, 3)),
+VARIANTS = {  # name: config (GemmTiles(block_m, block_n, block_k, warps, loads ahead: 4 = weights 4, activations 1))
+    "m8d3": gluon(GemmTiles(8, 64, 128, 4, 3)),
+    "m8d4": gluon(GemmTiles(8, 64, 128, 4, 4)),
+    "m8w2d4": gluon(GemmTiles(8, 32, 128, 2, 4)),
+    "m16k64d3": gluon(GemmTiles(16, 64, 64, 4, 3)),
+    "m16k64d4": gluon(GemmTiles(16, 64, 64, 4, 4)),
+    "m16k128d4": gluon(GemmTiles(16, 64, 128, 4, 4)),
+    "m16w2k64d4": gluon(GemmTiles(16, 32, 64, 2, 4)),
 }
 
 

@@ -24,7 +24,7 @@ from test_triton_moe import ALPHA, make_ids, make_weight, to_bf16
 from triton_cases import INTERPRET, rel_l2, run_compile_check
 
 GLUON = DecodeTiles(32, 128, 2, 2, 32, 128, 2, 2, 2, "gluon")
-GLUON_BK64 = DecodeTiles(64, 64, 2, 3, 32, 64, 3, 1, 3, "gluon")  # loads 3 steps ahead
+GLUON_BK64 = DecodeTiles(64, 64, 2, 3, 32, 64, 3, 1, 4, "gluon")  # loads 3 steps ahead; weights 4 in GEMM 2
 
 
 def test_fits():
@@ -96,7 +96,7 @@ def every_code_weight(E: int, out: int, inp: int, scales: list[int], gen: torch.
 
 @pytest.mark.gpu
 @pytest.mark.skipif(INTERPRET, reason="inline PTX: a GPU only")
-@pytest.mark.parametrize("bk,nw,bn,depth", [(128, 2, 32, 2), (64, 2, 32, 3), (128, 1, 32, 3), (128, 4, 64, 2)])
+@pytest.mark.parametrize("bk,nw,bn,depth", [(128, 2, 32, 2), (64, 2, 32, 3), (128, 1, 32, 3), (128, 4, 64, 4)])
 def test_gemm2_exact_codes_and_scales(bk, nw, bn, depth):
     """y = act @ W^T for one pair with every code and scales 2**-61, 2**-10, 2**0, 2**3, 2**65 (bytes 66,
     117, 127, 130, 192): each column within 1e-5 of float64 (the bf16 products are exact); K = 320 leaves a
@@ -169,8 +169,8 @@ def test_falls_back_without_a_known_scale_range(monkeypatch):
 GROUPED = moe_mod.MoeTritonConfig(moe_mod.GemmTiles(8, 32, 128, 2, 3), moe_mod.GemmTiles(8, 32, 128, 2, 3), "gluon")
 GROUPED_WIDE = moe_mod.MoeTritonConfig(moe_mod.GemmTiles(8, 64, 64, 2, 2), moe_mod.GemmTiles(8, 64, 128, 4, 3),
                                        "gluon")
-GROUPED_16 = moe_mod.MoeTritonConfig(moe_mod.GemmTiles(16, 32, 128, 2, 2), moe_mod.GemmTiles(16, 64, 64, 4, 3),
-                                     "gluon")  # two token tiles a block
+GROUPED_16 = moe_mod.MoeTritonConfig(moe_mod.GemmTiles(16, 32, 128, 2, 2), moe_mod.GemmTiles(16, 64, 64, 4, 4),
+                                     "gluon")  # two token tiles a block; GEMM 2's weights 4 steps ahead
 
 
 @pytest.mark.gpu

@@ -36,7 +36,8 @@ def test_wrappers_ask_at_call_time(monkeypatch):
     assert asked == [x.device]
 
 
-# gemv prefetches its first weight tile before the wait ([8, 512] bf16 over 128 threads: four 16-byte loads);
+# gemv prefetches its first weight tile before the wait ([8, 512] bf16 over 128 threads: four 16-byte loads),
+# or with its loads 3 steps ahead (the lm_head) its first three;
 # the norm reads its weight first but writes nothing before the wait; the pair GEMM (MXFP4, Triton's e2m1
 # upcast as on the GPU) reads nothing before it (its expert comes from ids).
 _PDL_IN_PTX = r"""
@@ -60,10 +61,15 @@ def before_wait(fn, consts, ptrs, **kw):
     return pre
 
 
-pre = before_wait(GV._gemv_kernel, dict(K=2880, HAS_BIAS=True, BLOCK_N=8, BLOCK_K=512, s_xk=1, s_wk=1, s_yn=1),
-                  dict(x_ptr="*bf16", w_ptr="*bf16", b_ptr="*bf16", y_ptr="*bf16"),
-                  divisible=("x_ptr", "w_ptr", "b_ptr", "y_ptr", "s_wn"))
+gemv_ptrs = dict(x_ptr="*bf16", w_ptr="*bf16", b_ptr="*bf16", y_ptr="*bf16")
+gemv_div = ("x_ptr", "w_ptr", "b_ptr", "y_ptr", "s_wn")
+pre = before_wait(GV._gemv_kernel, dict(K=2880, HAS_BIAS=True, BLOCK_N=8, BLOCK_K=512, DEPTH=0, s_xk=1, s_wk=1,
+                                        s_yn=1), gemv_ptrs, divisible=gemv_div)
 assert pre.count("ld.global") == 4 and pre.count("ld.global.v4.b32") == 4, pre.count("ld.global")
+# the lm_head's tiles: 3 steps of [4, 512] before the wait (two 16-byte loads a thread each)
+pre = before_wait(GV._gemv_kernel, dict(K=2880, HAS_BIAS=False, BLOCK_N=4, BLOCK_K=512, DEPTH=3, s_xk=1, s_wk=1,
+                                        s_yn=1), gemv_ptrs, divisible=gemv_div)
+assert pre.count("ld.global") == 6 and pre.count("ld.global.v4.b32") == 6, pre.count("ld.global")
 before_wait(NO._add_rms_norm_kernel, dict(HAS_RESIDUAL=True, BLOCK_D=4096),
             dict(x_ptr="*bf16", res_ptr="*bf16", w_ptr="*bf16", out_ptr="*bf16", r_out_ptr="*bf16"), floats=("eps",))
 pre = before_wait(MD._pair_gemm1_kernel,

@@ -100,12 +100,14 @@ def default_config(num_pairs: int, num_experts: int, device: torch.device) -> Mo
     """Up to GLUON_MAX_ROWS rows an expert on CUDA: moe_gluon.py's kernels, falling back to `triton_config`
     for calls they do not take; otherwise `triton_config`. Measured on an H200 at the gpt-oss-20b expert
     shapes (scripts/gpu_bench_moe_gluon.py, experts only, L2 flushed), against the Triton kernels: up to 4
-    rows an expert, blocks of 8 rows (one mma column tile), 64 weight rows, 4 warps, 128 k a step, loads 3
-    steps ahead: T = 8 187 -> 136 us, T = 32 267 -> 201; up to 16 rows, blocks of 16 (two tiles share each
-    decode) with 64 k a step: T = 64 272 -> 227, T = 128 367 -> 337 (blocks of 8 there: 257 and 440)."""
+    rows an expert, blocks of 8 rows (one mma column tile), 64 weight rows, 4 warps, 128 k a step, the
+    weights 4 steps ahead and the activations 1: T = 8 189 -> 125 us, T = 32 266 -> 189 (3 steps ahead for
+    both: 135 and 201); up to 16 rows, blocks of 16 (two tiles share each decode) with 64 k a step, loads 3
+    ahead: T = 64 272 -> 227, T = 128 367 -> 337 (blocks of 8 there: 248 and 429; the 4-ahead variant of
+    blocks of 16: 268 and 383)."""
     rows_per_expert = num_pairs / max(1, num_experts)
     if device.type == "cuda" and moe_gluon is not None and rows_per_expert <= GLUON_MAX_ROWS:
-        t = GemmTiles(8, 64, 128, 4, 3) if rows_per_expert <= 4 else GemmTiles(16, 64, 64, 4, 3)
+        t = GemmTiles(8, 64, 128, 4, 4) if rows_per_expert <= 4 else GemmTiles(16, 64, 64, 4, 3)
         return MoeTritonConfig(t, t, "gluon")
     return triton_config(num_pairs, num_experts, device)
 
@@ -444,7 +446,7 @@ def _experts_gluon(x: torch.Tensor, weights: torch.Tensor, w1: ExpertWeight, w2:
         x.view(torch.int32), order, bounds, w.view(torch.int32), s, w1.bias, act, x.stride(0), ws[0], ws[1],
         *ws[3:], w1.bias.stride(0), act.stride(0), float(limit), float(alpha), K=D, A=A, BN=t.block_n,
         BK=t.block_k, L=moe_gluon.words_layout(t.num_warps, t.block_k),
-        LA=moe_gluon.act_layout(t.num_warps, t.block_k), DEPTH=min(3, max(2, t.num_stages)), num_warps=t.num_warps,
+        LA=moe_gluon.act_layout(t.num_warps, t.block_k), DEPTH=min(4, max(2, t.num_stages)), num_warps=t.num_warps,
         launch_pdl=pdl, **common)
     y = _empty((P, D), torch.float32, x.device)
     w, s, ws = _weight_args(w2, "dot_scaled")
@@ -453,7 +455,7 @@ def _experts_gluon(x: torch.Tensor, weights: torch.Tensor, w1: ExpertWeight, w2:
         act.view(torch.int32), order, bounds, w.view(torch.int32), s, w2.bias, weights.reshape(-1), y,
         act.stride(0), ws[0], ws[1], *ws[3:], w2.bias.stride(0), y.stride(0), K=I, BN=t.block_n, BK=t.block_k,
         L=moe_gluon.words_layout(t.num_warps, t.block_k), LA=moe_gluon.act_layout(t.num_warps, t.block_k),
-        DEPTH=min(3, max(2, t.num_stages)), num_warps=t.num_warps, launch_pdl=pdl, **common)
+        DEPTH=min(4, max(2, t.num_stages)), num_warps=t.num_warps, launch_pdl=pdl, **common)
     block_t, block_d = 16, 128
     _combine_kernel[(triton.cdiv(T, block_t), triton.cdiv(D, block_d))](
         y, out, T, D, y.stride(0), out.stride(0), A=A, BLOCK_T=block_t, BLOCK_D=block_d, PDL=pdl, launch_pdl=pdl)

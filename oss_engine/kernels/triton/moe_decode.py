@@ -178,7 +178,7 @@ def _experts_gluon(x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor, w1
         x.view(torch.int32), flat_ids, w.view(torch.int32), s, w1.bias, act, x.stride(0), ws[0], ws[1], *ws[3:],
         w1.bias.stride(0), act.stride(0), float(limit), float(alpha), K=D, A=A, BN=tiles.block_n1,
         BK=tiles.block_k1, L=moe_gluon.words_layout(nw, tiles.block_k1),
-        LA=moe_gluon.act_layout(nw, tiles.block_k1), DEPTH=min(3, max(2, tiles.stages1)), PDL=pdl, num_warps=nw,
+        LA=moe_gluon.act_layout(nw, tiles.block_k1), DEPTH=min(4, max(2, tiles.stages1)), PDL=pdl, num_warps=nw,
         launch_pdl=pdl)
 
     S = max(1, min(tiles.split2, triton.cdiv(I, tiles.block_k2)))
@@ -191,7 +191,7 @@ def _experts_gluon(x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor, w1
         act.view(torch.int32), flat_ids, w.view(torch.int32), s, w2.bias, route_w, y, act.stride(0), ws[0], ws[1],
         *ws[3:], w2.bias.stride(0), y.stride(0), K=I, S=S, K_SPLIT=k_split, BN=tiles.block_n2, BK=tiles.block_k2,
         L=moe_gluon.words_layout(nw, tiles.block_k2), LA=moe_gluon.act_layout(nw, tiles.block_k2),
-        DEPTH=min(3, max(2, tiles.stages2)), PDL=pdl, num_warps=nw, launch_pdl=pdl)
+        DEPTH=min(4, max(2, tiles.stages2)), PDL=pdl, num_warps=nw, launch_pdl=pdl)
 
     block_t, block_d = 16, 128
     _combine_kernel[(triton.cdiv(T, block_t), triton.cdiv(D, block_d))](

@@ -122,15 +122,11 @@ def _gdc_wait(PDL: gl.constexpr):
 
 
 @gluon.jit
-def _load_step(w_base, s_base, a_base, a_rows, a_rows2, k0, k_end, s_wn, s_sn, s_sg,
-               BH: gl.constexpr, BK: gl.constexpr, L: gl.constexpr, LA: gl.constexpr, TT: gl.constexpr):
-    """One step's operands: the even and odd rows' weight words [BH, 4, W] int32, their bf16x2 scale factors
-    [BH, 4, 1] int32, the activation pairs [1, 4, 4W] int32 (pair 4w + j of the lane's quarter). A lane's
-    quarter (2I values from k0 + 2I t) lies wholly before k_end (a multiple of 32) or wholly after it: the
-    mask is per quarter, so the loads stay 16-byte vectors; steps past k_end load nothing.
-    w_base: int32 view of row n0's bytes; a_base: int32 view of the activations (bf16 pairs), a_rows 0 (one
-    row for every lane) or [BH, 1, 1] int32-unit offsets of the row lane group g reads (grouped kernels);
-    with TT = 2 tokens tiles, a_rows2 the second tile's (else unused)."""
+def _load_w(w_base, s_base, k0, k_end, s_wn, s_sn, s_sg, BH: gl.constexpr, BK: gl.constexpr, L: gl.constexpr):
+    """One step's weights: the even and odd rows' words [BH, 4, W] int32 and their bf16x2 scale factors
+    [BH, 4, 1] int32. A lane's quarter (2I values from k0 + 2I t) lies wholly before k_end (a multiple of 32)
+    or wholly after it: the mask is per quarter, so the loads stay 16-byte vectors; steps past k_end load
+    nothing. w_base: int32 view of row n0's bytes."""
     I: gl.constexpr = BK // 8
     W: gl.constexpr = BK // 32
     j = gl.arange(0, BH, layout=gl.SliceLayout(1, gl.SliceLayout(2, L)))[:, None, None]  # [BH, 1, 1]
@@ -141,21 +137,38 @@ def _load_step(w_base, s_base, a_base, a_rows, a_rows2, k0, k_end, s_wn, s_sn, s
     even = (2 * j) * (s_wn // 4) + word  # [BH, 4, W]
     s_even = (2 * j) * s_sn + group * s_sg  # [BH, 4, 1]
     live = (k0 + 2 * I * t < k_end) & (j < BH)  # [BH, 4, 1]
-    at = gl.arange(0, 4, layout=gl.SliceLayout(0, gl.SliceLayout(2, LA)))[None, :, None]  # [1, 4, 1]
-    aq = gl.arange(0, 4 * W, layout=gl.SliceLayout(0, gl.SliceLayout(1, LA)))[None, None, :]  # [1, 1, 4W]
-    pair = (k0 + 2 * I * at) // 2 + aq  # [1, 4, 4W]
     qe = gl.load(w_base + even, mask=live)  # masked words stay undefined: they meet zero activations, and
     qo = gl.load(w_base + even + s_wn // 4, mask=live)  # any code decodes to a finite value
     se = gl.load(s_base + s_even, mask=live, other=127)
     so = gl.load(s_base + s_even + s_sn, mask=live, other=127)
+    return qe, qo, (se.to(gl.int32) + 62) * 0x00800080, (so.to(gl.int32) + 62) * 0x00800080  # bf16 2**(s - 65)
+
+
+@gluon.jit
+def _load_a(a_base, a_rows, a_rows2, k0, k_end, BK: gl.constexpr, LA: gl.constexpr, TT: gl.constexpr):
+    """One step's activation pairs [R, 4, 4W] int32 (pair 4w + j of the lane's quarter), masked as `_load_w`;
+    a_base: int32 view of the activations (bf16 pairs), a_rows 0 (one row for every lane) or [BH, 1, 1]
+    int32-unit offsets of the row lane group g reads (grouped kernels); with TT = 2 token tiles, a_rows2 the
+    second tile's (else unused: the second value repeats the first)."""
+    I: gl.constexpr = BK // 8
+    W: gl.constexpr = BK // 32
+    at = gl.arange(0, 4, layout=gl.SliceLayout(0, gl.SliceLayout(2, LA)))[None, :, None]  # [1, 4, 1]
+    aq = gl.arange(0, 4 * W, layout=gl.SliceLayout(0, gl.SliceLayout(1, LA)))[None, None, :]  # [1, 1, 4W]
+    pair = (k0 + 2 * I * at) // 2 + aq  # [1, 4, 4W]
     a = gl.load(a_base + a_rows + pair, mask=k0 + 2 * I * at < k_end, other=0)
     if TT == 2:
         a2 = gl.load(a_base + a_rows2 + pair, mask=k0 + 2 * I * at < k_end, other=0)
     else:
         a2 = a
-    fe = (se.to(gl.int32) + 62) * 0x00800080  # bf16 2**(s - 65) in both halves
-    fo = (so.to(gl.int32) + 62) * 0x00800080
-    return qe, qo, fe, fo, a, a2
+    return a, a2
+
+
+@gluon.jit
+def _load_step(w_base, s_base, a_base, a_rows, a_rows2, k0, k_end, s_wn, s_sn, s_sg,
+               BH: gl.constexpr, BK: gl.constexpr, L: gl.constexpr, LA: gl.constexpr, TT: gl.constexpr):
+    """One step's operands: `_load_w`'s four then `_load_a`'s two."""
+    return _load_w(w_base, s_base, k0, k_end, s_wn, s_sn, s_sg, BH, BK, L) + _load_a(a_base, a_rows, a_rows2, k0,
+                                                                                      k_end, BK, LA, TT)
 
 
 @gluon.jit
@@ -200,35 +213,61 @@ def _row_dot(w_base, s_base, a_base, a_rows, a_rows2, k_lo, k_end, s_wn, s_sn, s
     c1) and row 2j + 1 (c2, c3) of W times activation columns 2t (c0, c2) and 2t + 1 (c1, c3), over k_lo ..
     k_end (columns are the lane groups' rows, see a_rows; all the same row on the decode path). k_lo a
     multiple of BK, k_end of 32. Loads run DEPTH (2 or 3) steps ahead of the math: at a few tokens a program
-    streams one weight row block from HBM, so the bytes in flight set the speed."""
+    streams one weight row block from HBM, so the bytes in flight set the speed. DEPTH 4: the weights 4 steps
+    ahead and the activations (small, shared by the programs, so mostly L2 hits) 1: a step's activation
+    registers outnumber its weight registers, so this buys weight bytes in flight for fewer registers."""
     W: gl.constexpr = BK // 32
     z = gl.zeros([BH, 4, W], gl.float32, L)
     if TT == 2:
         acc = (z, z, z, z, z, z, z, z)
     else:
         acc = (z, z, z, z)
-    b0 = _load_step(w_base, s_base, a_base, a_rows, a_rows2, k_lo, k_end, s_wn, s_sn, s_sg, BH, BK, L, LA, TT)
-    b1 = _load_step(w_base, s_base, a_base, a_rows, a_rows2, k_lo + BK, k_end, s_wn, s_sn, s_sg, BH, BK, L, LA,
-                    TT)
-    if DEPTH == 3:
-        b2 = _load_step(w_base, s_base, a_base, a_rows, a_rows2, k_lo + 2 * BK, k_end, s_wn, s_sn, s_sg, BH, BK,
-                        L, LA, TT)
-    # unrolled by DEPTH so that each buffer is refilled in place (no register moves); the last round may run
-    # up to DEPTH - 1 steps past k_end, on masked (zero) activations
-    for k0 in range(k_lo, k_end, DEPTH * BK):
-        n0 = _load_step(w_base, s_base, a_base, a_rows, a_rows2, k0 + DEPTH * BK, k_end, s_wn, s_sn, s_sg, BH,
-                        BK, L, LA, TT)
-        acc = _mma_words(acc, b0, BK, L, TT)
-        n1 = _load_step(w_base, s_base, a_base, a_rows, a_rows2, k0 + (DEPTH + 1) * BK, k_end, s_wn, s_sn, s_sg,
-                        BH, BK, L, LA, TT)
-        acc = _mma_words(acc, b1, BK, L, TT)
+    if DEPTH == 4:  # weights 4 steps ahead, activations (L2-resident, shared) 1 ahead: fewer registers a step
+        w0 = _load_w(w_base, s_base, k_lo, k_end, s_wn, s_sn, s_sg, BH, BK, L)
+        w1 = _load_w(w_base, s_base, k_lo + BK, k_end, s_wn, s_sn, s_sg, BH, BK, L)
+        w2 = _load_w(w_base, s_base, k_lo + 2 * BK, k_end, s_wn, s_sn, s_sg, BH, BK, L)
+        w3 = _load_w(w_base, s_base, k_lo + 3 * BK, k_end, s_wn, s_sn, s_sg, BH, BK, L)
+        aa = _load_a(a_base, a_rows, a_rows2, k_lo, k_end, BK, LA, TT)
+        for k0 in range(k_lo, k_end, 4 * BK):
+            n0 = _load_w(w_base, s_base, k0 + 4 * BK, k_end, s_wn, s_sn, s_sg, BH, BK, L)
+            ab = _load_a(a_base, a_rows, a_rows2, k0 + BK, k_end, BK, LA, TT)
+            acc = _mma_words(acc, w0 + aa, BK, L, TT)
+            n1 = _load_w(w_base, s_base, k0 + 5 * BK, k_end, s_wn, s_sn, s_sg, BH, BK, L)
+            aa = _load_a(a_base, a_rows, a_rows2, k0 + 2 * BK, k_end, BK, LA, TT)
+            acc = _mma_words(acc, w1 + ab, BK, L, TT)
+            n2 = _load_w(w_base, s_base, k0 + 6 * BK, k_end, s_wn, s_sn, s_sg, BH, BK, L)
+            ab = _load_a(a_base, a_rows, a_rows2, k0 + 3 * BK, k_end, BK, LA, TT)
+            acc = _mma_words(acc, w2 + aa, BK, L, TT)
+            n3 = _load_w(w_base, s_base, k0 + 7 * BK, k_end, s_wn, s_sn, s_sg, BH, BK, L)
+            aa = _load_a(a_base, a_rows, a_rows2, k0 + 4 * BK, k_end, BK, LA, TT)
+            acc = _mma_words(acc, w3 + ab, BK, L, TT)
+            w0 = n0
+            w1 = n1
+            w2 = n2
+            w3 = n3
+    else:
+        b0 = _load_step(w_base, s_base, a_base, a_rows, a_rows2, k_lo, k_end, s_wn, s_sn, s_sg, BH, BK, L, LA, TT)
+        b1 = _load_step(w_base, s_base, a_base, a_rows, a_rows2, k_lo + BK, k_end, s_wn, s_sn, s_sg, BH, BK, L, LA,
+                        TT)
         if DEPTH == 3:
-            n2 = _load_step(w_base, s_base, a_base, a_rows, a_rows2, k0 + 5 * BK, k_end, s_wn, s_sn, s_sg, BH, BK,
+            b2 = _load_step(w_base, s_base, a_base, a_rows, a_rows2, k_lo + 2 * BK, k_end, s_wn, s_sn, s_sg, BH, BK,
                             L, LA, TT)
-            acc = _mma_words(acc, b2, BK, L, TT)
-            b2 = n2
-        b0 = n0
-        b1 = n1
+        # unrolled by DEPTH so that each buffer is refilled in place (no register moves); the last round may run
+        # up to DEPTH - 1 steps past k_end, on masked (zero) activations
+        for k0 in range(k_lo, k_end, DEPTH * BK):
+            n0 = _load_step(w_base, s_base, a_base, a_rows, a_rows2, k0 + DEPTH * BK, k_end, s_wn, s_sn, s_sg, BH,
+                            BK, L, LA, TT)
+            acc = _mma_words(acc, b0, BK, L, TT)
+            n1 = _load_step(w_base, s_base, a_base, a_rows, a_rows2, k0 + (DEPTH + 1) * BK, k_end, s_wn, s_sn, s_sg,
+                            BH, BK, L, LA, TT)
+            acc = _mma_words(acc, b1, BK, L, TT)
+            if DEPTH == 3:
+                n2 = _load_step(w_base, s_base, a_base, a_rows, a_rows2, k0 + 5 * BK, k_end, s_wn, s_sn, s_sg, BH, BK,
+                                L, LA, TT)
+                acc = _mma_words(acc, b2, BK, L, TT)
+                b2 = n2
+            b0 = n0
+            b1 = n1
     if TT == 2:
         sums = (gl.sum(acc[0], axis=2) * _UNDO, gl.sum(acc[1], axis=2) * _UNDO, gl.sum(acc[2], axis=2) * _UNDO,
                 gl.sum(acc[3], axis=2) * _UNDO, gl.sum(acc[4], axis=2) * _UNDO, gl.sum(acc[5], axis=2) * _UNDO,
