@@ -40,7 +40,8 @@ bytes of a row lie in one 32-value scale group.
 
 Streaming. At a few tokens a program streams its rows from HBM once, so the bytes in flight set the speed:
 the loads run DEPTH (2 or 3) steps ahead of the math, the loop unrolled by DEPTH so that each buffer is
-refilled in place. Every step is masked per lane quarter (k_end is a multiple of 32, so a quarter is wholly
+refilled in place; DEPTH 4 runs the weights 4 steps ahead and the activations (small, shared, mostly L2
+hits, yet more registers a step than the weights) 1. Every step is masked per lane quarter (k_end is a multiple of 32, so a quarter is wholly
 in or out and the loads stay 16-byte vectors): the K tail, GEMM 2's splits and the up to DEPTH - 1 steps the
 last round runs past k_end need no separate code. Masked weight words are left undefined: they meet zero
 activations and every code decodes to a finite value.
@@ -402,7 +403,7 @@ def _group_gemm1_gluon(x_ptr, order_ptr, bounds_ptr, w_ptr, s_ptr, b_ptr, act_pt
         t = gl.arange(0, 4, layout=gl.SliceLayout(0, SL))[None, :]  # [1, 4]
         b_gate = gl.load(b_ptr + e * s_be + n0 + 2 * j).to(gl.float32)
         b_up = gl.load(b_ptr + e * s_be + n0 + 2 * j + 1).to(gl.float32)
-        for c in gl.static_range(2 * TT):  # tile c // 2, the lane's column 2t + c % 2: row start + 8 (c // 2) + 2t + c % 2
+        for c in gl.static_range(2 * TT):  # tile c // 2, lane column 2t + c % 2: row start + 8 (c // 2) + 2t + c % 2
             gate = gl.minimum(sums[4 * (c // 2) + c % 2] + b_gate, limit)
             up = gl.minimum(gl.maximum(sums[4 * (c // 2) + 2 + c % 2] + b_up, -limit), limit)
             act = gate * (1.0 / (1.0 + gl.exp(-alpha * gate))) * (up + 1.0)
