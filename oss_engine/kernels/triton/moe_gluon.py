@@ -67,6 +67,7 @@ prmt.b32 $2, $5, $7, 0x5410;
 prmt.b32 $3, $5, $7, 0x7632;
 }""")
 
+
 def _step_asm(tiles: int) -> str:
     """The inline PTX of one word of the even and odd rows for `tiles` token tiles. Operands: outputs $0 ..
     $(4 tiles - 1) (each tile's d0..d3), then inputs: the two rows' words, their bf16x2 scale factors, each
@@ -108,7 +109,8 @@ def words_layout(num_warps: int, block_k: int) -> gl.BlockedLayout:
 
 
 def act_layout(num_warps: int, block_k: int) -> gl.BlockedLayout:
-    """[1, 4, 4W] int32 activation pairs: lane 4g + t holds quarter t's 4W pairs (2I bf16, contiguous)."""
+    """[R, 4, 4W] int32 activation pairs (R = 1 on the decode path: every lane group the same row; BH in the
+    grouped kernels: lane group g's row): lane 4g + t holds quarter t's 4W pairs (2I bf16, contiguous)."""
     return gl.BlockedLayout([1, 1, block_k // 8], [8, 4, 1], [num_warps, 1, 1], [2, 1, 0])
 
 
