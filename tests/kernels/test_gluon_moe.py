@@ -5,6 +5,7 @@ against `moe_experts_ref` and against the Triton "dot_scaled" kernels. Gluon's i
 only: those tests carry the gpu marker. On the CPU machine the kernels are compiled for sm_90.
 """
 
+import math
 from dataclasses import replace
 
 import pytest
@@ -25,6 +26,78 @@ from triton_cases import INTERPRET, rel_l2, run_compile_check
 
 GLUON = DecodeTiles(32, 128, 2, 2, 32, 128, 2, 2, 2, "gluon")
 GLUON_BK64 = DecodeTiles(64, 64, 2, 3, 32, 64, 3, 1, 4, "gluon")  # loads 3 steps ahead; weights 4 in GEMM 2
+
+
+# ------------------------------------------------ the scheme replayed in Python, lane by lane (CPU, no PTX)
+
+E2M1 = [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0]
+
+
+def prmt(a: int, b: int, sel: int) -> int:
+    """PTX prmt.b32 (default mode): result byte i = byte (sel >> 4i) & 7 of the 8 bytes of (a, b)."""
+    src = [(a >> (8 * i)) & 0xFF for i in range(4)] + [(b >> (8 * i)) & 0xFF for i in range(4)]
+    return sum(src[(sel >> (4 * i)) & 7] << (8 * i) for i in range(4))
+
+
+def shift(q: int, n: int) -> int:
+    return (q << n) & 0xFFFFFFFF if n > 0 else q >> -n
+
+
+def halves(r: int) -> tuple[float, float]:
+    """A bf16x2 register's (low, high) values."""
+    bits = torch.tensor([r & 0xFFFF, r >> 16], dtype=torch.int32).to(torch.int16)
+    lo, hi = bits.view(torch.bfloat16).double().tolist()
+    return lo, hi
+
+
+def decode(q: int) -> list[int]:
+    """moe_gluon's decode of one word, from the same table as its PTX."""
+    return [(shift(q, m) & moe_gluon.MAGNITUDE_MASK) | (shift(q, sg) & moe_gluon.SIGN_MASK)
+            for m, sg in moe_gluon.DECODE_SHIFTS]
+
+
+def test_decode_places_every_code():
+    """The four registers of a word hold (lo b0, lo b2), (hi b0, hi b2), (lo b1, lo b3), (hi b1, hi b3) times
+    2**-126, for every byte value in every position (0.5 as the bf16 subnormal 2**-127)."""
+    gen = torch.Generator().manual_seed(0)
+    words = [v * 0x01010101 for v in range(256)] + torch.randint(0, 2**32, (2000,), generator=gen).tolist()
+    for q in words:
+        b = [(q >> (8 * i)) & 0xFF for i in range(4)]
+        want = [(b[0] & 15, b[2] & 15), (b[0] >> 4, b[2] >> 4), (b[1] & 15, b[3] & 15), (b[1] >> 4, b[3] >> 4)]
+        for reg, (c_lo, c_hi) in zip(decode(q), want):
+            lo, hi = halves(reg)
+            assert (lo * 2.0**126, hi * 2.0**126) == (E2M1[c_lo], E2M1[c_hi]), (hex(q), hex(reg))
+            assert math.copysign(1, lo) == math.copysign(1, E2M1[c_lo])  # -0 keeps its sign
+
+
+def test_one_word_two_mma_equal_the_dot_product():
+    """One step of a row pair as the tensor cores see it: the 4 lanes t of an mma group each decode their word
+    of the even and odd rows, times the bf16x2 factor of their scale byte, pair their activations
+    (PAIRING), and two mma.m16n8k16 (A = weights: rows g and g + 8; B = activations) sum over the 16 logical k
+    each. Row sums times 2**64 equal the dequantized weights' dot product with the activations, the lanes'
+    k being their stored k."""
+    gen = torch.Generator().manual_seed(1)
+    for trial in range(50):
+        scales = torch.randint(moe_gluon.SCALE_MIN, moe_gluon.SCALE_MAX + 1, (2,), generator=gen).tolist()
+        words = torch.randint(0, 2**32, (2, 4), generator=gen).tolist()  # [row even / odd][lane t]
+        x = torch.randn(4, 8, generator=gen).to(torch.bfloat16)  # lane t's 8 stored k of the word
+        xbits = x.view(torch.int16).to(torch.int32).bitwise_and(0xFFFF).tolist()
+        got = [0.0, 0.0]
+        for t in range(4):
+            acts = [xbits[t][2 * j] | (xbits[t][2 * j + 1] << 16) for j in range(4)]  # A0..A3
+            pairs = [prmt(acts[a], acts[b], sel) for a, b, sel in moe_gluon.PAIRING]  # P0..P3
+            for row in range(2):
+                factor = 2.0 ** (scales[row] - 65)  # the bf16x2 fma's factor, (s + 62) << 7
+                assert halves((scales[row] + moe_gluon.FACTOR_BIAS.value) * 0x00800080)[0] == factor
+                regs = decode(words[row][t])
+                # mma 1: A = (regs[0] | regs[1]) with B = (P0 | P1); mma 2: (regs[2] | regs[3]) with (P2 | P3)
+                for w_reg, a_reg in ((regs[0], pairs[0]), (regs[1], pairs[1]), (regs[2], pairs[2]),
+                                     (regs[3], pairs[3])):
+                    got[row] += sum(wv * factor * av for wv, av in zip(halves(w_reg), halves(a_reg)))
+        for row in range(2):
+            w = [E2M1[(words[row][t] >> (4 * k)) & 15] * 2.0 ** (scales[row] - 127) for t in range(4) for k in range(8)]
+            want = sum(wv * xv for wv, xv in zip(w, x.double().flatten().tolist()))
+            assert math.isclose(got[row] * 2.0**64, want, rel_tol=1e-12, abs_tol=1e-300), (trial, row)
 
 
 def test_fits():

@@ -41,12 +41,17 @@ bytes of a row lie in one 32-value scale group.
 Streaming. At a few tokens a program streams its rows from HBM once, so the bytes in flight set the speed:
 the loads run DEPTH (2 or 3) steps ahead of the math, the loop unrolled by DEPTH so that each buffer is
 refilled in place; DEPTH 4 runs the weights 4 steps ahead and the activations (small, shared, mostly L2
-hits, yet more registers a step than the weights) 1. Every step is masked per lane quarter (k_end is a multiple of 32, so a quarter is wholly
-in or out and the loads stay 16-byte vectors): the K tail, GEMM 2's splits and the up to DEPTH - 1 steps the
-last round runs past k_end need no separate code. Masked weight words are left undefined: they meet zero
-activations and every code decodes to a finite value.
+hits, yet more registers a step than the weights) 1. Every step is masked per lane quarter (k_end is a
+multiple of 32, so a quarter is wholly in or out and the loads stay 16-byte vectors): the K tail, GEMM 2's
+splits and the up to DEPTH - 1 steps the last round runs past k_end need no separate code. Masked weight
+words are left undefined: they meet zero activations and every code decodes to a finite value.
 
-PDL: both kernels wait (`_gdc_wait`) before reading ids, as moe_decode.py's.
+Twins: `moe_experts_ref` and the Triton kernels (GPU tests); on the CPU machine, test_gluon_moe.py replays
+the decode (DECODE_SHIFTS), the pairing (PAIRING) and one word's two mma lane by lane in Python against the
+dequantized dot product, and compiles the kernels for sm_90.
+
+PDL: every kernel waits (`_gdc_wait`) before reading its routing (ids, or bounds and order), as moe.py's and
+moe_decode.py's do.
 """
 
 from __future__ import annotations
@@ -59,13 +64,19 @@ from ..types import ExpertWeight
 
 SCALE_MIN, SCALE_MAX = 66, 192  # e8m0 scale bytes this path decodes exactly (see the module docstring)
 
-# activation words A0..A3 = (x0, x1), (x2, x3), (x4, x5), (x6, x7) -> (x0, x4), (x1, x5), (x2, x6), (x3, x7)
-_PAIR_A = gl.constexpr("""{
-prmt.b32 $0, $4, $6, 0x5410;
-prmt.b32 $1, $4, $6, 0x7632;
-prmt.b32 $2, $5, $7, 0x5410;
-prmt.b32 $3, $5, $7, 0x7632;
-}""")
+# prmt(a, b, selector): each selector nibble picks a byte of the 8 in (a, b), low byte first
+# activation words A0..A3 = (x0, x1), (x2, x3), (x4, x5), (x6, x7) -> (x0, x4), (x1, x5), (x2, x6), (x3, x7):
+# (first word, second word, selector) for each result
+PAIRING = ((0, 2, 0x5410), (0, 2, 0x7632), (1, 3, 0x5410), (1, 3, 0x7632))
+_PAIR_A = gl.constexpr("{\n" + "".join(f"prmt.b32 ${i}, ${4 + a}, ${4 + b}, {sel:#06x};\n"
+                                         for i, (a, b, sel) in enumerate(PAIRING)) + "}")
+
+# one weight word q (bytes b0..b3) -> bf16x2 registers (lo b0, lo b2), (hi b0, hi b2), (lo b1, lo b3),
+# (hi b1, hi b3): ((q << m) & 0x01C001C0) | ((q << s) & 0x80008000), a negative shift to the right: each
+# nibble's magnitude lands in bf16 bits 6-8, its sign in bit 15 (of each half)
+DECODE_SHIFTS = ((6, 12), (2, 8), (-2, 4), (-6, 0))  # (m, s) per register
+MAGNITUDE_MASK, SIGN_MASK = 0x01C001C0, 0x80008000
+FACTOR_BIAS = gl.constexpr(62)  # scale byte s -> bf16 exponent field s + 62: the factor 2**(s - 65)
 
 
 def _step_asm(tiles: int) -> str:
@@ -76,16 +87,14 @@ def _step_asm(tiles: int) -> str:
     o = 4 * tiles  # first input
     qe, qo, fe, fo = (f"${o + i}" for i in range(4))
     lines = [".reg .b32 z, m, v, ea, eb, ec, ed, la, lb, ha, hb, ka, kb, ga, gb;", "mov.b32 z, 0x80008000;"]
-    for q, (l, h, k, g) in ((qe, ("la", "ha", "ka", "ga")), (qo, ("lb", "hb", "kb", "gb"))):
-        lines += [  # (lo b0, lo b2), (hi b0, hi b2), (lo b1, lo b3), (hi b1, hi b3) as bf16x2 times 2**-126
-            f"shl.b32 m, {q}, 6; and.b32 m, m, 0x01C001C0; shl.b32 v, {q}, 12; and.b32 v, v, 0x80008000; "
-            f"or.b32 {l}, m, v;",
-            f"shl.b32 m, {q}, 2; and.b32 m, m, 0x01C001C0; shl.b32 v, {q}, 8; and.b32 v, v, 0x80008000; "
-            f"or.b32 {h}, m, v;",
-            f"shr.b32 m, {q}, 2; and.b32 m, m, 0x01C001C0; shl.b32 v, {q}, 4; and.b32 v, v, 0x80008000; "
-            f"or.b32 {k}, m, v;",
-            f"shr.b32 m, {q}, 6; and.b32 m, m, 0x01C001C0; and.b32 v, {q}, 0x80008000; or.b32 {g}, m, v;",
-        ]
+    def shifted(q: str, n: int) -> str:
+        return f"shl.b32 m, {q}, {n}" if n > 0 else f"shr.b32 m, {q}, {-n}"
+
+    for q, regs in ((qe, ("la", "ha", "ka", "ga")), (qo, ("lb", "hb", "kb", "gb"))):
+        for r, (m, sg) in zip(regs, DECODE_SHIFTS):  # DECODE_SHIFTS' registers, times 2**-126
+            sign = (f"shl.b32 v, {q}, {sg}; and.b32 v, v, {SIGN_MASK:#010x}" if sg
+                    else f"and.b32 v, {q}, {SIGN_MASK:#010x}")
+            lines.append(f"{shifted(q, m)}; and.b32 m, m, {MAGNITUDE_MASK:#010x}; {sign}; or.b32 {r}, m, v;")
     lines += [f"fma.rn.bf16x2 {r}, {r}, {fe}, z;" for r in ("la", "ha", "ka", "ga")]
     lines += [f"fma.rn.bf16x2 {r}, {r}, {fo}, z;" for r in ("lb", "hb", "kb", "gb")]
     mma = "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32"
@@ -144,7 +153,8 @@ def _load_w(w_base, s_base, k0, k_end, s_wn, s_sn, s_sg, BH: gl.constexpr, BK: g
     qo = gl.load(w_base + even + s_wn // 4, mask=live)  # any code decodes to a finite value
     se = gl.load(s_base + s_even, mask=live, other=127)
     so = gl.load(s_base + s_even + s_sn, mask=live, other=127)
-    return qe, qo, (se.to(gl.int32) + 62) * 0x00800080, (so.to(gl.int32) + 62) * 0x00800080  # bf16 2**(s - 65)
+    fe = (se.to(gl.int32) + FACTOR_BIAS) * 0x00800080  # bf16 2**(s - 65) in both halves
+    return qe, qo, fe, (so.to(gl.int32) + FACTOR_BIAS) * 0x00800080
 
 
 @gluon.jit
