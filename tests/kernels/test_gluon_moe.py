@@ -141,18 +141,21 @@ def build(fn, consts, ptrs, floats=()):
     regs = int(re.search(r"REG:(\d+)", usage).group(1))
     assert regs < 168, f"{regs} registers (dot_scaled's decode kernel: 168)"
 
-L, LA = G.words_layout(2, 128), G.act_layout(2, 128)
-build(G._pair_gemm1_gluon, dict(K=2880, A=4, BN=32, BK=128, L=L, LA=LA, DEPTH=2, PDL=True),
+def opts(stages):  # the launch keywords the wrappers pass (launch_options), num_warps 2 as `build` compiles
+    o = G.launch_options(128, 2, stages)
+    assert o.pop("num_warps") == 2
+    return o
+
+build(G._pair_gemm1_gluon, dict(K=2880, A=4, BN=32, PDL=True, **opts(2)),
       dict(x_ptr="*i32", ids_ptr="*i64", w_ptr="*i32", s_ptr="*u8", b_ptr="*bf16", act_ptr="*bf16"),
       floats=("limit", "alpha"))
-build(G._pair_gemm2_gluon, dict(K=2880, S=2, K_SPLIT=1536, BN=32, BK=128, L=L, LA=LA, DEPTH=3, PDL=True),
+build(G._pair_gemm2_gluon, dict(K=2880, S=2, K_SPLIT=1536, BN=32, PDL=True, **opts(3)),
       dict(act_ptr="*i32", ids_ptr="*i64", w_ptr="*i32", s_ptr="*u8", b_ptr="*bf16", route_w_ptr="*bf16",
            y_ptr="*fp32"))
-LG = G.act_layout(2, 128)
-build(G._group_gemm1_gluon, dict(K=2880, A=4, E=32, E_PAD=32, BM=8, BN=32, BK=128, L=L, LA=LG, DEPTH=3, PDL=True),
+build(G._group_gemm1_gluon, dict(K=2880, A=4, E=32, E_PAD=32, BM=8, BN=32, PDL=True, **opts(4)),
       dict(x_ptr="*i32", order_ptr="*i64", bounds_ptr="*i32", w_ptr="*i32", s_ptr="*u8", b_ptr="*bf16",
            act_ptr="*bf16"), floats=("limit", "alpha"))
-build(G._group_gemm2_gluon, dict(K=2880, E=32, E_PAD=32, BM=8, BN=32, BK=128, L=L, LA=LG, DEPTH=3, PDL=True),
+build(G._group_gemm2_gluon, dict(K=2880, E=32, E_PAD=32, BM=8, BN=32, PDL=True, **opts(3)),
       dict(act_ptr="*i32", order_ptr="*i64", bounds_ptr="*i32", w_ptr="*i32", s_ptr="*u8", b_ptr="*bf16",
            route_w_ptr="*bf16", y_ptr="*fp32"))
 print("ok")
@@ -192,6 +195,31 @@ def test_gemm2_exact_codes_and_scales(bk, nw, bn, depth):
     assert torch.isfinite(y).all() and err.max() < 1e-5, f"worst column {err.argmax()}: {err.max():.2e}"
 
 
+def check_against_twins(monkeypatch, module, fmt, T, kind, run, twin):
+    """A bf16 case on CUDA (E = 16, top-4, D = I = 320: K tails; scale ranges measured, as the loader does):
+    run(case) must call module's `_experts_gluon` once (a spy) and come within 2e-2 of the float32 reference
+    and 2e-3 of twin(case), the Triton kernels (both multiply bf16 operands exactly; only the summation
+    order differs). case = (x, weights, ids, w1, w2, limit)."""
+    calls = []
+    real = module._experts_gluon
+    monkeypatch.setattr(module, "_experts_gluon", lambda *a, **k: calls.append(1) or real(*a, **k))
+    dev = torch.device("cuda")
+    gen = torch.Generator().manual_seed(T)
+    E, A, D, I = 16, 4, 320, 320
+    w1, w2 = (to_bf16(make_weight(fmt, E, out, inp, gen)).with_scale_range() for out, inp in ((2 * I, D), (D, I)))
+    x = torch.randn(T, D, generator=gen).to(dev, torch.bfloat16)
+    ids = make_ids(kind, T, E, A, gen).to(dev)
+    weights = torch.softmax(torch.randn(T, A, generator=gen), dim=-1).to(dev)
+    case = (x, weights, ids, w1, w2, 20.0 if fmt == "bytes" else 7.0)
+    out = run(*case)
+    ref = moe_experts_ref(*case, ALPHA)
+    other = twin(*case)
+    assert calls == [1], "the Gluon kernels did not run"
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
+    assert rel_l2(out, ref) < 2e-2
+    assert rel_l2(out, other) < 2e-3
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(INTERPRET, reason="inline PTX: a GPU only")
 @pytest.mark.parametrize("fmt", ["mxfp4", "bytes"])
@@ -201,25 +229,10 @@ def test_decode_path_gluon(monkeypatch, fmt, tiles, T):
     """The decode path in "gluon" mode, bf16: within 2e-2 of the float32 reference and within 2e-3 of the
     "dot_scaled" mode (both multiply bf16 operands exactly; only the summation order differs); D = I = 320
     masks K tails and GEMM 2's second split. The Gluon kernels ran (a spy), which needs the scale range."""
-    calls = []
-    real = dec_mod._experts_gluon
-    monkeypatch.setattr(dec_mod, "_experts_gluon", lambda *a, **k: calls.append(1) or real(*a, **k))
-    dev = torch.device("cuda")
-    gen = torch.Generator().manual_seed(T)
-    E, A, D, I = 16, 4, 320, 320
-    w1, w2 = (to_bf16(make_weight(fmt, E, out, inp, gen)).with_scale_range() for out, inp in ((2 * I, D), (D, I)))
-    x = torch.randn(T, D, generator=gen).to(dev, torch.bfloat16)
-    ids = make_ids("uniform", T, E, A, gen).to(dev)
-    weights = torch.softmax(torch.randn(T, A, generator=gen), dim=-1).to(dev)
-    limit = 20.0 if fmt == "bytes" else 7.0
-    out = moe_experts_decode_triton(x, weights, ids, w1, w2, limit, ALPHA, tiles=tiles)
-    ref = moe_experts_ref(x, weights, ids, w1, w2, limit, ALPHA)
-    twin = moe_experts_decode_triton(x, weights, ids, w1, w2, limit, ALPHA,
-                                     tiles=DecodeTiles(32, 128, 2, 1, 32, 128, 2, 2, 1, "dot_scaled"))
-    assert calls == [1], "the Gluon kernels did not run"
-    assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
-    assert rel_l2(out, ref) < 2e-2
-    assert rel_l2(out, twin) < 2e-3
+    check_against_twins(monkeypatch, dec_mod, fmt, T, "uniform",
+                        lambda *case: moe_experts_decode_triton(*case, ALPHA, tiles=tiles),
+                        lambda *case: moe_experts_decode_triton(*case, ALPHA, tiles=DecodeTiles(
+                            32, 128, 2, 1, 32, 128, 2, 2, 1, "dot_scaled")))
 
 
 @pytest.mark.gpu
@@ -256,25 +269,10 @@ def test_grouped_path_gluon(monkeypatch, fmt, cfg, T, kind):
     reference and 2e-3 of the Triton kernels. "ragged" leaves experts empty and gives one most tokens, "one"
     sends 9 or 21 tokens to the same 4 experts (blocks of 8: two or three a expert, the last partial; of 16:
     one or two); D = I = 320 masks the K tails. The Gluon kernels ran (a spy)."""
-    calls = []
-    real = moe_mod._experts_gluon
-    monkeypatch.setattr(moe_mod, "_experts_gluon", lambda *a, **k: calls.append(1) or real(*a, **k))
-    dev = torch.device("cuda")
-    gen = torch.Generator().manual_seed(T)
-    E, A, D, I = 16, 4, 320, 320
-    w1, w2 = (to_bf16(make_weight(fmt, E, out, inp, gen)).with_scale_range() for out, inp in ((2 * I, D), (D, I)))
-    x = torch.randn(T, D, generator=gen).to(dev, torch.bfloat16)
-    ids = make_ids(kind, T, E, A, gen).to(dev)
-    weights = torch.softmax(torch.randn(T, A, generator=gen), dim=-1).to(dev)
-    limit = 20.0 if fmt == "bytes" else 7.0
-    out = moe_mod.moe_experts_triton(x, weights, ids, w1, w2, limit, ALPHA, config=cfg)
-    ref = moe_experts_ref(x, weights, ids, w1, w2, limit, ALPHA)
-    twin = moe_mod.moe_experts_triton(x, weights, ids, w1, w2, limit, ALPHA,
-                                      config=moe_mod.triton_config(T * A, E, dev))
-    assert calls == [1], "the Gluon kernels did not run"
-    assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
-    assert rel_l2(out, ref) < 2e-2
-    assert rel_l2(out, twin) < 2e-3
+    check_against_twins(monkeypatch, moe_mod, fmt, T, kind,
+                        lambda *case: moe_mod.moe_experts_triton(*case, ALPHA, config=cfg),
+                        lambda *case: moe_mod.moe_experts_triton(*case, ALPHA, config=moe_mod.triton_config(
+                            T * 4, 16, torch.device("cuda"))))
 
 
 def test_default_config_picks_gluon_for_few_rows():

@@ -403,6 +403,17 @@ def act_strides(mode: str, I: int) -> tuple[int, int]:
     return (1, I // 2) if mode == "arith" else (2, 1)
 
 
+def combine(y: torch.Tensor, out: torch.Tensor, rows_per_token: int, pdl: bool) -> torch.Tensor:
+    """Step 4, `_combine_kernel`: out[t] = the sum, in order, of y's rows t * rows_per_token .. (cast to out's
+    dtype); the grouped paths' A slots, the decode path's A slots times GEMM 2's splits."""
+    T, D = out.shape
+    block_t, block_d = 16, 128
+    _combine_kernel[(triton.cdiv(T, block_t), triton.cdiv(D, block_d))](
+        y, out, T, D, y.stride(0), out.stride(0), A=rows_per_token, BLOCK_T=block_t, BLOCK_D=block_d, PDL=pdl,
+        launch_pdl=pdl)
+    return out
+
+
 def group_by_expert(ids: torch.Tensor, num_experts: int) -> tuple[torch.Tensor, torch.Tensor]:
     """ids [T, A] -> (order [P] int64: sorted row -> pair t*A + a, bounds [E + 1] int32). No host sync.
 
@@ -445,21 +456,15 @@ def _experts_gluon(x: torch.Tensor, weights: torch.Tensor, w1: ExpertWeight, w2:
     moe_gluon._group_gemm1_gluon[(grid_m, (2 * I) // t.block_n)](
         x.view(torch.int32), order, bounds, w.view(torch.int32), s, w1.bias, act, x.stride(0), ws[0], ws[1],
         *ws[3:], w1.bias.stride(0), act.stride(0), float(limit), float(alpha), K=D, A=A, BN=t.block_n,
-        BK=t.block_k, L=moe_gluon.words_layout(t.num_warps, t.block_k),
-        LA=moe_gluon.act_layout(t.num_warps, t.block_k), DEPTH=min(4, max(2, t.num_stages)), num_warps=t.num_warps,
-        launch_pdl=pdl, **common)
+        **moe_gluon.launch_options(t.block_k, t.num_warps, t.num_stages), launch_pdl=pdl, **common)
     y = _empty((P, D), torch.float32, x.device)
     w, s, ws = _weight_args(w2, "dot_scaled")
     t = cfg.gemm2
     moe_gluon._group_gemm2_gluon[(grid_m, D // t.block_n)](
         act.view(torch.int32), order, bounds, w.view(torch.int32), s, w2.bias, weights.reshape(-1), y,
-        act.stride(0), ws[0], ws[1], *ws[3:], w2.bias.stride(0), y.stride(0), K=I, BN=t.block_n, BK=t.block_k,
-        L=moe_gluon.words_layout(t.num_warps, t.block_k), LA=moe_gluon.act_layout(t.num_warps, t.block_k),
-        DEPTH=min(4, max(2, t.num_stages)), num_warps=t.num_warps, launch_pdl=pdl, **common)
-    block_t, block_d = 16, 128
-    _combine_kernel[(triton.cdiv(T, block_t), triton.cdiv(D, block_d))](
-        y, out, T, D, y.stride(0), out.stride(0), A=A, BLOCK_T=block_t, BLOCK_D=block_d, PDL=pdl, launch_pdl=pdl)
-    return out
+        act.stride(0), ws[0], ws[1], *ws[3:], w2.bias.stride(0), y.stride(0), K=I, BN=t.block_n,
+        **moe_gluon.launch_options(t.block_k, t.num_warps, t.num_stages), launch_pdl=pdl, **common)
+    return combine(y, out, A, pdl)
 
 
 def moe_experts_triton(x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor, w1: ExpertWeight,
@@ -514,7 +519,4 @@ def moe_experts_triton(x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor
         BLOCK_M=t2.block_m, BLOCK_N=t2.block_n, BLOCK_K=t2.block_k, num_warps=t2.num_warps,
         num_stages=t2.num_stages, launch_pdl=pdl, **common)
 
-    block_t, block_d = 16, 128
-    _combine_kernel[(triton.cdiv(T, block_t), triton.cdiv(D, block_d))](
-        y, out, T, D, y.stride(0), out.stride(0), A=A, BLOCK_T=block_t, BLOCK_D=block_d, PDL=pdl, launch_pdl=pdl)
-    return out
+    return combine(y, out, A, pdl)

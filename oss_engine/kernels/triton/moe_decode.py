@@ -11,7 +11,7 @@ critical path. Here every pair streams its own expert's rows, found with one loa
   GEMM 1   act[p] = swiglu(x[p // A] @ W1[ids[p]]^T + b1[ids[p]])               grid (P, 2I / BN1)
   GEMM 2   y[p * S + s] = weights[p] * (act[p] @ W2[ids[p]]^T)[split s] (+ b2 on s = 0)
                                                                              grid (P, D / BN2, S)
-  combine  out[t] = sum over the A * S rows t * A * S .. of y, in a fixed order (moe.py's `_combine_kernel`)
+  combine  out[t] = sum over the A * S rows t * A * S .. of y, in a fixed order (moe.py's `combine`)
 Splitting GEMM 2's reduction I into S chunks gives it as many programs as GEMM 1 (D = I but W2 has half
 W1's rows); the combine sums the splits with the slots, so the result stays deterministic.
 Two tokens routed to one expert read its rows twice (the second read mostly from L2 when their programs run
@@ -46,7 +46,7 @@ try:  # Gluon (triton.experimental) ships with Triton >= 3.4; without it the "gl
     from . import moe_gluon
 except ImportError:  # pragma: no cover - depends on the installed Triton
     moe_gluon = None
-from .moe import _combine_kernel, _load_a, _mma_step, _weight_args, act_strides, kernel_mode
+from .moe import _load_a, _mma_step, _weight_args, act_strides, combine, kernel_mode
 
 MAX_DECODE_PAIRS = 8  # pairs up to which the op table takes this path (see use_decode_path)
 
@@ -160,6 +160,13 @@ def _empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> 
     return torch.empty(shape, dtype=dtype, device=device)
 
 
+def _gemm2_split(I: int, tiles: DecodeTiles) -> tuple[int, int]:
+    """(S, K_SPLIT): GEMM 2's reduction I cut into S chunks of whole block_k2 steps, none empty."""
+    S = max(1, min(tiles.split2, triton.cdiv(I, tiles.block_k2)))
+    k_split = triton.cdiv(triton.cdiv(I, S), tiles.block_k2) * tiles.block_k2
+    return triton.cdiv(I, k_split), k_split
+
+
 def _experts_gluon(x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor, w1: ExpertWeight, w2: ExpertWeight,
                    limit: float, alpha: float, tiles: DecodeTiles, out: torch.Tensor) -> torch.Tensor:
     """The decode path with moe_gluon.py's GEMMs (same buffers, grids and combine as the Triton kernels)."""
@@ -173,31 +180,20 @@ def _experts_gluon(x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor, w1
     x = x.contiguous()
     act = _empty((P, I), torch.bfloat16, x.device)
     w, s, ws = _weight_args(w1, "dot_scaled")  # bytes [E, 2I, D/2], scales [E, 2I, D/32]
-    nw = tiles.warps1
     moe_gluon._pair_gemm1_gluon[(P, (2 * I) // tiles.block_n1)](
         x.view(torch.int32), flat_ids, w.view(torch.int32), s, w1.bias, act, x.stride(0), ws[0], ws[1], *ws[3:],
-        w1.bias.stride(0), act.stride(0), float(limit), float(alpha), K=D, A=A, BN=tiles.block_n1,
-        BK=tiles.block_k1, L=moe_gluon.words_layout(nw, tiles.block_k1),
-        LA=moe_gluon.act_layout(nw, tiles.block_k1), DEPTH=min(4, max(2, tiles.stages1)), PDL=pdl, num_warps=nw,
-        launch_pdl=pdl)
+        w1.bias.stride(0), act.stride(0), float(limit), float(alpha), K=D, A=A, BN=tiles.block_n1, PDL=pdl,
+        launch_pdl=pdl, **moe_gluon.launch_options(tiles.block_k1, tiles.warps1, tiles.stages1))
 
-    S = max(1, min(tiles.split2, triton.cdiv(I, tiles.block_k2)))
-    k_split = triton.cdiv(triton.cdiv(I, S), tiles.block_k2) * tiles.block_k2
-    S = triton.cdiv(I, k_split)  # no empty split
+    S, k_split = _gemm2_split(I, tiles)
     y = _empty((P * S, D), torch.float32, x.device)  # row p * S + s
     w, s, ws = _weight_args(w2, "dot_scaled")
-    nw = tiles.warps2
     moe_gluon._pair_gemm2_gluon[(P, D // tiles.block_n2, S)](
         act.view(torch.int32), flat_ids, w.view(torch.int32), s, w2.bias, route_w, y, act.stride(0), ws[0], ws[1],
-        *ws[3:], w2.bias.stride(0), y.stride(0), K=I, S=S, K_SPLIT=k_split, BN=tiles.block_n2, BK=tiles.block_k2,
-        L=moe_gluon.words_layout(nw, tiles.block_k2), LA=moe_gluon.act_layout(nw, tiles.block_k2),
-        DEPTH=min(4, max(2, tiles.stages2)), PDL=pdl, num_warps=nw, launch_pdl=pdl)
+        *ws[3:], w2.bias.stride(0), y.stride(0), K=I, S=S, K_SPLIT=k_split, BN=tiles.block_n2, PDL=pdl,
+        launch_pdl=pdl, **moe_gluon.launch_options(tiles.block_k2, tiles.warps2, tiles.stages2))
 
-    block_t, block_d = 16, 128
-    _combine_kernel[(triton.cdiv(T, block_t), triton.cdiv(D, block_d))](
-        y, out, T, D, y.stride(0), out.stride(0), A=A * S, BLOCK_T=block_t, BLOCK_D=block_d, PDL=pdl,
-        launch_pdl=pdl)
-    return out
+    return combine(y, out, A * S, pdl)
 
 
 def moe_experts_decode_triton(x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor, w1: ExpertWeight,
@@ -235,9 +231,7 @@ def moe_experts_decode_triton(x: torch.Tensor, weights: torch.Tensor, ids: torch
         BLOCK_K=tiles.block_k1, num_warps=tiles.warps1, num_stages=tiles.stages1, PDL=pdl, launch_pdl=pdl,
         **common)
 
-    S = max(1, min(tiles.split2, triton.cdiv(I, tiles.block_k2)))
-    k_split = triton.cdiv(triton.cdiv(I, S), tiles.block_k2) * tiles.block_k2
-    S = triton.cdiv(I, k_split)  # no empty split
+    S, k_split = _gemm2_split(I, tiles)
     y = _empty((P * S, D), torch.float32, x.device)  # row p * S + s
     w, s, ws = _weight_args(w2, mode)
     _pair_gemm2_kernel[(P, triton.cdiv(D, tiles.block_n2), S)](
@@ -246,8 +240,4 @@ def moe_experts_decode_triton(x: torch.Tensor, weights: torch.Tensor, ids: torch
         BLOCK_K=tiles.block_k2, num_warps=tiles.warps2, num_stages=tiles.stages2, PDL=pdl, launch_pdl=pdl,
         **common)
 
-    block_t, block_d = 16, 128
-    _combine_kernel[(triton.cdiv(T, block_t), triton.cdiv(D, block_d))](
-        y, out, T, D, y.stride(0), out.stride(0), A=A * S, BLOCK_T=block_t, BLOCK_D=block_d, PDL=pdl,
-        launch_pdl=pdl)
-    return out
+    return combine(y, out, A * S, pdl)

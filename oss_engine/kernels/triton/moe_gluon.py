@@ -123,6 +123,13 @@ def act_layout(num_warps: int, block_k: int) -> gl.BlockedLayout:
     return gl.BlockedLayout([1, 1, block_k // 8], [8, 4, 1], [num_warps, 1, 1], [2, 1, 0])
 
 
+def launch_options(block_k: int, num_warps: int, stages: int) -> dict:
+    """The launch keywords every kernel here takes from its tiles: BK, the two layouts, DEPTH (`stages`
+    clamped to the 2..4 that `_row_dot` implements) and num_warps."""
+    return {"BK": block_k, "L": words_layout(num_warps, block_k), "LA": act_layout(num_warps, block_k),
+            "DEPTH": min(4, max(2, stages)), "num_warps": num_warps}
+
+
 @gluon.jit
 def _gdc_wait(PDL: gl.constexpr):
     """launch.wait_for_inputs for Gluon kernels (see launch.py)."""
