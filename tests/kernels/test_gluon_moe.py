@@ -116,8 +116,9 @@ def test_scales_in_range():
 
 
 def test_compiles_for_sm90_without_shared_memory():
-    """Both kernels at the gpt-oss-20b shapes (K tail masked at BK = 128) compile for sm_90: no shared
-    memory (the operands stay in registers) and fewer registers than the dot_scaled kernel's 168."""
+    """The four kernels at the gpt-oss-20b shapes (K tail masked at BK = 128) and their default depths compile
+    for sm_90: no shared memory but the fused combine's one broadcast word (the operands stay in registers)
+    and fewer registers than the dot_scaled kernel's 168."""
     run_compile_check(r'''
 import os, re, subprocess, tempfile
 from triton.experimental.gluon._runtime import GluonASTSource
@@ -147,7 +148,7 @@ def opts(stages):  # the launch keywords the wrappers pass (launch_options), num
     assert o.pop("num_warps") == 2
     return o
 
-build(G._pair_gemm1_gluon, dict(K=2880, A=4, BN=32, COUNTS=90, PDL=True, **opts(2)),
+build(G._pair_gemm1_gluon, dict(K=2880, A=4, BN=32, COUNTS=90, PDL=True, **opts(3)),
       dict(x_ptr="*i32", ids_ptr="*i64", w_ptr="*i32", s_ptr="*u8", b_ptr="*bf16", act_ptr="*bf16",
            count_ptr="*i32"), floats=("limit", "alpha"))
 for combine in (False, True):

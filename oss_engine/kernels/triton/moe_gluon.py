@@ -141,11 +141,13 @@ def _gdc_wait(PDL: gl.constexpr):
 
 
 @gluon.jit
-def _load_w(w_base, s_base, k0, k_end, s_wn, s_sn, s_sg, BH: gl.constexpr, BK: gl.constexpr, L: gl.constexpr):
+def _load_w(src, k0, BH: gl.constexpr, BK: gl.constexpr, L: gl.constexpr, MASKED: gl.constexpr):
     """One step's weights: the even and odd rows' words [BH, 4, W] int32 and their bf16x2 scale factors
-    [BH, 4, 1] int32. A lane's quarter (2I values from k0 + 2I t) lies wholly before k_end (a multiple of 32)
-    or wholly after it: the mask is per quarter, so the loads stay 16-byte vectors; steps past k_end load
-    nothing. w_base: int32 view of row n0's bytes."""
+    [BH, 4, 1] int32; src = `_row_dot`'s stream (w_base: int32 view of row n0's bytes). MASKED: a lane's
+    quarter (2I values from k0 + 2I t) lies wholly before k_end (a multiple of 32) or wholly after it, so
+    the mask is per quarter and the loads stay 16-byte vectors; steps past k_end load nothing. Unmasked
+    (the rounds `_row_dot` knows lie before k_end) the loads need no predicate or zeroed registers."""
+    w_base, s_base, _, _, _, k_end, s_wn, s_sn, s_sg = src
     I: gl.constexpr = BK // 8
     W: gl.constexpr = BK // 32
     j = gl.arange(0, BH, layout=gl.SliceLayout(1, gl.SliceLayout(2, L)))[:, None, None]  # [BH, 1, 1]
@@ -155,40 +157,52 @@ def _load_w(w_base, s_base, k0, k_end, s_wn, s_sn, s_sg, BH: gl.constexpr, BK: g
     group = k0 // 32 + (t * I) // 16  # [1, 4, 1] the scale group of the lane's bytes
     even = (2 * j) * (s_wn // 4) + word  # [BH, 4, W]
     s_even = (2 * j) * s_sn + group * s_sg  # [BH, 4, 1]
-    live = (k0 + 2 * I * t < k_end) & (j < BH)  # [BH, 4, 1]
-    qe = gl.load(w_base + even, mask=live)  # masked words stay undefined: they meet zero activations, and
-    qo = gl.load(w_base + even + s_wn // 4, mask=live)  # any code decodes to a finite value
-    se = gl.load(s_base + s_even, mask=live, other=127)
-    so = gl.load(s_base + s_even + s_sn, mask=live, other=127)
+    if MASKED:
+        live = (k0 + 2 * I * t < k_end) & (j < BH)  # [BH, 4, 1]
+        qe = gl.load(w_base + even, mask=live)  # masked words stay undefined: they meet zero activations,
+        qo = gl.load(w_base + even + s_wn // 4, mask=live)  # and any code decodes to a finite value
+        se = gl.load(s_base + s_even, mask=live, other=127)
+        so = gl.load(s_base + s_even + s_sn, mask=live, other=127)
+    else:
+        qe = gl.load(w_base + even)
+        qo = gl.load(w_base + even + s_wn // 4)
+        se = gl.load(s_base + s_even)
+        so = gl.load(s_base + s_even + s_sn)
     fe = (se.to(gl.int32) + FACTOR_BIAS) * 0x00800080  # bf16 2**(s - 65) in both halves
     return qe, qo, fe, (so.to(gl.int32) + FACTOR_BIAS) * 0x00800080
 
 
 @gluon.jit
-def _load_a(a_base, a_rows, a_rows2, k0, k_end, BK: gl.constexpr, LA: gl.constexpr, TT: gl.constexpr):
-    """One step's activation pairs [R, 4, 4W] int32 (pair 4w + j of the lane's quarter), masked as `_load_w`;
-    a_base: int32 view of the activations (bf16 pairs), a_rows 0 (one row for every lane) or [BH, 1, 1]
-    int32-unit offsets of the row lane group g reads (grouped kernels); with TT = 2 token tiles, a_rows2 the
-    second tile's (else unused: the second value repeats the first)."""
+def _load_a(src, k0, BK: gl.constexpr, LA: gl.constexpr, TT: gl.constexpr, MASKED: gl.constexpr):
+    """One step's activation pairs [R, 4, 4W] int32 (pair 4w + j of the lane's quarter), masked as `_load_w`
+    (to zero); src's a_base: int32 view of the activations (bf16 pairs), a_rows 0 (one row for every lane)
+    or [BH, 1, 1] int32-unit offsets of the row lane group g reads (grouped kernels); with TT = 2 token
+    tiles, a_rows2 the second tile's (else unused: the second value repeats the first)."""
+    _, _, a_base, a_rows, a_rows2, k_end, _, _, _ = src
     I: gl.constexpr = BK // 8
     W: gl.constexpr = BK // 32
     at = gl.arange(0, 4, layout=gl.SliceLayout(0, gl.SliceLayout(2, LA)))[None, :, None]  # [1, 4, 1]
     aq = gl.arange(0, 4 * W, layout=gl.SliceLayout(0, gl.SliceLayout(1, LA)))[None, None, :]  # [1, 1, 4W]
     pair = (k0 + 2 * I * at) // 2 + aq  # [1, 4, 4W]
-    a = gl.load(a_base + a_rows + pair, mask=k0 + 2 * I * at < k_end, other=0)
+    if MASKED:
+        a = gl.load(a_base + a_rows + pair, mask=k0 + 2 * I * at < k_end, other=0)
+    else:
+        a = gl.load(a_base + a_rows + pair)
     if TT == 2:
-        a2 = gl.load(a_base + a_rows2 + pair, mask=k0 + 2 * I * at < k_end, other=0)
+        if MASKED:
+            a2 = gl.load(a_base + a_rows2 + pair, mask=k0 + 2 * I * at < k_end, other=0)
+        else:
+            a2 = gl.load(a_base + a_rows2 + pair)
     else:
         a2 = a
     return a, a2
 
 
 @gluon.jit
-def _load_step(w_base, s_base, a_base, a_rows, a_rows2, k0, k_end, s_wn, s_sn, s_sg,
-               BH: gl.constexpr, BK: gl.constexpr, L: gl.constexpr, LA: gl.constexpr, TT: gl.constexpr):
+def _load_step(src, k0, BH: gl.constexpr, BK: gl.constexpr, L: gl.constexpr, LA: gl.constexpr,
+               TT: gl.constexpr, MASKED: gl.constexpr):
     """One step's operands: `_load_w`'s four then `_load_a`'s two."""
-    return _load_w(w_base, s_base, k0, k_end, s_wn, s_sn, s_sg, BH, BK, L) + _load_a(a_base, a_rows, a_rows2, k0,
-                                                                                      k_end, BK, LA, TT)
+    return _load_w(src, k0, BH, BK, L, MASKED) + _load_a(src, k0, BK, LA, TT, MASKED)
 
 
 @gluon.jit
@@ -227,6 +241,56 @@ def _mma_words(acc, buf, BK: gl.constexpr, L: gl.constexpr, TT: gl.constexpr):
 
 
 @gluon.jit
+def _step(acc, buf, live, BK: gl.constexpr, L: gl.constexpr, TT: gl.constexpr, MASKED: gl.constexpr):
+    """`_mma_words` for one step; in a masked round only if the step starts before k_end (live): the last
+    round's steps past k_end cost nothing."""
+    if MASKED:
+        if live:
+            acc = _mma_words(acc, buf, BK, L, TT)
+    else:
+        acc = _mma_words(acc, buf, BK, L, TT)
+    return acc
+
+
+@gluon.jit
+def _round(acc, b0, b1, b2, k0, src, BH: gl.constexpr, BK: gl.constexpr, L: gl.constexpr, LA: gl.constexpr,
+           DEPTH: gl.constexpr, TT: gl.constexpr, MASKED: gl.constexpr):
+    """DEPTH (2 or 3) steps from k0, each buffer refilled in place DEPTH steps ahead; at DEPTH 2, b2 is not
+    read and the new (acc, b0, b1) come back."""
+    k_end = src[5]
+    n0 = _load_step(src, k0 + DEPTH * BK, BH, BK, L, LA, TT, MASKED)
+    acc = _step(acc, b0, k0 < k_end, BK, L, TT, MASKED)
+    n1 = _load_step(src, k0 + (DEPTH + 1) * BK, BH, BK, L, LA, TT, MASKED)
+    acc = _step(acc, b1, k0 + BK < k_end, BK, L, TT, MASKED)
+    if DEPTH == 3:
+        n2 = _load_step(src, k0 + 5 * BK, BH, BK, L, LA, TT, MASKED)
+        acc = _step(acc, b2, k0 + 2 * BK < k_end, BK, L, TT, MASKED)
+        return acc, n0, n1, n2
+    else:
+        return acc, n0, n1
+
+
+@gluon.jit
+def _round4(acc, w0, w1, w2, w3, aa, k0, src, BH: gl.constexpr, BK: gl.constexpr, L: gl.constexpr,
+            LA: gl.constexpr, TT: gl.constexpr, MASKED: gl.constexpr):
+    """DEPTH 4: 4 steps from k0, the weights refilled 4 steps ahead, the activations 1 (aa: step k0's)."""
+    k_end = src[5]
+    n0 = _load_w(src, k0 + 4 * BK, BH, BK, L, MASKED)
+    ab = _load_a(src, k0 + BK, BK, LA, TT, MASKED)
+    acc = _step(acc, w0 + aa, k0 < k_end, BK, L, TT, MASKED)
+    n1 = _load_w(src, k0 + 5 * BK, BH, BK, L, MASKED)
+    aa = _load_a(src, k0 + 2 * BK, BK, LA, TT, MASKED)
+    acc = _step(acc, w1 + ab, k0 + BK < k_end, BK, L, TT, MASKED)
+    n2 = _load_w(src, k0 + 6 * BK, BH, BK, L, MASKED)
+    ab = _load_a(src, k0 + 3 * BK, BK, LA, TT, MASKED)
+    acc = _step(acc, w2 + aa, k0 + 2 * BK < k_end, BK, L, TT, MASKED)
+    n3 = _load_w(src, k0 + 7 * BK, BH, BK, L, MASKED)
+    aa = _load_a(src, k0 + 4 * BK, BK, LA, TT, MASKED)
+    acc = _step(acc, w3 + ab, k0 + 3 * BK < k_end, BK, L, TT, MASKED)
+    return acc, n0, n1, n2, n3, aa
+
+
+@gluon.jit
 def _row_dot(w_base, s_base, a_base, a_rows, a_rows2, k_lo, k_end, s_wn, s_sn, s_sg, BH: gl.constexpr,
              BK: gl.constexpr, L: gl.constexpr, LA: gl.constexpr, DEPTH: gl.constexpr, TT: gl.constexpr):
     """4 TT [BH, 4] float32 sums, tile by tile: lane (g, t)'s mma outputs summed over its words, row 2j (c0,
@@ -235,59 +299,43 @@ def _row_dot(w_base, s_base, a_base, a_rows, a_rows2, k_lo, k_end, s_wn, s_sn, s
     multiple of BK, k_end of 32. Loads run DEPTH (2 or 3) steps ahead of the math: at a few tokens a program
     streams one weight row block from HBM, so the bytes in flight set the speed. DEPTH 4: the weights 4 steps
     ahead and the activations (small, shared by the programs, so mostly L2 hits) 1: a step's activation
-    registers outnumber its weight registers, so this buys weight bytes in flight for fewer registers."""
+    registers outnumber its weight registers, so this buys weight bytes in flight for fewer registers.
+    Rounds of DEPTH steps, unrolled so that each buffer is refilled in place (no register moves): first
+    those whose loads all lie before k_end, unmasked, then the rest masked, where steps past k_end load
+    nothing and skip their mma."""
     W: gl.constexpr = BK // 32
+    RND: gl.constexpr = DEPTH * BK  # one round
+    src = (w_base, s_base, a_base, a_rows, a_rows2, k_end, s_wn, s_sn, s_sg)
+    k_full = k_lo + gl.maximum((k_end - k_lo - RND) // RND, 0) * RND  # a round at k0 loads up to k0 + 2 RND
     z = gl.zeros([BH, 4, W], gl.float32, L)
     if TT == 2:
         acc = (z, z, z, z, z, z, z, z)
     else:
         acc = (z, z, z, z)
-    if DEPTH == 4:  # weights 4 steps ahead, activations (L2-resident, shared) 1 ahead: fewer registers a step
-        w0 = _load_w(w_base, s_base, k_lo, k_end, s_wn, s_sn, s_sg, BH, BK, L)
-        w1 = _load_w(w_base, s_base, k_lo + BK, k_end, s_wn, s_sn, s_sg, BH, BK, L)
-        w2 = _load_w(w_base, s_base, k_lo + 2 * BK, k_end, s_wn, s_sn, s_sg, BH, BK, L)
-        w3 = _load_w(w_base, s_base, k_lo + 3 * BK, k_end, s_wn, s_sn, s_sg, BH, BK, L)
-        aa = _load_a(a_base, a_rows, a_rows2, k_lo, k_end, BK, LA, TT)
-        for k0 in range(k_lo, k_end, 4 * BK):
-            n0 = _load_w(w_base, s_base, k0 + 4 * BK, k_end, s_wn, s_sn, s_sg, BH, BK, L)
-            ab = _load_a(a_base, a_rows, a_rows2, k0 + BK, k_end, BK, LA, TT)
-            acc = _mma_words(acc, w0 + aa, BK, L, TT)
-            n1 = _load_w(w_base, s_base, k0 + 5 * BK, k_end, s_wn, s_sn, s_sg, BH, BK, L)
-            aa = _load_a(a_base, a_rows, a_rows2, k0 + 2 * BK, k_end, BK, LA, TT)
-            acc = _mma_words(acc, w1 + ab, BK, L, TT)
-            n2 = _load_w(w_base, s_base, k0 + 6 * BK, k_end, s_wn, s_sn, s_sg, BH, BK, L)
-            ab = _load_a(a_base, a_rows, a_rows2, k0 + 3 * BK, k_end, BK, LA, TT)
-            acc = _mma_words(acc, w2 + aa, BK, L, TT)
-            n3 = _load_w(w_base, s_base, k0 + 7 * BK, k_end, s_wn, s_sn, s_sg, BH, BK, L)
-            aa = _load_a(a_base, a_rows, a_rows2, k0 + 4 * BK, k_end, BK, LA, TT)
-            acc = _mma_words(acc, w3 + ab, BK, L, TT)
-            w0 = n0
-            w1 = n1
-            w2 = n2
-            w3 = n3
+    if DEPTH == 4:
+        w0 = _load_w(src, k_lo, BH, BK, L, True)
+        w1 = _load_w(src, k_lo + BK, BH, BK, L, True)
+        w2 = _load_w(src, k_lo + 2 * BK, BH, BK, L, True)
+        w3 = _load_w(src, k_lo + 3 * BK, BH, BK, L, True)
+        aa = _load_a(src, k_lo, BK, LA, TT, True)
+        for k0 in range(k_lo, k_full, RND):
+            acc, w0, w1, w2, w3, aa = _round4(acc, w0, w1, w2, w3, aa, k0, src, BH, BK, L, LA, TT, False)
+        for k0 in range(k_full, k_end, RND):
+            acc, w0, w1, w2, w3, aa = _round4(acc, w0, w1, w2, w3, aa, k0, src, BH, BK, L, LA, TT, True)
     else:
-        b0 = _load_step(w_base, s_base, a_base, a_rows, a_rows2, k_lo, k_end, s_wn, s_sn, s_sg, BH, BK, L, LA, TT)
-        b1 = _load_step(w_base, s_base, a_base, a_rows, a_rows2, k_lo + BK, k_end, s_wn, s_sn, s_sg, BH, BK, L, LA,
-                        TT)
+        b0 = _load_step(src, k_lo, BH, BK, L, LA, TT, True)
+        b1 = _load_step(src, k_lo + BK, BH, BK, L, LA, TT, True)
         if DEPTH == 3:
-            b2 = _load_step(w_base, s_base, a_base, a_rows, a_rows2, k_lo + 2 * BK, k_end, s_wn, s_sn, s_sg, BH, BK,
-                            L, LA, TT)
-        # unrolled by DEPTH so that each buffer is refilled in place (no register moves); the last round may run
-        # up to DEPTH - 1 steps past k_end, on masked (zero) activations
-        for k0 in range(k_lo, k_end, DEPTH * BK):
-            n0 = _load_step(w_base, s_base, a_base, a_rows, a_rows2, k0 + DEPTH * BK, k_end, s_wn, s_sn, s_sg, BH,
-                            BK, L, LA, TT)
-            acc = _mma_words(acc, b0, BK, L, TT)
-            n1 = _load_step(w_base, s_base, a_base, a_rows, a_rows2, k0 + (DEPTH + 1) * BK, k_end, s_wn, s_sn, s_sg,
-                            BH, BK, L, LA, TT)
-            acc = _mma_words(acc, b1, BK, L, TT)
-            if DEPTH == 3:
-                n2 = _load_step(w_base, s_base, a_base, a_rows, a_rows2, k0 + 5 * BK, k_end, s_wn, s_sn, s_sg, BH, BK,
-                                L, LA, TT)
-                acc = _mma_words(acc, b2, BK, L, TT)
-                b2 = n2
-            b0 = n0
-            b1 = n1
+            b2 = _load_step(src, k_lo + 2 * BK, BH, BK, L, LA, TT, True)
+            for k0 in range(k_lo, k_full, RND):
+                acc, b0, b1, b2 = _round(acc, b0, b1, b2, k0, src, BH, BK, L, LA, DEPTH, TT, False)
+            for k0 in range(k_full, k_end, RND):
+                acc, b0, b1, b2 = _round(acc, b0, b1, b2, k0, src, BH, BK, L, LA, DEPTH, TT, True)
+        else:
+            for k0 in range(k_lo, k_full, RND):
+                acc, b0, b1 = _round(acc, b0, b1, 0, k0, src, BH, BK, L, LA, DEPTH, TT, False)
+            for k0 in range(k_full, k_end, RND):
+                acc, b0, b1 = _round(acc, b0, b1, 0, k0, src, BH, BK, L, LA, DEPTH, TT, True)
     if TT == 2:
         sums = (gl.sum(acc[0], axis=2) * _UNDO, gl.sum(acc[1], axis=2) * _UNDO, gl.sum(acc[2], axis=2) * _UNDO,
                 gl.sum(acc[3], axis=2) * _UNDO, gl.sum(acc[4], axis=2) * _UNDO, gl.sum(acc[5], axis=2) * _UNDO,
