@@ -25,7 +25,7 @@ from oss_engine.kernels.triton.moe_decode import (
 )
 from gpu_bench_moe import ALPHA, A, D, I, LIMIT, batch, mxfp4_weight
 
-DECODE = {  # name: DecodeTiles(bn1, bk1, warps1, stages1, bn2, bk2, split2, warps2, stages2, decode, fused)
+DECODE = {  # name: DecodeTiles(bn1, bk1, warps1, stages1, bn2, bk2, split2, warps2, stages2)
     "default": None,
     "triton": triton_decode_tiles(),
     "s4": DecodeTiles(32, 256, 2, 4, 32, 256, 2, 2, 4),
@@ -49,11 +49,6 @@ DECODE = {  # name: DecodeTiles(bn1, bk1, warps1, stages1, bn2, bk2, split2, war
     "gluon-d4": DecodeTiles(32, 128, 2, 4, 32, 128, 2, 2, 4, "gluon"),
     "gluon-w4-d4": DecodeTiles(64, 128, 4, 4, 64, 128, 2, 4, 4, "gluon"),
     "gluon-s4-d4": DecodeTiles(32, 128, 2, 4, 32, 128, 4, 2, 4, "gluon"),
-    # GEMM 2's last program of a column tile does the combine (no combine launch)
-    "gluon-d3-fc": DecodeTiles(32, 128, 2, 3, 32, 128, 2, 2, 3, "gluon", True),
-    "gluon-s4-d3-fc": DecodeTiles(32, 128, 2, 3, 32, 128, 4, 2, 3, "gluon", True),
-    "gluon-s3-d3-fc": DecodeTiles(32, 128, 2, 3, 32, 128, 3, 2, 3, "gluon", True),
-    "gluon-s4-d4-fc": DecodeTiles(32, 128, 2, 3, 32, 128, 4, 2, 4, "gluon", True),
 }
 
 

@@ -117,22 +117,21 @@ def test_scales_in_range():
 
 def test_compiles_for_sm90_without_shared_memory():
     """The four kernels at the gpt-oss-20b shapes (K tail masked at BK = 128) and their default depths compile
-    for sm_90: no shared memory but the fused combine's one broadcast word (the operands stay in registers)
-    and fewer registers than the dot_scaled kernel's 168."""
+    for sm_90: no shared memory (the operands stay in registers) and fewer registers than the dot_scaled
+    kernel's 168."""
     run_compile_check(r'''
 import os, re, subprocess, tempfile
 from triton.experimental.gluon._runtime import GluonASTSource
 from oss_engine.kernels.triton import moe_gluon as G
 
-def build(fn, consts, ptrs, floats=(), shared=0):
+def build(fn, consts, ptrs, floats=()):
     sig = {n: "constexpr" if n in consts else ptrs.get(n, "fp32" if n in floats else "i32") for n in fn.arg_names}
     div = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(fn.arg_names)
            if sig[n] not in ("constexpr", "fp32")}
     k = triton.compile(GluonASTSource(fn, sig, consts, attrs=div), target=GPUTarget("cuda", 90, 32),
                        options={"num_warps": 2})
     ptx = k.asm["ptx"]
-    # the operands stay in registers; `shared` words (the fused combine's arrival count, broadcast)
-    assert ptx.count("ld.shared") == ptx.count("st.shared") == shared, "shared memory used"
+    assert "ld.shared" not in ptx and "st.shared" not in ptx, "shared memory used"
     assert "mma.sync.aligned.m16n8k16" in ptx and "griddepcontrol.wait" in ptx
     nv = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
     with tempfile.TemporaryDirectory() as tmp:
@@ -148,13 +147,12 @@ def opts(stages):  # the launch keywords the wrappers pass (launch_options), num
     assert o.pop("num_warps") == 2
     return o
 
-build(G._pair_gemm1_gluon, dict(K=2880, A=4, BN=32, COUNTS=90, PDL=True, **opts(3)),
-      dict(x_ptr="*i32", ids_ptr="*i64", w_ptr="*i32", s_ptr="*u8", b_ptr="*bf16", act_ptr="*bf16",
-           count_ptr="*i32"), floats=("limit", "alpha"))
-for combine in (False, True):
-    build(G._pair_gemm2_gluon, dict(K=2880, A=4, S=2, K_SPLIT=1536, BN=32, COMBINE=combine, PDL=True, **opts(3)),
-          dict(act_ptr="*i32", ids_ptr="*i64", w_ptr="*i32", s_ptr="*u8", b_ptr="*bf16", route_w_ptr="*bf16",
-               y_ptr="*fp32", out_ptr="*bf16", count_ptr="*i32"), shared=int(combine))
+build(G._pair_gemm1_gluon, dict(K=2880, A=4, BN=32, PDL=True, **opts(3)),
+      dict(x_ptr="*i32", ids_ptr="*i64", w_ptr="*i32", s_ptr="*u8", b_ptr="*bf16", act_ptr="*bf16"),
+      floats=("limit", "alpha"))
+build(G._pair_gemm2_gluon, dict(K=2880, S=2, K_SPLIT=1536, BN=32, PDL=True, **opts(3)),
+      dict(act_ptr="*i32", ids_ptr="*i64", w_ptr="*i32", s_ptr="*u8", b_ptr="*bf16", route_w_ptr="*bf16",
+           y_ptr="*fp32"))
 build(G._group_gemm1_gluon, dict(K=2880, A=4, E=32, E_PAD=32, BM=8, BN=32, PDL=True, **opts(4)),
       dict(x_ptr="*i32", order_ptr="*i64", bounds_ptr="*i32", w_ptr="*i32", s_ptr="*u8", b_ptr="*bf16",
            act_ptr="*bf16"), floats=("limit", "alpha"))
@@ -188,13 +186,12 @@ def test_gemm2_exact_codes_and_scales(bk, nw, bn, depth):
     want = act.double() @ dequantize_mxfp4(w.blocks[0], w.scales[0], dtype=torch.float64).T  # [1, D]
     blocks, scales = w.blocks.to(dev).reshape(1, D, I // 2), w.scales.to(dev)
     y = torch.full((1, D), float("nan"), device=dev)
-    unused = torch.zeros(1, dtype=torch.int32, device=dev)  # out and count: no fused combine here
     moe_gluon._pair_gemm2_gluon[(1, D // bn, 1)](
         act.to(dev).view(torch.int32), torch.zeros(1, dtype=torch.long, device=dev), blocks.view(torch.int32), scales,
-        torch.zeros(1, D, dtype=torch.bfloat16, device=dev), torch.ones(1, device=dev), y, unused, unused, I,
-        blocks.stride(0), blocks.stride(1), scales.stride(0), scales.stride(1), scales.stride(2), D, D, 0, K=I, A=1,
-        S=1, K_SPLIT=I, BN=bn, BK=bk, L=moe_gluon.words_layout(nw, bk), LA=moe_gluon.act_layout(nw, bk),
-        DEPTH=depth, COMBINE=False, PDL=False, num_warps=nw)
+        torch.zeros(1, D, dtype=torch.bfloat16, device=dev), torch.ones(1, device=dev), y, I, blocks.stride(0),
+        blocks.stride(1), scales.stride(0), scales.stride(1), scales.stride(2), D, D, K=I, S=1, K_SPLIT=I, BN=bn,
+        BK=bk, L=moe_gluon.words_layout(nw, bk), LA=moe_gluon.act_layout(nw, bk), DEPTH=depth, PDL=False,
+        num_warps=nw)
     err = ((y.cpu().double() - want).abs() / want.abs().clamp_min(1e-300))[0]
     assert torch.isfinite(y).all() and err.max() < 1e-5, f"worst column {err.argmax()}: {err.max():.2e}"
 
@@ -237,32 +234,6 @@ def test_decode_path_gluon(monkeypatch, fmt, tiles, T):
                         lambda *case: moe_experts_decode_triton(*case, ALPHA, tiles=tiles),
                         lambda *case: moe_experts_decode_triton(*case, ALPHA, tiles=DecodeTiles(
                             32, 128, 2, 1, 32, 128, 2, 2, 1, "dot_scaled")))
-
-
-@pytest.mark.gpu
-@pytest.mark.skipif(INTERPRET, reason="inline PTX: a GPU only")
-@pytest.mark.parametrize("T", [1, 2])
-def test_fused_combine_gives_the_combine_kernels_bits(T):
-    """GEMM 2's fused combine (the last program of a column tile sums it) against the separate combine
-    kernel on the same GEMM outputs: the same float32 additions in the same order, so equal bits; run
-    twice in a row, so the second run's counters are the ones GEMM 1 zeroed after the first had used them.
-    The output buffer is poisoned with NaN: every element must be written."""
-    dev = torch.device("cuda")
-    gen = torch.Generator().manual_seed(T)
-    E, A, D, I = 16, 4, 320, 320
-    w1, w2 = (to_bf16(make_weight("mxfp4", E, out, inp, gen)).with_scale_range() for out, inp in ((2 * I, D), (D, I)))
-    x = torch.randn(T, D, generator=gen).to(dev, torch.bfloat16)
-    ids = make_ids("uniform", T, E, A, gen).to(dev)
-    weights = torch.softmax(torch.randn(T, A, generator=gen), dim=-1).to(dev)
-    fused = dec_mod.GLUON_TILES
-    assert fused.fused_combine
-    want = moe_experts_decode_triton(x, weights, ids, w1, w2, 7.0, ALPHA, tiles=replace(fused, fused_combine=False))
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(dec_mod, "_empty", lambda shape, dtype, device: torch.full(shape, float("nan"), device=device)
-                   .to(dtype) if dtype.is_floating_point else torch.full(shape, -7, dtype=dtype, device=device))
-        for _ in range(2):
-            got = moe_experts_decode_triton(x, weights, ids, w1, w2, 7.0, ALPHA, tiles=fused)
-            assert torch.equal(got, want)
 
 
 @pytest.mark.gpu

@@ -63,11 +63,9 @@ class DecodeTiles:
     warps2: int = 2
     stages2: int = 2
     mxfp4_decode: str = "dot_scaled"  # as MoeTritonConfig.mxfp4_decode, or "gluon" (moe_gluon.py)
-    fused_combine: bool = False  # "gluon": GEMM 2's last program of a column tile sums it (no combine launch)
 
 
-# stages: the loads run 3 steps ahead
-GLUON_TILES = DecodeTiles(32, 128, 2, 3, 32, 128, 2, 2, 3, "gluon", fused_combine=True)
+GLUON_TILES = DecodeTiles(32, 128, 2, 3, 32, 128, 2, 2, 3, "gluon")  # stages: the loads run 3 steps ahead
 
 
 def default_decode_tiles(device: torch.device) -> DecodeTiles:
@@ -181,24 +179,21 @@ def _experts_gluon(x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor, w1
     route_w = weights.reshape(-1)  # [P]
     x = x.contiguous()
     act = _empty((P, I), torch.bfloat16, x.device)
-    tiles_n2 = D // tiles.block_n2
-    counts = _empty((tiles_n2,), torch.int32, x.device)  # GEMM 2's arrivals a column tile (zeroed by GEMM 1)
     w, s, ws = _weight_args(w1, "dot_scaled")  # bytes [E, 2I, D/2], scales [E, 2I, D/32]
     moe_gluon._pair_gemm1_gluon[(P, (2 * I) // tiles.block_n1)](
-        x.view(torch.int32), flat_ids, w.view(torch.int32), s, w1.bias, act, counts, x.stride(0), ws[0], ws[1],
-        *ws[3:], w1.bias.stride(0), act.stride(0), float(limit), float(alpha), K=D, A=A, BN=tiles.block_n1,
-        COUNTS=tiles_n2 if tiles.fused_combine else 0, PDL=pdl, launch_pdl=pdl,
-        **moe_gluon.launch_options(tiles.block_k1, tiles.warps1, tiles.stages1))
+        x.view(torch.int32), flat_ids, w.view(torch.int32), s, w1.bias, act, x.stride(0), ws[0], ws[1], *ws[3:],
+        w1.bias.stride(0), act.stride(0), float(limit), float(alpha), K=D, A=A, BN=tiles.block_n1, PDL=pdl,
+        launch_pdl=pdl, **moe_gluon.launch_options(tiles.block_k1, tiles.warps1, tiles.stages1))
 
     S, k_split = _gemm2_split(I, tiles)
     y = _empty((P * S, D), torch.float32, x.device)  # row p * S + s
     w, s, ws = _weight_args(w2, "dot_scaled")
-    moe_gluon._pair_gemm2_gluon[(P, tiles_n2, S)](
-        act.view(torch.int32), flat_ids, w.view(torch.int32), s, w2.bias, route_w, y, out, counts, act.stride(0),
-        ws[0], ws[1], *ws[3:], w2.bias.stride(0), y.stride(0), out.stride(0), K=I, A=A, S=S, K_SPLIT=k_split,
-        BN=tiles.block_n2, COMBINE=tiles.fused_combine, PDL=pdl, launch_pdl=pdl,
-        **moe_gluon.launch_options(tiles.block_k2, tiles.warps2, tiles.stages2))
-    return out if tiles.fused_combine else combine(y, out, A * S, pdl)
+    moe_gluon._pair_gemm2_gluon[(P, D // tiles.block_n2, S)](
+        act.view(torch.int32), flat_ids, w.view(torch.int32), s, w2.bias, route_w, y, act.stride(0), ws[0], ws[1],
+        *ws[3:], w2.bias.stride(0), y.stride(0), K=I, S=S, K_SPLIT=k_split, BN=tiles.block_n2, PDL=pdl,
+        launch_pdl=pdl, **moe_gluon.launch_options(tiles.block_k2, tiles.warps2, tiles.stages2))
+
+    return combine(y, out, A * S, pdl)
 
 
 def moe_experts_decode_triton(x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor, w1: ExpertWeight,

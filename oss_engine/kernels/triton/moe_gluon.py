@@ -41,10 +41,14 @@ bytes of a row lie in one 32-value scale group.
 Streaming. At a few tokens a program streams its rows from HBM once, so the bytes in flight set the speed:
 the loads run DEPTH (2 or 3) steps ahead of the math, the loop unrolled by DEPTH so that each buffer is
 refilled in place; DEPTH 4 runs the weights 4 steps ahead and the activations (small, shared, mostly L2
-hits, yet more registers a step than the weights) 1. Every step is masked per lane quarter (k_end is a
-multiple of 32, so a quarter is wholly in or out and the loads stay 16-byte vectors): the K tail, GEMM 2's
-splits and the up to DEPTH - 1 steps the last round runs past k_end need no separate code. Masked weight
-words are left undefined: they meet zero activations and every code decodes to a finite value.
+hits, yet more registers a step than the weights) 1. The rounds whose loads all lie before k_end run
+unmasked (no predicates, no zeroed destination registers: 209 instead of 223 SASS instructions a step in
+the decode path's GEMM 1); the rest are masked per lane quarter (k_end is a multiple of 32, so a quarter is
+wholly in or out and the loads stay 16-byte vectors), which covers the K tail and GEMM 2's splits, and a
+step that starts past k_end skips its mma. Masked weight words are left undefined: they meet zero
+activations and every code decodes to a finite value. On an H200 at one token (scripts/
+gpu_probe_moe_decode_limits.py) GEMM 1 takes 19.1 us reading its weights from HBM and 17.0 us with them in
+L2: its own instruction stream and latency chain, not HBM, set its speed (~0.6 us a step of 22.5).
 
 Twins: `moe_experts_ref` and the Triton kernels (GPU tests); on the CPU machine, test_gluon_moe.py replays
 the decode (DECODE_SHIFTS), the pairing (PAIRING) and one word's two mma lane by lane in Python against the
@@ -347,22 +351,17 @@ def _row_dot(w_base, s_base, a_base, a_rows, a_rows2, k_lo, k_end, s_wn, s_sn, s
 
 
 @gluon.jit
-def _pair_gemm1_gluon(x_ptr, ids_ptr, w_ptr, s_ptr, b_ptr, act_ptr, count_ptr,
+def _pair_gemm1_gluon(x_ptr, ids_ptr, w_ptr, s_ptr, b_ptr, act_ptr,
                       s_xt, s_we, s_wn, s_se, s_sn, s_sg, s_be, s_ap, limit, alpha,
                       K: gl.constexpr, A: gl.constexpr, BN: gl.constexpr, BK: gl.constexpr, L: gl.constexpr,
-                      LA: gl.constexpr, DEPTH: gl.constexpr, COUNTS: gl.constexpr, PDL: gl.constexpr):
+                      LA: gl.constexpr, DEPTH: gl.constexpr, PDL: gl.constexpr):
     """act[p, i] = swiglu(x[p // A] @ W1[ids[p]]^T + b1)[i] for the BN / 2 columns i of W1 rows n0 .. n0 + BN
     (even rows gate, odd up: a row pair j is column n0 / 2 + j). w_ptr the int32 view of the bytes (s_we,
-    s_wn in bytes); x_ptr an int32 view of the bf16 rows (s_xt in bf16); x, act and bias rows contiguous.
-    COUNTS > 0: program (0, 0) also zeroes count[0 .. COUNTS), GEMM 2's arrival counters (its fused
-    combine): GEMM 2 reads them only after this grid has finished (stream order, or its PDL wait)."""
+    s_wn in bytes); x_ptr an int32 view of the bf16 rows (s_xt in bf16); x, act and bias rows contiguous."""
     _gdc_wait(PDL)
     BH: gl.constexpr = BN // 2
     p = gl.program_id(0)
     n0 = gl.program_id(1) * BN
-    if COUNTS > 0:
-        if (p == 0) & (n0 == 0):
-            _zero(count_ptr, COUNTS)
     expert = gl.load(ids_ptr + p).to(gl.int64)
     gate, _, up, _ = _row_dot(w_ptr + (expert * s_we + n0 * s_wn) // 4, s_ptr + expert * s_se + n0 * s_sn,
                               x_ptr + (p // A).to(gl.int64) * (s_xt // 2), 0, 0, 0, K, s_wn, s_sn, s_sg, BH,
@@ -381,15 +380,13 @@ def _pair_gemm1_gluon(x_ptr, ids_ptr, w_ptr, s_ptr, b_ptr, act_ptr, count_ptr,
 
 
 @gluon.jit
-def _pair_gemm2_gluon(act_ptr, ids_ptr, w_ptr, s_ptr, b_ptr, route_w_ptr, y_ptr, out_ptr, count_ptr,
-                      s_ap, s_we, s_wn, s_se, s_sn, s_sg, s_be, s_yr, s_ot,
-                      K: gl.constexpr, A: gl.constexpr, S: gl.constexpr, K_SPLIT: gl.constexpr, BN: gl.constexpr,
+def _pair_gemm2_gluon(act_ptr, ids_ptr, w_ptr, s_ptr, b_ptr, route_w_ptr, y_ptr,
+                      s_ap, s_we, s_wn, s_se, s_sn, s_sg, s_be, s_yr,
+                      K: gl.constexpr, S: gl.constexpr, K_SPLIT: gl.constexpr, BN: gl.constexpr,
                       BK: gl.constexpr, L: gl.constexpr, LA: gl.constexpr, DEPTH: gl.constexpr,
-                      COMBINE: gl.constexpr, PDL: gl.constexpr):
+                      PDL: gl.constexpr):
     """y[p * S + s, n] = weights[p] * (act[p, split s] @ W2[ids[p]][n, split s] (+ b2[n] on split 0)) for BN
-    columns n; K_SPLIT, a multiple of BK, each split's length. act_ptr an int32 view (s_ap in bf16).
-    COMBINE: the combine fused (`_combine_last`): the last of the P * S programs of a column tile to finish
-    writes out[t, n] for its BN columns; count (zeroed by GEMM 1) counts the arrivals a tile."""
+    columns n; K_SPLIT, a multiple of BK, each split's length. act_ptr an int32 view (s_ap in bf16)."""
     _gdc_wait(PDL)
     BH: gl.constexpr = BN // 2
     p = gl.program_id(0)
@@ -412,37 +409,6 @@ def _pair_gemm2_gluon(act_ptr, ids_ptr, w_ptr, s_ptr, b_ptr, route_w_ptr, y_ptr,
     out = y_ptr + (p * S + s).to(gl.int64) * s_yr
     gl.store(out + col, y0, mask=keep)
     gl.store(out + col + 1, y1, mask=keep)
-    if COMBINE:
-        _combine_last(y_ptr, out_ptr, count_ptr + gl.program_id(1), n0, gl.num_programs(0) * S,
-                      gl.num_programs(0) // A, s_yr, s_ot, A * S, BN)
-
-
-@gluon.jit
-def _zero(ptr, N: gl.constexpr):
-    """ptr[0 .. N) = 0 (int32), by the whole program."""
-    CH: gl.constexpr = 32 * gl.num_warps()
-    lay: gl.constexpr = gl.BlockedLayout([1], [32], [gl.num_warps()], [0])
-    for c in gl.static_range(0, N, CH):
-        i = c + gl.arange(0, CH, layout=lay)
-        gl.store(ptr + i, gl.zeros([CH], gl.int32, lay), mask=i < N)
-
-
-@gluon.jit
-def _combine_last(y_ptr, out_ptr, count_ptr, n0, arrivals, T, s_yr, s_ot, ROWS: gl.constexpr, BN: gl.constexpr):
-    """moe.py's combine for columns n0 .. n0 + BN, run by the last of `arrivals` programs to get here:
-    out[t, n] = the sum, in order, of y[t * ROWS + r, n] over r < ROWS (as `_combine_kernel`: the same
-    float32 additions, so the same bits). Every program's y stores come before its arrival (the barrier,
-    then an acq_rel atomic: CUTLASS's semaphore pattern); the last program reads them through L2 (.cg)."""
-    gl.thread_barrier()
-    done = gl.atomic_add(count_ptr, 1, sem="acq_rel", scope="gpu")
-    if done == arrivals - 1:
-        lay: gl.constexpr = gl.BlockedLayout([1], [32], [gl.num_warps()], [0])
-        cols = n0 + gl.arange(0, BN, layout=lay)
-        for t in range(0, T):
-            acc = gl.zeros([BN], gl.float32, lay)
-            for r in gl.static_range(ROWS):
-                acc += gl.load(y_ptr + (t * ROWS + r).to(gl.int64) * s_yr + cols, cache_modifier=".cg")
-            gl.store(out_ptr + t.to(gl.int64) * s_ot + cols, acc.to(out_ptr.dtype.element_ty))
 
 
 # --------------------------------------------------------------------------- grouped: blocks of <= 8 rows
