@@ -10,9 +10,14 @@ intercept of time against steps is its fixed cost), and P = 8 pairs over half K 
 with GEMM 2 split 2-4 ways (what more, shorter programs would buy). Results: docs/performance.md.
 
 Run: PYTHONPATH=.:scripts python scripts/gpu_probe_moe_decode_limits.py
+`--once` runs each GEMM twice at the default tiles and stops, for a profiler (not yet run on the GPU), e.g.
+  ncu --clock-control none -k regex:_pair_gemm -s 2 -c 2 --section WarpStateStats --section SchedulerStats \
+      python scripts/gpu_probe_moe_decode_limits.py --once
 """
 
 from __future__ import annotations
+
+import sys
 
 import torch
 
@@ -66,6 +71,12 @@ def main() -> None:
     sets = {"hbm": [torch.arange(4 * i, 4 * i + 4, device="cuda", dtype=torch.int32) for i in range(LAUNCHES)],
             "l2": [torch.arange(4, device="cuda", dtype=torch.int32)] * LAUNCHES,
             "one": [torch.zeros(4, device="cuda", dtype=torch.int32)] * LAUNCHES}
+    if "--once" in sys.argv:  # for a profiler: each GEMM once at the default tiles, after one untimed warm-up
+        for _ in range(2):
+            gemm1(x, sets["hbm"][1], w1, act, TILES[0])
+            gemm2(act, sets["hbm"][1], w2, route_w, y, TILES[0])
+        torch.cuda.synchronize()
+        return
     mb1, mb2 = 4 * 2 * I * D * 4.25 / 8 / 1e6, 4 * I * D * 4.25 / 8 / 1e6
     print(torch.cuda.get_device_name(), f"GEMM 1 {mb1:.1f} MB, GEMM 2 {mb2:.1f} MB a launch (4 experts)")
     for tiles in TILES:
