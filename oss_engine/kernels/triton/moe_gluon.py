@@ -48,7 +48,7 @@ wholly in or out and the loads stay 16-byte vectors), which covers the K tail an
 step that starts past k_end skips its mma. Masked weight words are left undefined: they meet zero
 activations and every code decodes to a finite value. On an H200 at one token (scripts/
 gpu_probe_moe_decode_limits.py) GEMM 1 takes 19.1 us reading its weights from HBM and 17.0 us with them in
-L2: its own instruction stream and latency chain, not HBM, set its speed (~0.6 us a step of 22.5).
+L2: something inside the program, not HBM, sets its speed (~0.6 us a step of 22.5; docs/performance.md).
 
 Twins: `moe_experts_ref` and the Triton kernels (GPU tests); on the CPU machine, test_gluon_moe.py replays
 the decode (DECODE_SHIFTS), the pairing (PAIRING) and one word's two mma lane by lane in Python against the
