@@ -27,7 +27,7 @@ On CUDA both paths now default to moe_gluon.py's kernels (`GLUON_TILES` here, mo
 where the crossing moved down (scripts/gpu_bench_moe_gluon.py, H200): decode path 37.2 us at 1 token
 (grouped 71.8), 60.6 vs 66.7 at 2, but 99.3 vs 89.1 at 4 tokens: MAX_DECODE_PAIRS = 8.
 
-PDL (`launch.py`): every kernel here calls `gdc_wait()` first: a pair learns its expert, so which weights to
+PDL (`launch.py`): every kernel here calls `launch.wait_for_inputs` (Gluon: `_gdc_wait`) first: a pair learns its expert, so which weights to
 read, only from ids, which the routing writes; nothing is prefetched.
 """
 
@@ -42,11 +42,7 @@ import triton.language as tl
 from ..types import ExpertWeight
 from . import launch
 
-try:  # Gluon (triton.experimental) ships with Triton >= 3.4; without it the "gluon" mode falls back
-    from . import moe_gluon
-except ImportError:  # pragma: no cover - depends on the installed Triton
-    moe_gluon = None
-from .moe import _load_a, _mma_step, _weight_args, act_strides, combine, kernel_mode
+from .moe import _load_a, _mma_step, _weight_args, act_strides, combine, kernel_mode, moe_gluon  # None: no Gluon
 
 MAX_DECODE_PAIRS = 8  # pairs up to which the op table takes this path (see use_decode_path)
 

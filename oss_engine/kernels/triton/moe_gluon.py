@@ -519,6 +519,7 @@ def _group_gemm2_gluon(act_ptr, order_ptr, bounds_ptr, w_ptr, s_ptr, b_ptr, rout
             gl.store(out + col, (sums[4 * (c // 2) + c % 2] + b_even) * rw, mask=live)
             gl.store(out + col + 1, (sums[4 * (c // 2) + 2 + c % 2] + b_odd) * rw, mask=live)
 
+
 def fits(n: int, k: int, block_n: int, block_k: int, num_warps: int) -> bool:
     """Whether these kernels take an [n, k] weight with these tiles (the decode path falls back otherwise):
     whole tiles of 16 NW rows (8 row pairs a warp), K a multiple of 64."""
@@ -533,11 +534,16 @@ def takes(x: torch.Tensor, w1: ExpertWeight, w2: ExpertWeight, compute: torch.dt
     rows."""
     if not (w1.is_mxfp4 and w2.is_mxfp4 and x.is_cuda and compute == torch.bfloat16 and x.dtype == compute):
         return False
-    if not all(w.scale_range is not None and SCALE_MIN <= w.scale_range[0] and w.scale_range[1] <= SCALE_MAX
-               for w in (w1, w2)):
+    if not (in_exact_range(w1.scale_range) and in_exact_range(w2.scale_range)):
         return False
     D, I = x.shape[1], w1.bias.shape[1] // 2
     return block_m in (8, 16) and fits(2 * I, D, *tiles1) and fits(D, I, *tiles2)
+
+
+def in_exact_range(scale_range: tuple[int, int] | None) -> bool:
+    """Whether a projection's (min, max) scale bytes (ExpertWeight.scale_range) are known and lie in
+    SCALE_MIN .. SCALE_MAX, the bytes this path decodes exactly."""
+    return scale_range is not None and SCALE_MIN <= scale_range[0] and scale_range[1] <= SCALE_MAX
 
 
 def scales_in_range(scales: torch.Tensor) -> bool:
