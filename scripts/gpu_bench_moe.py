@@ -64,6 +64,21 @@ def time_graph_flushed(fn, reps: int = 30) -> float:
     return graph_us(fn, torch.device("cuda"), reps)
 
 
+def timed_cells(points: dict, want: torch.Tensor, reps: int, show=lambda us: f"{us:.1f}") -> list[str]:
+    """One cell a variant (name -> fn): `name show(us)` after checking fn() against want (rel L2 < 2e-2, else
+    the error is shown too) and timing it (`time_graph_flushed`); a variant that fails to run is reported."""
+    cells = []
+    for name, fn in points.items():
+        try:
+            err = ((fn().float() - want).norm() / want.norm()).item()
+            us = time_graph_flushed(fn, reps=reps)
+        except Exception as exc:  # noqa: BLE001 - report, go on
+            cells.append(f"{name} {type(exc).__name__}: {str(exc).splitlines()[0][:80]}")
+            continue
+        cells.append(f"{name} {show(us)}" + ("" if err < 2e-2 else f" ERR {err:.1e}"))
+    return cells
+
+
 def ceilings() -> tuple[float, float]:
     """(device-to-device copy GB/s, bf16 matmul TFLOP/s) measured now, for the fractions below."""
     src = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")

@@ -13,7 +13,7 @@ import sys
 
 import torch
 
-from gpu_bench_moe import ALPHA, A, E, EXPERT_BYTES, LIMIT, D, I, batch, mxfp4_weight, time_graph_flushed
+from gpu_bench_moe import ALPHA, A, E, EXPERT_BYTES, LIMIT, D, I, batch, mxfp4_weight, timed_cells
 from oss_engine.kernels.ref.moe import moe_experts_ref
 from oss_engine.kernels.triton.moe import GemmTiles, MoeTritonConfig, moe_experts_triton, triton_config
 from oss_engine.kernels.triton.moe_decode import moe_experts_decode_triton, use_decode_path
@@ -48,15 +48,7 @@ def main() -> None:
             points["decode"] = functools.partial(moe_experts_decode_triton, x, weights, ids, w1, w2, LIMIT, ALPHA)
         for name, cfg in VARIANTS.items():
             points[name] = functools.partial(moe_experts_triton, x, weights, ids, w1, w2, LIMIT, ALPHA, config=cfg)
-        cells = []
-        for name, fn in points.items():
-            try:
-                err = ((fn().float() - want).norm() / want.norm()).item()
-                us = time_graph_flushed(fn, reps=15)
-            except Exception as exc:  # noqa: BLE001 - report, go on
-                cells.append(f"{name} {type(exc).__name__}: {str(exc).splitlines()[0][:60]}")
-                continue
-            cells.append(f"{name} {us:.1f}" + ("" if err < 2e-2 else f" ERR {err:.1e}"))
+        cells = timed_cells(points, want, reps=15)
         mb = ids.unique().numel() * EXPERT_BYTES / 1e6
         print(f"T={T:>4} ({ids.unique().numel()} experts, {mb:.0f} MB): " + " | ".join(cells), flush=True)
 

@@ -24,7 +24,7 @@ import sys
 
 import torch
 
-from gpu_bench_moe import ALPHA, A, D, E, EXPERT_FLOPS, I, LIMIT, batch, ceilings, mxfp4_weight, time_graph_flushed
+from gpu_bench_moe import ALPHA, A, D, E, EXPERT_FLOPS, I, LIMIT, batch, ceilings, mxfp4_weight, timed_cells
 from oss_engine.kernels.ref.moe import moe_experts_ref, swiglu_ref
 from oss_engine.kernels.triton.moe import group_by_expert, moe_experts_triton, triton_config
 from oss_engine.kernels.types import ExpertWeight
@@ -67,15 +67,7 @@ def main() -> None:
                                              config=triton_config(T * A, E, torch.device("cuda"))),
                   "grouped": functools.partial(grouped_mm_experts, x, weights, ids, d1, d2, LIMIT, ALPHA)}
         floor = T * A * EXPERT_FLOPS / (tflops * 1e12) * 1e6
-        cells = []
-        for name, fn in points.items():
-            try:
-                err = ((fn().float() - want).norm() / want.norm()).item()
-                us = time_graph_flushed(fn, reps=10)
-            except Exception as exc:  # noqa: BLE001 - report, go on
-                cells.append(f"{name} {type(exc).__name__}: {str(exc).splitlines()[0][:80]}")
-                continue
-            cells.append(f"{name} {us:,.1f} us ({floor / us:.0%})" + ("" if err < 2e-2 else f" ERR {err:.1e}"))
+        cells = timed_cells(points, want, reps=10, show=lambda us: f"{us:,.1f} us ({floor / us:.0%})")
         print(f"T={T:>5} (floor {floor:,.1f} us): " + " | ".join(cells), flush=True)
 
 
