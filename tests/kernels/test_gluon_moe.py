@@ -117,8 +117,8 @@ def test_scales_in_range():
 
 def test_compiles_for_sm90_without_shared_memory():
     """The four kernels at the gpt-oss-20b shapes (K tail masked at BK = 128) and their default depths compile
-    for sm_90: no shared memory (the operands stay in registers) and fewer registers than the dot_scaled
-    kernel's 168."""
+    for sm_90: no shared memory (the operands stay in registers) and at most the dot_scaled kernel's 168
+    registers (at 168, six 2-warp programs fit an SM: the decode path's 720 GEMM 1 programs run in one wave)."""
     run_compile_check(r'''
 import os, re, subprocess, tempfile
 from triton.experimental.gluon._runtime import GluonASTSource
@@ -140,14 +140,14 @@ def build(fn, consts, ptrs, floats=()):
         usage = subprocess.run([os.path.join(nv, "cuobjdump"), "-res-usage", path], capture_output=True,
                                text=True).stdout
     regs = int(re.search(r"REG:(\d+)", usage).group(1))
-    assert regs < 168, f"{regs} registers (dot_scaled's decode kernel: 168)"
+    assert regs <= 168, f"{regs} registers (dot_scaled's decode kernel: 168)"
 
 def opts(stages):  # the launch keywords the wrappers pass (launch_options), num_warps 2 as `build` compiles
     o = G.launch_options(128, 2, stages)
     assert o.pop("num_warps") == 2
     return o
 
-build(G._pair_gemm1_gluon, dict(K=2880, A=4, BN=32, PDL=True, **opts(3)),
+build(G._pair_gemm1_gluon, dict(K=2880, A=4, BN=32, PDL=True, **opts(2)),
       dict(x_ptr="*i32", ids_ptr="*i64", w_ptr="*i32", s_ptr="*u8", b_ptr="*bf16", act_ptr="*bf16"),
       floats=("limit", "alpha"))
 build(G._pair_gemm2_gluon, dict(K=2880, S=2, K_SPLIT=1536, BN=32, PDL=True, **opts(3)),

@@ -145,9 +145,11 @@ def _gdc_wait(PDL: gl.constexpr):
 
 
 @gluon.jit
-def _load_w(src, k0, BH: gl.constexpr, BK: gl.constexpr, L: gl.constexpr, MASKED: gl.constexpr):
+def _load_w(src, k0, BH: gl.constexpr, BK: gl.constexpr, L: gl.constexpr, MASKED: gl.constexpr,
+            RAW: gl.constexpr):
     """One step's weights: the even and odd rows' words [BH, 4, W] int32 and their bf16x2 scale factors
-    [BH, 4, 1] int32; src = `_row_dot`'s stream (w_base: int32 view of row n0's bytes). MASKED: a lane's
+    [BH, 4, 1] int32, or with RAW their scale bytes [BH, 4, 1] uint8 (`_mma_words` forms the factors: see
+    `_row_dot`); src = `_row_dot`'s stream (w_base: int32 view of row n0's bytes). MASKED: a lane's
     quarter (2I values from k0 + 2I t) lies wholly before k_end (a multiple of 32) or wholly after it, so
     the mask is per quarter and the loads stay 16-byte vectors; steps past k_end load nothing. Unmasked
     (the rounds `_row_dot` knows lie before k_end) the loads need no predicate or zeroed registers."""
@@ -172,8 +174,16 @@ def _load_w(src, k0, BH: gl.constexpr, BK: gl.constexpr, L: gl.constexpr, MASKED
         qo = gl.load(w_base + even + s_wn // 4)
         se = gl.load(s_base + s_even)
         so = gl.load(s_base + s_even + s_sn)
-    fe = (se.to(gl.int32) + FACTOR_BIAS) * 0x00800080  # bf16 2**(s - 65) in both halves
-    return qe, qo, fe, (so.to(gl.int32) + FACTOR_BIAS) * 0x00800080
+    if not RAW:
+        se = _factor(se)
+        so = _factor(so)
+    return qe, qo, se, so
+
+
+@gluon.jit
+def _factor(scale):
+    """e8m0 scale bytes -> the bf16x2 factor 2**(s - 65) in both halves, int32."""
+    return (scale.to(gl.int32) + FACTOR_BIAS) * 0x00800080
 
 
 @gluon.jit
@@ -204,9 +214,9 @@ def _load_a(src, k0, BK: gl.constexpr, LA: gl.constexpr, TT: gl.constexpr, MASKE
 
 @gluon.jit
 def _load_step(src, k0, BH: gl.constexpr, BK: gl.constexpr, L: gl.constexpr, LA: gl.constexpr,
-               TT: gl.constexpr, MASKED: gl.constexpr):
+               TT: gl.constexpr, MASKED: gl.constexpr, RAW: gl.constexpr):
     """One step's operands: `_load_w`'s four then `_load_a`'s two."""
-    return _load_w(src, k0, BH, BK, L, MASKED) + _load_a(src, k0, BK, LA, TT, MASKED)
+    return _load_w(src, k0, BH, BK, L, MASKED, RAW) + _load_a(src, k0, BK, LA, TT, MASKED)
 
 
 @gluon.jit
@@ -229,6 +239,9 @@ def _mma_words(acc, buf, BK: gl.constexpr, L: gl.constexpr, TT: gl.constexpr):
     `_load_step`. Each word's two mma a tile, the decode shared by the tiles."""
     qe, qo, fe, fo, a, a2 = buf
     p0, p1, p2, p3 = _paired(a, qe, BK, L)
+    if fe.dtype == gl.uint8:  # `_load_w`'s RAW: scale bytes
+        fe = _factor(fe)
+        fo = _factor(fo)
     fe = gl.broadcast(fe, qe)[0]
     fo = gl.broadcast(fo, qe)[0]
     if TT == 2:
@@ -262,12 +275,12 @@ def _round(acc, b0, b1, b2, k0, src, BH: gl.constexpr, BK: gl.constexpr, L: gl.c
     """DEPTH (2 or 3) steps from k0, each buffer refilled in place DEPTH steps ahead; at DEPTH 2, b2 is not
     read and the new (acc, b0, b1) come back."""
     k_end = src[5]
-    n0 = _load_step(src, k0 + DEPTH * BK, BH, BK, L, LA, TT, MASKED)
+    n0 = _load_step(src, k0 + DEPTH * BK, BH, BK, L, LA, TT, MASKED, DEPTH == 2)
     acc = _step(acc, b0, k0 < k_end, BK, L, TT, MASKED)
-    n1 = _load_step(src, k0 + (DEPTH + 1) * BK, BH, BK, L, LA, TT, MASKED)
+    n1 = _load_step(src, k0 + (DEPTH + 1) * BK, BH, BK, L, LA, TT, MASKED, DEPTH == 2)
     acc = _step(acc, b1, k0 + BK < k_end, BK, L, TT, MASKED)
     if DEPTH == 3:
-        n2 = _load_step(src, k0 + 5 * BK, BH, BK, L, LA, TT, MASKED)
+        n2 = _load_step(src, k0 + 5 * BK, BH, BK, L, LA, TT, MASKED, False)
         acc = _step(acc, b2, k0 + 2 * BK < k_end, BK, L, TT, MASKED)
         return acc, n0, n1, n2
     else:
@@ -279,16 +292,16 @@ def _round4(acc, w0, w1, w2, w3, aa, k0, src, BH: gl.constexpr, BK: gl.constexpr
             LA: gl.constexpr, TT: gl.constexpr, MASKED: gl.constexpr):
     """DEPTH 4: 4 steps from k0, the weights refilled 4 steps ahead, the activations 1 (aa: step k0's)."""
     k_end = src[5]
-    n0 = _load_w(src, k0 + 4 * BK, BH, BK, L, MASKED)
+    n0 = _load_w(src, k0 + 4 * BK, BH, BK, L, MASKED, False)
     ab = _load_a(src, k0 + BK, BK, LA, TT, MASKED)
     acc = _step(acc, w0 + aa, k0 < k_end, BK, L, TT, MASKED)
-    n1 = _load_w(src, k0 + 5 * BK, BH, BK, L, MASKED)
+    n1 = _load_w(src, k0 + 5 * BK, BH, BK, L, MASKED, False)
     aa = _load_a(src, k0 + 2 * BK, BK, LA, TT, MASKED)
     acc = _step(acc, w1 + ab, k0 + BK < k_end, BK, L, TT, MASKED)
-    n2 = _load_w(src, k0 + 6 * BK, BH, BK, L, MASKED)
+    n2 = _load_w(src, k0 + 6 * BK, BH, BK, L, MASKED, False)
     ab = _load_a(src, k0 + 3 * BK, BK, LA, TT, MASKED)
     acc = _step(acc, w2 + aa, k0 + 2 * BK < k_end, BK, L, TT, MASKED)
-    n3 = _load_w(src, k0 + 7 * BK, BH, BK, L, MASKED)
+    n3 = _load_w(src, k0 + 7 * BK, BH, BK, L, MASKED, False)
     aa = _load_a(src, k0 + 4 * BK, BK, LA, TT, MASKED)
     acc = _step(acc, w3 + ab, k0 + 3 * BK < k_end, BK, L, TT, MASKED)
     return acc, n0, n1, n2, n3, aa
@@ -306,7 +319,10 @@ def _row_dot(w_base, s_base, a_base, a_rows, a_rows2, k_lo, k_end, s_wn, s_sn, s
     registers outnumber its weight registers, so this buys weight bytes in flight for fewer registers.
     Rounds of DEPTH steps, unrolled so that each buffer is refilled in place (no register moves): first
     those whose loads all lie before k_end, unmasked, then the rest masked, where steps past k_end load
-    nothing and skip their mma."""
+    nothing and skip their mma. DEPTH 2 keeps the scale bytes and forms the factors at the step that uses
+    them: formed at load time, the multiply waits on the newest loads where ptxas puts it, next to them
+    (ncu on an H200, decode GEMM 1 at 3 ahead: 38% of its stall samples were that wait). At 3 ahead the
+    deferred factors took 219 registers instead of 141 and lost; at 4 (grouped, 173 vs 129) it did not gain."""
     W: gl.constexpr = BK // 32
     RND: gl.constexpr = DEPTH * BK  # one round
     src = (w_base, s_base, a_base, a_rows, a_rows2, k_end, s_wn, s_sn, s_sg)
@@ -317,20 +333,20 @@ def _row_dot(w_base, s_base, a_base, a_rows, a_rows2, k_lo, k_end, s_wn, s_sn, s
     else:
         acc = (z, z, z, z)
     if DEPTH == 4:
-        w0 = _load_w(src, k_lo, BH, BK, L, True)
-        w1 = _load_w(src, k_lo + BK, BH, BK, L, True)
-        w2 = _load_w(src, k_lo + 2 * BK, BH, BK, L, True)
-        w3 = _load_w(src, k_lo + 3 * BK, BH, BK, L, True)
+        w0 = _load_w(src, k_lo, BH, BK, L, True, False)
+        w1 = _load_w(src, k_lo + BK, BH, BK, L, True, False)
+        w2 = _load_w(src, k_lo + 2 * BK, BH, BK, L, True, False)
+        w3 = _load_w(src, k_lo + 3 * BK, BH, BK, L, True, False)
         aa = _load_a(src, k_lo, BK, LA, TT, True)
         for k0 in range(k_lo, k_full, RND):
             acc, w0, w1, w2, w3, aa = _round4(acc, w0, w1, w2, w3, aa, k0, src, BH, BK, L, LA, TT, False)
         for k0 in range(k_full, k_end, RND):
             acc, w0, w1, w2, w3, aa = _round4(acc, w0, w1, w2, w3, aa, k0, src, BH, BK, L, LA, TT, True)
     else:
-        b0 = _load_step(src, k_lo, BH, BK, L, LA, TT, True)
-        b1 = _load_step(src, k_lo + BK, BH, BK, L, LA, TT, True)
+        b0 = _load_step(src, k_lo, BH, BK, L, LA, TT, True, DEPTH == 2)
+        b1 = _load_step(src, k_lo + BK, BH, BK, L, LA, TT, True, DEPTH == 2)
         if DEPTH == 3:
-            b2 = _load_step(src, k_lo + 2 * BK, BH, BK, L, LA, TT, True)
+            b2 = _load_step(src, k_lo + 2 * BK, BH, BK, L, LA, TT, True, False)
             for k0 in range(k_lo, k_full, RND):
                 acc, b0, b1, b2 = _round(acc, b0, b1, b2, k0, src, BH, BK, L, LA, DEPTH, TT, False)
             for k0 in range(k_full, k_end, RND):
