@@ -116,6 +116,14 @@ def test_split_kv_decode(num_splits, window, H, K, D):
     check(case, window, num_splits=num_splits)
 
 
+@pytest.mark.parametrize("num_splits", [None, 1])
+@pytest.mark.parametrize("window", [None, 8])
+def test_decode_one_token_each(num_splits, window):
+    # max_query_len = 1 with T = B (decode steps, their CUDA graphs): program b is sequence b, no search
+    check(make_case([(300, 1), (517, 1), (20, 1), (0, 1), (33, 1)], 16, 16, 2, 64, window, True), window,
+          num_splits=num_splits, max_query_len=1)
+
+
 def test_split_kv_mixed_batch_and_max_query_len():
     # the split path is correct for prefill rows and without GQA too; max_query_len only steers tiles
     case = make_case(MIXED, 4, 4, 4, 16, None, True)
@@ -187,9 +195,11 @@ from oss_engine.kernels.triton import attention as A
 ptrs = dict(q_ptr="*bf16", k_ptr="*bf16", v_ptr="*bf16", sinks_ptr="*fp32", out_ptr="*bf16", part_acc_ptr="*fp32",
             part_ml_ptr="*fp32", qsl_ptr="*i32", seq_lens_ptr="*i32", bt_ptr="*i32", pos_ptr="*i64")
 strides = ("s_qt", "s_qh", "s_ot", "s_oh", "s_kn", "s_ks", "s_kk", "s_vn", "s_vs", "s_vk")
-for block_m, split in ((16, True), (16, False), (128, False)):  # decode split / single pass, prefill
+for block_m, split, one_each in ((16, True, True), (16, True, False), (16, False, False), (128, False, False)):
+    # decode split (one token a sequence, or searched) / single pass, prefill
     consts = dict(G=8, G_PAD=8, BLOCK_Q=block_m // 8, BLOCK_M=block_m, BLOCK_N=64, D=64, S=16, SPLIT=split,
-                  COMPUTE=tl.bfloat16, DOT_PRECISION=None, WHILE_LOOP=False, PDL=True, s_qd=1, s_od=1, s_kd=1, s_vd=1)
+                  COMPUTE=tl.bfloat16, DOT_PRECISION=None, WHILE_LOOP=False, PDL=True, ONE_EACH=one_each, s_qd=1,
+                  s_od=1, s_kd=1, s_vd=1)
     compile_sm90(A._attn_kernel, consts, ptrs, floats=("qk_scale",), divisible=(*ptrs, *strides))
 compile_sm90(A._combine_kernel, dict(NUM_SPLITS=8, BLOCK_H=16, D=64, PDL=True, s_od=1),
              dict(part_acc_ptr="*fp32", part_ml_ptr="*fp32", sinks_ptr="*fp32", out_ptr="*bf16"))

@@ -35,6 +35,9 @@ increases), takes local tile i = pid - F(b) (tokens qsl[b] + i*BQ ...) and retur
 the sequence's end. Worked example, BLOCK_Q = 4, query_start_loc = [0, 3, 4, 13] (lengths 3, 1, 9):
 F = [0, 1, 3], grid = 13 // 4 + 3 = 6; pid 0 -> seq 0 rows 0..2; pid 1 -> seq 1 row 3; pid 2 -> seq 1,
 i = 1, offset 4 >= length 1: returns; pids 3, 4, 5 -> seq 2, rows 4..7, 8..11, 12.
+When the host knows that every sequence has one new token (max_query_len = 1 and T = B: decode steps and
+their CUDA graphs), query_start_loc is 0 .. B and program b is sequence b: ONE_EACH skips the search and
+its dependent loads (log2(B) + 2 of them, each a round trip to memory before the first key is read).
 
 Key split worked example: BN = 64, a decode query at position 1000 (full attention), P = 4: lo = 0,
 hi = 1000, visible tiles start at 0, n_tiles = ceil(1001 / 64) = 16, 4 tiles per split: split 2 takes keys
@@ -98,6 +101,7 @@ def _attn_kernel(
     G: tl.constexpr, G_PAD: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr, D: tl.constexpr, S: tl.constexpr, SPLIT: tl.constexpr,
     COMPUTE: tl.constexpr, DOT_PRECISION: tl.constexpr, WHILE_LOOP: tl.constexpr, PDL: tl.constexpr,
+    ONE_EACH: tl.constexpr,
 ):
     launch.wait_for_inputs(PDL)  # the metadata, q and the caches are all produced on the GPU
     pid = tl.program_id(0)
@@ -105,20 +109,25 @@ def _attn_kernel(
     split = tl.program_id(2)
     num_splits = tl.num_programs(2)
 
-    # sequence b = the last one with F(b) = qsl[b] // BLOCK_Q + b <= pid (see the module docstring)
-    lo = pid * 0
-    hi = pid * 0 + num_seqs
-    while lo < hi:
-        mid = (lo + hi) // 2
-        go_right = tl.load(qsl_ptr + mid) // BLOCK_Q + mid <= pid
-        lo = tl.where(go_right, mid + 1, lo)
-        hi = tl.where(go_right, hi, mid)
-    b = lo - 1
-    q_start = tl.load(qsl_ptr + b)
-    q_end = tl.load(qsl_ptr + b + 1)
-    first_tok = q_start + (pid - (q_start // BLOCK_Q + b)) * BLOCK_Q
-    if first_tok >= q_end:
-        return
+    if ONE_EACH:  # one new token a sequence (T = B, token b is sequence b's): program b, no search
+        b = pid
+        first_tok = pid
+        q_end = pid + 1
+    else:
+        # sequence b = the last one with F(b) = qsl[b] // BLOCK_Q + b <= pid (see the module docstring)
+        lo = pid * 0
+        hi = pid * 0 + num_seqs
+        while lo < hi:
+            mid = (lo + hi) // 2
+            go_right = tl.load(qsl_ptr + mid) // BLOCK_Q + mid <= pid
+            lo = tl.where(go_right, mid + 1, lo)
+            hi = tl.where(go_right, hi, mid)
+        b = lo - 1
+        q_start = tl.load(qsl_ptr + b)
+        q_end = tl.load(qsl_ptr + b + 1)
+        first_tok = q_start + (pid - (q_start // BLOCK_Q + b)) * BLOCK_Q
+        if first_tok >= q_end:
+            return
 
     r = tl.arange(0, BLOCK_M)
     tok = first_tok + r // G_PAD  # [M] token row of q/out
@@ -316,7 +325,8 @@ def paged_attention_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
         part_ml = torch.empty((P, T, H, 2), dtype=torch.float32, device=q.device)
     else:
         part_acc = part_ml = out  # not touched when SPLIT is off
-    grid = (T // block_q + B, K, P)
+    one_each = max_query_len == 1 and T == B  # then query_start_loc is 0 .. B and the search is skipped
+    grid = (B if one_each else T // block_q + B, K, P)
     pdl = launch.use_pdl(q.device)
     _attn_kernel[grid](
         q, k_cache, v_cache, sinks, out, part_acc, part_ml,
@@ -326,7 +336,7 @@ def paged_attention_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
         B, T, H, _NO_WINDOW if window is None else window, scale * _LOG2E,
         G=G, G_PAD=g_pad, BLOCK_Q=block_q, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, D=D, S=S, SPLIT=P > 1,
         COMPUTE=compute, DOT_PRECISION=None if low_precision else "ieee", WHILE_LOOP=not on_gpu, PDL=pdl,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages, launch_pdl=pdl,
+        ONE_EACH=one_each, num_warps=cfg.num_warps, num_stages=cfg.num_stages, launch_pdl=pdl,
     )
     if P > 1:
         block_h = min(triton.next_power_of_2(H), 16)
