@@ -10,9 +10,11 @@ intercept of time against steps is its fixed cost), and P = 8 pairs over half K 
 with GEMM 2 split 2-4 ways (what more, shorter programs would buy). Results: docs/performance.md.
 
 Run: PYTHONPATH=.:scripts python scripts/gpu_probe_moe_decode_limits.py
-`--once` runs each GEMM twice at the default tiles and stops, for a profiler (not yet run on the GPU), e.g.
+`--once` runs each GEMM twice at the engine's tiles (moe_decode.GLUON_TILES) and stops, for a profiler, e.g.
   ncu --clock-control none -k regex:_pair_gemm -s 2 -c 2 --section WarpStateStats --section SchedulerStats \
-      python scripts/gpu_probe_moe_decode_limits.py --once
+      --section SourceCounters -o rep python scripts/gpu_probe_moe_decode_limits.py --once
+  ncu -i rep.ncu-rep --page source --csv --print-source sass   # stall samples per SASS instruction
+(run on the H200: docs/performance.md, "Sixth H200 run of the day").
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from gpu_bench_moe import ALPHA, A, D, E, I, LIMIT, mxfp4_weight
 from oss_engine.bench.hardware import median_seconds
 from oss_engine.kernels.triton import launch, moe_gluon
 from oss_engine.kernels.triton.moe import _weight_args
+from oss_engine.kernels.triton.moe_decode import GLUON_TILES
 
 TILES = [(32, 128, 2, 3), (16, 128, 1, 3)]
 LAUNCHES = 8
@@ -71,10 +74,11 @@ def main() -> None:
     sets = {"hbm": [torch.arange(4 * i, 4 * i + 4, device="cuda", dtype=torch.int32) for i in range(LAUNCHES)],
             "l2": [torch.arange(4, device="cuda", dtype=torch.int32)] * LAUNCHES,
             "one": [torch.zeros(4, device="cuda", dtype=torch.int32)] * LAUNCHES}
-    if "--once" in sys.argv:  # for a profiler: each GEMM once at the default tiles, after one untimed warm-up
+    if "--once" in sys.argv:  # for a profiler: each GEMM once at the engine's tiles, after one untimed warm-up
+        t = GLUON_TILES
         for _ in range(2):
-            gemm1(x, sets["hbm"][1], w1, act, TILES[0])
-            gemm2(act, sets["hbm"][1], w2, route_w, y, TILES[0])
+            gemm1(x, sets["hbm"][1], w1, act, (t.block_n1, t.block_k1, t.warps1, t.stages1))
+            gemm2(act, sets["hbm"][1], w2, route_w, y, (t.block_n2, t.block_k2, t.warps2, t.stages2), t.split2)
         torch.cuda.synchronize()
         return
     mb1, mb2 = 4 * 2 * I * D * 4.25 / 8 / 1e6, 4 * I * D * 4.25 / 8 / 1e6
