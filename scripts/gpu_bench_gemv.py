@@ -17,8 +17,9 @@ SHAPES = {"qkv": (5120, 2880), "o_proj": (2880, 4096), "router 20b": (32, 2880),
           "lm_head": (201088, 2880)}
 TILES = [GemvTiles(8, 512, 4, 2), GemvTiles(2, 512, 4, 3),  # the defaults (Triton's pipeliner)
          # registers `depth` steps ahead
-         GemvTiles(8, 512, 4, 1, 2), GemvTiles(8, 512, 4, 1, 3), GemvTiles(8, 256, 4, 1, 3), GemvTiles(4, 512, 4, 1, 3),
-         GemvTiles(16, 256, 4, 1, 3), GemvTiles(4, 256, 2, 1, 3), GemvTiles(2, 512, 4, 1, 3), GemvTiles(8, 256, 2, 1, 3),
+         GemvTiles(8, 512, 4, 1, 2), GemvTiles(8, 512, 4, 1, 3), GemvTiles(8, 256, 4, 1, 3),
+         GemvTiles(4, 512, 4, 1, 3), GemvTiles(16, 256, 4, 1, 3), GemvTiles(4, 256, 2, 1, 3),
+         GemvTiles(2, 512, 4, 1, 3), GemvTiles(8, 256, 2, 1, 3),
          GemvTiles(16, 512, 8, 1, 2), GemvTiles(4, 1024, 4, 1, 2)]
 SMALL_N_TILES = [GemvTiles(8, 512, 4, 2), GemvTiles(4, 512, 4, 2), GemvTiles(2, 512, 4, 2), GemvTiles(1, 512, 4, 2),
                  GemvTiles(1, 1024, 4, 2), GemvTiles(1, 256, 2, 2), GemvTiles(2, 256, 2, 3), GemvTiles(1, 512, 2, 3)]

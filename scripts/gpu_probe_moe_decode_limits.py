@@ -23,7 +23,7 @@ import sys
 
 import torch
 
-from gpu_bench_moe import ALPHA, A, D, E, I, LIMIT, mxfp4_weight
+from gpu_bench_moe import ALPHA, A, D, I, LIMIT, mxfp4_weight
 from oss_engine.bench.hardware import median_seconds
 from oss_engine.kernels.triton import launch, moe_gluon
 from oss_engine.kernels.triton.moe import _weight_args

@@ -27,8 +27,8 @@ On CUDA both paths now default to moe_gluon.py's kernels (`GLUON_TILES` here, mo
 where the crossing moved down (scripts/gpu_bench_moe_gluon.py, H200): decode path 37.2 us at 1 token
 (grouped 71.8), 60.6 vs 66.7 at 2, but 99.3 vs 89.1 at 4 tokens: MAX_DECODE_PAIRS = 8.
 
-PDL (`launch.py`): every kernel here calls `launch.wait_for_inputs` (Gluon: `_gdc_wait`) first: a pair learns its expert, so which weights to
-read, only from ids, which the routing writes; nothing is prefetched.
+PDL (`launch.py`): every kernel here calls `launch.wait_for_inputs` (Gluon: `_gdc_wait`) first: a pair
+learns its expert, so which weights to read, only from ids, which the routing writes; nothing is prefetched.
 """
 
 from __future__ import annotations

@@ -46,9 +46,11 @@ unmasked (no predicates, no zeroed destination registers: 209 instead of 223 SAS
 the decode path's GEMM 1); the rest are masked per lane quarter (k_end is a multiple of 32, so a quarter is
 wholly in or out and the loads stay 16-byte vectors), which covers the K tail and GEMM 2's splits, and a
 step that starts past k_end skips its mma. Masked weight words are left undefined: they meet zero
-activations and every code decodes to a finite value. On an H200 at one token (scripts/
-gpu_probe_moe_decode_limits.py) GEMM 1 takes 19.1 us reading its weights from HBM and 17.0 us with them in
-L2: something inside the program, not HBM, sets its speed (~0.6 us a step of 22.5; docs/performance.md).
+activations and every code decodes to a finite value. At 2 ahead the scale bytes are kept and turned into
+factors at the step that uses them (`_row_dot`). On an H200 at one token (scripts/
+gpu_probe_moe_decode_limits.py), GEMM 1 at 3 ahead with the factors formed at load time took 19.1 us reading
+its weights from HBM and 17.0 us with them in L2: something inside the program, not HBM, set its speed
+(~0.6 us a step of 22.5); at 2 ahead with the bytes kept, 16.5-17.1 us from HBM (docs/performance.md).
 
 Twins: `moe_experts_ref` and the Triton kernels (GPU tests); on the CPU machine, test_gluon_moe.py replays
 the decode (DECODE_SHIFTS), the pairing (PAIRING) and one word's two mma lane by lane in Python against the
@@ -271,16 +273,16 @@ def _step(acc, buf, live, BK: gl.constexpr, L: gl.constexpr, TT: gl.constexpr, M
 
 @gluon.jit
 def _round(acc, b0, b1, b2, k0, src, BH: gl.constexpr, BK: gl.constexpr, L: gl.constexpr, LA: gl.constexpr,
-           DEPTH: gl.constexpr, TT: gl.constexpr, MASKED: gl.constexpr):
-    """DEPTH (2 or 3) steps from k0, each buffer refilled in place DEPTH steps ahead; at DEPTH 2, b2 is not
-    read and the new (acc, b0, b1) come back."""
+           DEPTH: gl.constexpr, TT: gl.constexpr, MASKED: gl.constexpr, RAW: gl.constexpr):
+    """DEPTH (2 or 3) steps from k0, each buffer refilled in place DEPTH steps ahead (RAW: `_load_w`'s); at
+    DEPTH 2, b2 is not read and the new (acc, b0, b1) come back."""
     k_end = src[5]
-    n0 = _load_step(src, k0 + DEPTH * BK, BH, BK, L, LA, TT, MASKED, DEPTH == 2)
+    n0 = _load_step(src, k0 + DEPTH * BK, BH, BK, L, LA, TT, MASKED, RAW)
     acc = _step(acc, b0, k0 < k_end, BK, L, TT, MASKED)
-    n1 = _load_step(src, k0 + (DEPTH + 1) * BK, BH, BK, L, LA, TT, MASKED, DEPTH == 2)
+    n1 = _load_step(src, k0 + (DEPTH + 1) * BK, BH, BK, L, LA, TT, MASKED, RAW)
     acc = _step(acc, b1, k0 + BK < k_end, BK, L, TT, MASKED)
     if DEPTH == 3:
-        n2 = _load_step(src, k0 + 5 * BK, BH, BK, L, LA, TT, MASKED, False)
+        n2 = _load_step(src, k0 + 5 * BK, BH, BK, L, LA, TT, MASKED, RAW)
         acc = _step(acc, b2, k0 + 2 * BK < k_end, BK, L, TT, MASKED)
         return acc, n0, n1, n2
     else:
@@ -325,6 +327,7 @@ def _row_dot(w_base, s_base, a_base, a_rows, a_rows2, k_lo, k_end, s_wn, s_sn, s
     deferred factors took 219 registers instead of 141 and lost; at 4 (grouped, 173 vs 129) it did not gain."""
     W: gl.constexpr = BK // 32
     RND: gl.constexpr = DEPTH * BK  # one round
+    RAW: gl.constexpr = DEPTH == 2  # keep the scale bytes (above); DEPTH 4 forms the factors at load time
     src = (w_base, s_base, a_base, a_rows, a_rows2, k_end, s_wn, s_sn, s_sg)
     k_full = k_lo + gl.maximum((k_end - k_lo - RND) // RND, 0) * RND  # a round at k0 loads up to k0 + 2 RND
     z = gl.zeros([BH, 4, W], gl.float32, L)
@@ -343,19 +346,19 @@ def _row_dot(w_base, s_base, a_base, a_rows, a_rows2, k_lo, k_end, s_wn, s_sn, s
         for k0 in range(k_full, k_end, RND):
             acc, w0, w1, w2, w3, aa = _round4(acc, w0, w1, w2, w3, aa, k0, src, BH, BK, L, LA, TT, True)
     else:
-        b0 = _load_step(src, k_lo, BH, BK, L, LA, TT, True, DEPTH == 2)
-        b1 = _load_step(src, k_lo + BK, BH, BK, L, LA, TT, True, DEPTH == 2)
+        b0 = _load_step(src, k_lo, BH, BK, L, LA, TT, True, RAW)
+        b1 = _load_step(src, k_lo + BK, BH, BK, L, LA, TT, True, RAW)
         if DEPTH == 3:
-            b2 = _load_step(src, k_lo + 2 * BK, BH, BK, L, LA, TT, True, False)
+            b2 = _load_step(src, k_lo + 2 * BK, BH, BK, L, LA, TT, True, RAW)
             for k0 in range(k_lo, k_full, RND):
-                acc, b0, b1, b2 = _round(acc, b0, b1, b2, k0, src, BH, BK, L, LA, DEPTH, TT, False)
+                acc, b0, b1, b2 = _round(acc, b0, b1, b2, k0, src, BH, BK, L, LA, DEPTH, TT, False, RAW)
             for k0 in range(k_full, k_end, RND):
-                acc, b0, b1, b2 = _round(acc, b0, b1, b2, k0, src, BH, BK, L, LA, DEPTH, TT, True)
+                acc, b0, b1, b2 = _round(acc, b0, b1, b2, k0, src, BH, BK, L, LA, DEPTH, TT, True, RAW)
         else:
             for k0 in range(k_lo, k_full, RND):
-                acc, b0, b1 = _round(acc, b0, b1, 0, k0, src, BH, BK, L, LA, DEPTH, TT, False)
+                acc, b0, b1 = _round(acc, b0, b1, 0, k0, src, BH, BK, L, LA, DEPTH, TT, False, RAW)
             for k0 in range(k_full, k_end, RND):
-                acc, b0, b1 = _round(acc, b0, b1, 0, k0, src, BH, BK, L, LA, DEPTH, TT, True)
+                acc, b0, b1 = _round(acc, b0, b1, 0, k0, src, BH, BK, L, LA, DEPTH, TT, True, RAW)
     if TT == 2:
         sums = (gl.sum(acc[0], axis=2) * _UNDO, gl.sum(acc[1], axis=2) * _UNDO, gl.sum(acc[2], axis=2) * _UNDO,
                 gl.sum(acc[3], axis=2) * _UNDO, gl.sum(acc[4], axis=2) * _UNDO, gl.sum(acc[5], axis=2) * _UNDO,
