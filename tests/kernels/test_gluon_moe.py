@@ -109,10 +109,12 @@ def test_fits():
     assert not moe_gluon.fits(640, 320, 24, 64, 2)  # BN not whole n8 tiles of every warp
 
 
-def test_scales_in_range():
-    assert moe_gluon.scales_in_range(torch.tensor([66, 127, 192], dtype=torch.uint8))
-    assert not moe_gluon.scales_in_range(torch.tensor([127, 193], dtype=torch.uint8))
-    assert not moe_gluon.scales_in_range(torch.tensor([65], dtype=torch.uint8))
+def test_in_exact_range():
+    """The loader's measured (min, max) scale bytes decide whether these kernels take a weight."""
+    assert moe_gluon.in_exact_range((66, 192)) and moe_gluon.in_exact_range((120, 127))
+    assert not moe_gluon.in_exact_range((65, 127))  # the decoded weight would be a bf16 subnormal
+    assert not moe_gluon.in_exact_range((127, 193))  # the factor 2**(s - 65) would overflow bf16's normals
+    assert not moe_gluon.in_exact_range(None)  # never measured: take no chance
 
 
 def test_compiles_for_sm90_without_shared_memory():

@@ -564,7 +564,3 @@ def in_exact_range(scale_range: tuple[int, int] | None) -> bool:
     SCALE_MIN .. SCALE_MAX, the bytes this path decodes exactly."""
     return scale_range is not None and SCALE_MIN <= scale_range[0] and scale_range[1] <= SCALE_MAX
 
-
-def scales_in_range(scales: torch.Tensor) -> bool:
-    """Whether every e8m0 scale byte is one this path decodes exactly (SCALE_MIN .. SCALE_MAX)."""
-    return bool(((scales >= SCALE_MIN) & (scales <= SCALE_MAX)).all())
