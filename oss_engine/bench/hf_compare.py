@@ -67,7 +67,9 @@ def build_hf(llm):
     cfg._attn_implementation = "eager"  # its SDPA path drops the sinks; eager is what the parity tests use
     with torch.device("meta"):
         hf = transformers.GptOssForCausalLM(cfg)
-    hf = hf.to_empty(device=llm.engine.runner.device).to(torch.bfloat16)
+    # cast on the meta device, then allocate: bf16 from the start (a float32 model first would need twice
+    # hf_bytes_needed, more than an 80 GB card holds for gpt-oss-20b)
+    hf = hf.to(torch.bfloat16).to_empty(device=llm.engine.runner.device)
     state = dict(hf.named_parameters())
     ours = _hf_state(llm)
     missing = sorted(set(state) - set(ours))

@@ -44,7 +44,11 @@ def test_prefill_flops_are_twice_the_active_matmul_weights(tmp_path):
 def test_transformers_twin_gets_our_weights(parity_checkpoint):
     fmt, path = parity_checkpoint
     llm = LLM(str(path), device="cpu", dtype="float32", skip_tokenizer_init=True, progress=False)
-    hf = build_hf(llm).float()
+    hf = build_hf(llm)
+    assert {p.dtype for p in hf.parameters()} == {torch.bfloat16}  # allocated in bf16, as on the GPU
+    rotary = [b for n, b in hf.named_buffers() if "rotary" in n]
+    assert rotary and all(b.dtype == torch.float32 for b in rotary)  # rebuilt in float32, not rounded
+    hf = hf.float()
     ids = torch.randint(0, llm.config.model.vocab_size, (1, 24), generator=torch.Generator().manual_seed(0))
     from tests.model.test_parity_hf import our_logits
 
