@@ -18,12 +18,25 @@ from oss_engine.kernels.ref.moe import moe_experts_ref
 from oss_engine.kernels.triton.moe import GemmTiles, MoeTritonConfig, moe_experts_triton, triton_config
 from oss_engine.kernels.triton.moe_decode import moe_experts_decode_triton
 
-CANDIDATES = {  # T: tiles for both GEMMs, or (GEMM 1's, GEMM 2's); rounds 1-2 (T = 8-2048) chose the defaults
-    8: [GemmTiles(16, 64, 128, 2, 4)],
-    64: [GemmTiles(16, 64, 128, 2, 3), (GemmTiles(16, 64, 128, 2, 3), GemmTiles(16, 32, 256, 2, 3)),
-         (GemmTiles(16, 64, 128, 2, 4), GemmTiles(16, 64, 128, 2, 3))],
+G = GemmTiles
+SWAP = "dot_scaled_swap"
+CANDIDATES = {  # T: tiles for both GEMMs, or (GEMM 1's, GEMM 2's[, mode]); rounds 1-2 (T = 8-2048) chose the
+    8: [G(16, 64, 128, 2, 4)],  # defaults; round 3 (T = 2048, an H100) kept them (docs/performance.md)
+    64: [G(16, 64, 128, 2, 3), (G(16, 64, 128, 2, 3), G(16, 32, 256, 2, 3)),
+         (G(16, 64, 128, 2, 4), G(16, 64, 128, 2, 3))],
+    2048: [G(128, 128, 64, 4, 4), G(128, 128, 128, 4, 3), G(128, 128, 128, 8, 3), G(128, 256, 64, 8, 3),
+           G(64, 128, 64, 4, 4), G(128, 64, 64, 4, 4), G(256, 128, 64, 8, 3)]
+    + [(t, t, SWAP) for t in (G(128, 64, 64, 4, 3), G(64, 128, 64, 4, 3), G(128, 128, 64, 8, 3),
+                              G(64, 64, 128, 4, 3), G(128, 128, 64, 4, 3))],
 }
 DECODE_PATH_AT = (8,)  # also time moe_decode.py's per-pair path here (the op table takes it up to 16 pairs)
+
+
+def _config(t, mode: str) -> MoeTritonConfig:
+    """A CANDIDATES entry -> its config (mode: the default's unless the entry names one)."""
+    if not isinstance(t, tuple):
+        return MoeTritonConfig(t, t, mode)
+    return MoeTritonConfig(t[0], t[1], t[2] if len(t) == 3 else mode)
 
 
 def main() -> None:
@@ -37,8 +50,7 @@ def main() -> None:
         rows = []
         points = [(label, functools.partial(moe_experts_triton, x, weights, ids, w1, w2, LIMIT, ALPHA, config=cfg))
                   for label, cfg in [("default", base)]
-                  + [(str(t), MoeTritonConfig(*(t if isinstance(t, tuple) else (t, t)), base.mxfp4_decode))
-                     for t in tiles]]
+                  + [(str(t), _config(t, base.mxfp4_decode)) for t in tiles]]
         if T in DECODE_PATH_AT:
             points.append(("decode path", functools.partial(moe_experts_decode_triton, x, weights, ids, w1, w2,
                                                             LIMIT, ALPHA)))
