@@ -19,8 +19,13 @@ PROMPT = torch.tensor([[5, 17, 300, 2, 911, 64, 8, 8, 1000, 3, 42, 7]])  # [1, T
 
 
 def _load_hf(model_dir: Path):
+    # MXFP4: ask for the dequantized experts outright. Left to choose, transformers 5.25 on a CPU machine
+    # fetches its MXFP4 kernels from the Hub (no network here); the dequantized load reads the same tensors.
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    mxfp4 = config.get("quantization_config", {}).get("quant_method") == "mxfp4"
+    kwargs = {"quantization_config": transformers.Mxfp4Config(dequantize=True)} if mxfp4 else {}
     model, info = transformers.GptOssForCausalLM.from_pretrained(
-        model_dir, dtype=torch.float32, output_loading_info=True
+        model_dir, dtype=torch.float32, output_loading_info=True, **kwargs
     )
     assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"], info
     assert not info["error_msgs"], info
