@@ -20,8 +20,10 @@ from oss_engine.kernels.triton.moe_decode import moe_experts_decode_triton
 
 G = GemmTiles
 SWAP = "dot_scaled_swap"
-CANDIDATES = {  # T: tiles for both GEMMs, or (GEMM 1's, GEMM 2's[, mode]); rounds 1-2 (T = 8-2048) chose the
-    8: [G(16, 64, 128, 2, 4)],  # defaults; round 3 (T = 2048, an H100) kept them (docs/performance.md)
+# T: tiles for both GEMMs, or (GEMM 1's, GEMM 2's[, mode]). Rounds 1-2 (T = 8-2048, an H200) chose the
+# defaults; round 3 (the T = 2048 entries, an H100) kept them (docs/performance.md).
+CANDIDATES = {
+    8: [G(16, 64, 128, 2, 4)],
     64: [G(16, 64, 128, 2, 3), (G(16, 64, 128, 2, 3), G(16, 32, 256, 2, 3)),
          (G(16, 64, 128, 2, 4), G(16, 64, 128, 2, 3))],
     2048: [G(128, 128, 64, 4, 4), G(128, 128, 128, 4, 3), G(128, 128, 128, 8, 3), G(128, 256, 64, 8, 3),

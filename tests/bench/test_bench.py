@@ -45,7 +45,7 @@ def test_transformers_twin_gets_our_weights(parity_checkpoint):
     fmt, path = parity_checkpoint
     llm = LLM(str(path), device="cpu", dtype="float32", skip_tokenizer_init=True, progress=False)
     hf = build_hf(llm)
-    assert {p.dtype for p in hf.parameters()} == {torch.bfloat16}  # allocated in bf16, as on the GPU
+    assert {p.dtype for p in hf.parameters()} == {torch.bfloat16}  # the dtype the bench times it in
     rotary = [b for n, b in hf.named_buffers() if "rotary" in n]
     assert rotary and all(b.dtype == torch.float32 for b in rotary)  # rebuilt in float32, not rounded
     hf = hf.float()
