@@ -9,6 +9,7 @@ rate = new tokens / seconds of `generate` after a short untimed run.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 
 import torch
 
@@ -24,35 +25,38 @@ def hf_bytes_needed(llm) -> int:
     return 2 * (experts + others)
 
 
-def _hf_state(llm) -> dict[str, torch.Tensor]:
-    """Our parameters under HF's names and layouts (tensors on our device)."""
+def _hf_tensors(llm) -> Iterator[tuple[str, torch.Tensor]]:
+    """Our parameters under HF's names and layouts (tensors on our device), one at a time: a layer's MXFP4
+    experts are dequantized only when reached, so at most one layer's bf16 experts exist beside the HF model
+    (all of them at once, ~38 GB for gpt-oss-20b, ran an 80 GB H100 out of memory)."""
     m, model = llm.config.model, llm.model
     H, K, hd = m.num_attention_heads, m.num_key_value_heads, m.head_dim
-    out = {"model.embed_tokens.weight": model.embed.weight, "model.norm.weight": model.norm.weight,
-           "lm_head.weight": model.lm_head.weight}
+    yield from (("model.embed_tokens.weight", model.embed.weight), ("model.norm.weight", model.norm.weight),
+                ("lm_head.weight", model.lm_head.weight))
     for i, layer in enumerate(model.layers):
         p = f"model.layers.{i}."
-        out[p + "input_layernorm.weight"] = layer.input_norm.weight
-        out[p + "post_attention_layernorm.weight"] = layer.post_attn_norm.weight
+        yield p + "input_layernorm.weight", layer.input_norm.weight
+        yield p + "post_attention_layernorm.weight", layer.post_attn_norm.weight
         a = layer.attn
         for name, w in zip(("q", "k", "v"), a.qkv.weight.split([H * hd, K * hd, K * hd])):
-            out[p + f"self_attn.{name}_proj.weight"] = w
+            yield p + f"self_attn.{name}_proj.weight", w
         for name, b in zip(("q", "k", "v"), a.qkv.bias.split([H * hd, K * hd, K * hd])):
-            out[p + f"self_attn.{name}_proj.bias"] = b
-        out[p + "self_attn.o_proj.weight"], out[p + "self_attn.o_proj.bias"] = a.o_proj.weight, a.o_proj.bias
-        out[p + "self_attn.sinks"] = a.sinks
-        out[p + "mlp.router.weight"], out[p + "mlp.router.bias"] = layer.mlp.router.weight, layer.mlp.router.bias
+            yield p + f"self_attn.{name}_proj.bias", b
+        yield p + "self_attn.o_proj.weight", a.o_proj.weight
+        yield p + "self_attn.o_proj.bias", a.o_proj.bias
+        yield p + "self_attn.sinks", a.sinks
+        yield p + "mlp.router.weight", layer.mlp.router.weight
+        yield p + "mlp.router.bias", layer.mlp.router.bias
         ex = layer.mlp.experts
-        if hasattr(ex, "w1_blocks"):
-            w1 = dequantize_mxfp4(ex.w1_blocks, ex.w1_scales, torch.bfloat16)  # [E, 2I, D]
-            w2 = dequantize_mxfp4(ex.w2_blocks, ex.w2_scales, torch.bfloat16)  # [E, D, I]
-        else:
-            w1, w2 = ex.w1, ex.w2
-        out[p + "mlp.experts.gate_up_proj"] = w1.transpose(1, 2)  # [E, D, 2I]
-        out[p + "mlp.experts.gate_up_proj_bias"] = ex.w1_bias
-        out[p + "mlp.experts.down_proj"] = w2.transpose(1, 2)  # [E, I, D]
-        out[p + "mlp.experts.down_proj_bias"] = ex.w2_bias
-    return out
+        mxfp4 = hasattr(ex, "w1_blocks")
+        w1 = dequantize_mxfp4(ex.w1_blocks, ex.w1_scales, torch.bfloat16) if mxfp4 else ex.w1  # [E, 2I, D]
+        yield p + "mlp.experts.gate_up_proj", w1.transpose(1, 2)  # [E, D, 2I]
+        del w1
+        yield p + "mlp.experts.gate_up_proj_bias", ex.w1_bias
+        w2 = dequantize_mxfp4(ex.w2_blocks, ex.w2_scales, torch.bfloat16) if mxfp4 else ex.w2  # [E, D, I]
+        yield p + "mlp.experts.down_proj", w2.transpose(1, 2)  # [E, I, D]
+        del w2
+        yield p + "mlp.experts.down_proj_bias", ex.w2_bias
 
 
 def build_hf(llm):
@@ -71,13 +75,14 @@ def build_hf(llm):
     # hf_bytes_needed, more than an 80 GB card holds for gpt-oss-20b)
     hf = hf.to(torch.bfloat16).to_empty(device=llm.engine.runner.device)
     state = dict(hf.named_parameters())
-    ours = _hf_state(llm)
-    missing = sorted(set(state) - set(ours))
-    if missing:
-        raise RuntimeError(f"no value for HF parameter(s) {missing[:3]}")
+    filled = set()
     with torch.no_grad():
-        for name, t in ours.items():
+        for name, t in _hf_tensors(llm):
             state[name].copy_(t)
+            filled.add(name)
+        missing = sorted(set(state) - filled)
+        if missing:
+            raise RuntimeError(f"no value for HF parameter(s) {missing[:3]}")
         for name, module in hf.named_modules():  # rotary tables: to_empty left them undefined and the bf16
             if name.endswith("rotary_emb"):     # cast would round them; rebuild them in float32
                 fresh = type(module)(module.config)  # on the CPU, from the config
