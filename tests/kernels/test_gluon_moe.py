@@ -120,7 +120,9 @@ def test_in_exact_range():
 def test_compiles_for_sm90_without_shared_memory():
     """The four kernels at the gpt-oss-20b shapes (K tail masked at BK = 128) and their default depths compile
     for sm_90: no shared memory (the operands stay in registers) and at most the dot_scaled kernel's 168
-    registers (at 168, six 2-warp programs fit an SM: the decode path's 720 GEMM 1 programs run in one wave)."""
+    registers (at 168, six 2-warp programs fit an SM: the decode path's 720 GEMM 1 programs run in one wave).
+    With PDL the grouped kernels and GEMM 1 load nothing before their wait, the decode GEMM 2 its ids and
+    first weights."""
     run_compile_check(r'''
 import os, re, subprocess, tempfile
 from triton.experimental.gluon._runtime import GluonASTSource
@@ -143,24 +145,39 @@ def build(fn, consts, ptrs, floats=()):
                                text=True).stdout
     regs = int(re.search(r"REG:(\d+)", usage).group(1))
     assert regs <= 168, f"{regs} registers (dot_scaled's decode kernel: 168)"
+    return ptx
+
+def loads_before_wait(ptx):  # global loads the PTX issues before its griddepcontrol.wait
+    return ptx[:ptx.index("griddepcontrol.wait")].count("ld.global")
 
 def opts(stages):  # the launch keywords the wrappers pass (launch_options), num_warps 2 as `build` compiles
     o = G.launch_options(128, 2, stages)
     assert o.pop("num_warps") == 2
     return o
 
-build(G._pair_gemm1_gluon, dict(K=2880, A=4, BN=32, PDL=True, **opts(2)),
-      dict(x_ptr="*i32", ids_ptr="*i64", w_ptr="*i32", s_ptr="*u8", b_ptr="*bf16", act_ptr="*bf16"),
-      floats=("limit", "alpha"))
-build(G._pair_gemm2_gluon, dict(K=2880, S=2, K_SPLIT=1536, BN=32, PDL=True, **opts(3)),
-      dict(act_ptr="*i32", ids_ptr="*i64", w_ptr="*i32", s_ptr="*u8", b_ptr="*bf16", route_w_ptr="*bf16",
-           y_ptr="*fp32"))
-build(G._group_gemm1_gluon, dict(K=2880, A=4, E=32, E_PAD=32, BM=8, BN=32, PDL=True, **opts(4)),
-      dict(x_ptr="*i32", order_ptr="*i64", bounds_ptr="*i32", w_ptr="*i32", s_ptr="*u8", b_ptr="*bf16",
-           act_ptr="*bf16"), floats=("limit", "alpha"))
-build(G._group_gemm2_gluon, dict(K=2880, E=32, E_PAD=32, BM=8, BN=32, PDL=True, **opts(3)),
-      dict(act_ptr="*i32", order_ptr="*i64", bounds_ptr="*i32", w_ptr="*i32", s_ptr="*u8", b_ptr="*bf16",
-           route_w_ptr="*bf16", y_ptr="*fp32"))
+# GEMM 1 waits before any load (its routing is its predecessor's output); the decode GEMM 2 issues its ids
+# read and its first weight loads before the wait (the module docstring's PDL note)
+ptx = build(G._pair_gemm1_gluon, dict(K=2880, A=4, BN=32, PDL=True, **opts(2)),
+            dict(x_ptr="*i32", ids_ptr="*i64", w_ptr="*i32", s_ptr="*u8", b_ptr="*bf16", act_ptr="*bf16"),
+            floats=("limit", "alpha"))
+assert loads_before_wait(ptx) == 0
+ptx = build(G._pair_gemm2_gluon, dict(K=2880, S=2, K_SPLIT=1536, BN=32, PDL=True, **opts(3)),
+            dict(act_ptr="*i32", ids_ptr="*i64", w_ptr="*i32", s_ptr="*u8", b_ptr="*bf16", route_w_ptr="*bf16",
+                 y_ptr="*fp32"))
+assert loads_before_wait(ptx) > 3 and "ld.global.cg" in ptx
+ptx = build(G._group_gemm1_gluon, dict(K=2880, A=4, E=32, E_PAD=32, BM=8, BN=32, PDL=True, **opts(4)),
+            dict(x_ptr="*i32", order_ptr="*i64", bounds_ptr="*i32", w_ptr="*i32", s_ptr="*u8", b_ptr="*bf16",
+                 act_ptr="*bf16"), floats=("limit", "alpha"))
+assert loads_before_wait(ptx) == 0
+ptx = build(G._group_gemm2_gluon, dict(K=2880, E=32, E_PAD=32, BM=8, BN=32, PDL=True, **opts(3)),
+            dict(act_ptr="*i32", order_ptr="*i64", bounds_ptr="*i32", w_ptr="*i32", s_ptr="*u8", b_ptr="*bf16",
+                 route_w_ptr="*bf16", y_ptr="*fp32"))
+assert loads_before_wait(ptx) == 0
+for stages in (2, 4):  # the decode GEMM 2's other depths' prologues (3 above)
+    ptx = build(G._pair_gemm2_gluon, dict(K=2880, S=2, K_SPLIT=1536, BN=32, PDL=True, **opts(stages)),
+                dict(act_ptr="*i32", ids_ptr="*i64", w_ptr="*i32", s_ptr="*u8", b_ptr="*bf16",
+                     route_w_ptr="*bf16", y_ptr="*fp32"))
+    assert loads_before_wait(ptx) > 3, stages
 print("ok")
 ''')
 

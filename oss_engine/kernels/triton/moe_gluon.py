@@ -56,8 +56,14 @@ Twins: `moe_experts_ref` and the Triton kernels (GPU tests); on the CPU machine,
 the decode (DECODE_SHIFTS), the pairing (PAIRING) and one word's two mma lane by lane in Python against the
 dequantized dot product, and compiles the kernels for sm_90.
 
-PDL: every kernel waits (`_gdc_wait`) before reading its routing (ids, or bounds and order), as moe.py's and
-moe_decode.py's do.
+PDL: the kernels wait (`_gdc_wait`) before reading their routing (ids, or bounds and order), as moe.py's and
+moe_decode.py's do, except the decode path's GEMM 2 (`_pair_gemm2_gluon`): it reads its ids and issues its
+first weight loads before the wait and waits before its first activation load (`_row_dot`'s WAIT), so its
+weight stream starts while GEMM 1 finishes. That is safe: the ids were written before GEMM 1 (by routing),
+and GEMM 2 cannot start before every GEMM 1 program has passed its own wait, which returns only once GEMM
+1's predecessor has completed. That read bypasses L1 (`.cg`), which may hold a previous step's line.
+20b on an H100, alternating runs: batch 1 500 / 499 -> 505 / 505 tok/s. The grouped GEMM 2 the same way
+measured no gain at batch 64 (8,343 / 8,345 -> 8,328 / 8,335) and waits first.
 """
 
 from __future__ import annotations
@@ -311,7 +317,8 @@ def _round4(acc, w0, w1, w2, w3, aa, k0, src, BH: gl.constexpr, BK: gl.constexpr
 
 @gluon.jit
 def _row_dot(w_base, s_base, a_base, a_rows, a_rows2, k_lo, k_end, s_wn, s_sn, s_sg, BH: gl.constexpr,
-             BK: gl.constexpr, L: gl.constexpr, LA: gl.constexpr, DEPTH: gl.constexpr, TT: gl.constexpr):
+             BK: gl.constexpr, L: gl.constexpr, LA: gl.constexpr, DEPTH: gl.constexpr, TT: gl.constexpr,
+             WAIT: gl.constexpr):
     """4 TT [BH, 4] float32 sums, tile by tile: lane (g, t)'s mma outputs summed over its words, row 2j (c0,
     c1) and row 2j + 1 (c2, c3) of W times activation columns 2t (c0, c2) and 2t + 1 (c1, c3), over k_lo ..
     k_end (columns are the lane groups' rows, see a_rows; all the same row on the decode path). k_lo a
@@ -324,7 +331,10 @@ def _row_dot(w_base, s_base, a_base, a_rows, a_rows2, k_lo, k_end, s_wn, s_sn, s
     nothing and skip their mma. DEPTH 2 keeps the scale bytes and forms the factors at the step that uses
     them: formed at load time, the multiply waits on the newest loads where ptxas puts it, next to them
     (ncu on an H200, decode GEMM 1 at 3 ahead: 38% of its stall samples were that wait). At 3 ahead the
-    deferred factors took 219 registers instead of 141 and lost; at 4 (grouped, 173 vs 129) it did not gain."""
+    deferred factors took 219 registers instead of 141 and lost; at 4 (grouped, 173 vs 129) it did not gain.
+    WAIT (PDL on): the kernel's `_gdc_wait` comes here, after the first DEPTH steps' weight loads and before
+    any activation load, so that GEMM 2's weight stream starts while GEMM 1 finishes (see the module
+    docstring's PDL note); False where the caller waited already."""
     W: gl.constexpr = BK // 32
     RND: gl.constexpr = DEPTH * BK  # one round
     RAW: gl.constexpr = DEPTH == 2  # keep the scale bytes (above); DEPTH 4 forms the factors at load time
@@ -340,21 +350,29 @@ def _row_dot(w_base, s_base, a_base, a_rows, a_rows2, k_lo, k_end, s_wn, s_sn, s
         w1 = _load_w(src, k_lo + BK, BH, BK, L, True, False)
         w2 = _load_w(src, k_lo + 2 * BK, BH, BK, L, True, False)
         w3 = _load_w(src, k_lo + 3 * BK, BH, BK, L, True, False)
+        _gdc_wait(WAIT)
         aa = _load_a(src, k_lo, BK, LA, TT, True)
         for k0 in range(k_lo, k_full, RND):
             acc, w0, w1, w2, w3, aa = _round4(acc, w0, w1, w2, w3, aa, k0, src, BH, BK, L, LA, TT, False)
         for k0 in range(k_full, k_end, RND):
             acc, w0, w1, w2, w3, aa = _round4(acc, w0, w1, w2, w3, aa, k0, src, BH, BK, L, LA, TT, True)
     else:
-        b0 = _load_step(src, k_lo, BH, BK, L, LA, TT, True, RAW)
-        b1 = _load_step(src, k_lo + BK, BH, BK, L, LA, TT, True, RAW)
+        b0 = _load_w(src, k_lo, BH, BK, L, True, RAW)
+        b1 = _load_w(src, k_lo + BK, BH, BK, L, True, RAW)
         if DEPTH == 3:
-            b2 = _load_step(src, k_lo + 2 * BK, BH, BK, L, LA, TT, True, RAW)
+            b2 = _load_w(src, k_lo + 2 * BK, BH, BK, L, True, RAW)
+            _gdc_wait(WAIT)
+            b0 = b0 + _load_a(src, k_lo, BK, LA, TT, True)
+            b1 = b1 + _load_a(src, k_lo + BK, BK, LA, TT, True)
+            b2 = b2 + _load_a(src, k_lo + 2 * BK, BK, LA, TT, True)
             for k0 in range(k_lo, k_full, RND):
                 acc, b0, b1, b2 = _round(acc, b0, b1, b2, k0, src, BH, BK, L, LA, DEPTH, TT, False, RAW)
             for k0 in range(k_full, k_end, RND):
                 acc, b0, b1, b2 = _round(acc, b0, b1, b2, k0, src, BH, BK, L, LA, DEPTH, TT, True, RAW)
         else:
+            _gdc_wait(WAIT)
+            b0 = b0 + _load_a(src, k_lo, BK, LA, TT, True)
+            b1 = b1 + _load_a(src, k_lo + BK, BK, LA, TT, True)
             for k0 in range(k_lo, k_full, RND):
                 acc, b0, b1 = _round(acc, b0, b1, 0, k0, src, BH, BK, L, LA, DEPTH, TT, False, RAW)
             for k0 in range(k_full, k_end, RND):
@@ -384,7 +402,7 @@ def _pair_gemm1_gluon(x_ptr, ids_ptr, w_ptr, s_ptr, b_ptr, act_ptr,
     expert = gl.load(ids_ptr + p).to(gl.int64)
     gate, _, up, _ = _row_dot(w_ptr + (expert * s_we + n0 * s_wn) // 4, s_ptr + expert * s_se + n0 * s_sn,
                               x_ptr + (p // A).to(gl.int64) * (s_xt // 2), 0, 0, 0, K, s_wn, s_sn, s_sg, BH,
-                              BK, L, LA, DEPTH, 1)
+                              BK, L, LA, DEPTH, 1, False)
     SL: gl.constexpr = gl.SliceLayout(2, L)
     j = gl.arange(0, BH, layout=gl.SliceLayout(1, SL))[:, None]  # [BH, 1]
     t = gl.arange(0, 4, layout=gl.SliceLayout(0, SL))[None, :]  # [1, 4]
@@ -405,18 +423,19 @@ def _pair_gemm2_gluon(act_ptr, ids_ptr, w_ptr, s_ptr, b_ptr, route_w_ptr, y_ptr,
                       BK: gl.constexpr, L: gl.constexpr, LA: gl.constexpr, DEPTH: gl.constexpr,
                       PDL: gl.constexpr):
     """y[p * S + s, n] = weights[p] * (act[p, split s] @ W2[ids[p]][n, split s] (+ b2[n] on split 0)) for BN
-    columns n; K_SPLIT, a multiple of BK, each split's length. act_ptr an int32 view (s_ap in bf16)."""
-    _gdc_wait(PDL)
+    columns n; K_SPLIT, a multiple of BK, each split's length. act_ptr an int32 view (s_ap in bf16). PDL: the
+    wait comes inside `_row_dot`, after the first weight loads (ids is read before it, see the module
+    docstring)."""
     BH: gl.constexpr = BN // 2
     p = gl.program_id(0)
     n0 = gl.program_id(1) * BN
     s = gl.program_id(2)
-    expert = gl.load(ids_ptr + p).to(gl.int64)
+    expert = gl.load(ids_ptr + p, cache_modifier=".cg").to(gl.int64)
     k_lo = s * K_SPLIT
     k_end = gl.minimum(k_lo + K_SPLIT, K)
     y0, _, y1, _ = _row_dot(w_ptr + (expert * s_we + n0 * s_wn) // 4, s_ptr + expert * s_se + n0 * s_sn,
                             act_ptr + p.to(gl.int64) * (s_ap // 2), 0, 0, k_lo, k_end, s_wn, s_sn, s_sg, BH,
-                            BK, L, LA, DEPTH, 1)
+                            BK, L, LA, DEPTH, 1, PDL)
     SL: gl.constexpr = gl.SliceLayout(2, L)
     j = gl.arange(0, BH, layout=gl.SliceLayout(1, SL))[:, None]
     t = gl.arange(0, 4, layout=gl.SliceLayout(0, SL))[None, :]
@@ -487,7 +506,7 @@ def _group_gemm1_gluon(x_ptr, order_ptr, bounds_ptr, w_ptr, s_ptr, b_ptr, act_pt
         _, pair2 = _block_rows(order_ptr, start, end, TT - 1, BH, LA)
         sums = _row_dot(w_ptr + (e * s_we + n0 * s_wn) // 4, s_ptr + e * s_se + n0 * s_sn, x_ptr,
                         (pair // A).to(gl.int64) * (s_xt // 2), (pair2 // A).to(gl.int64) * (s_xt // 2), 0, K,
-                        s_wn, s_sn, s_sg, BH, BK, L, LA, DEPTH, TT)
+                        s_wn, s_sn, s_sg, BH, BK, L, LA, DEPTH, TT, False)
         SL: gl.constexpr = gl.SliceLayout(2, L)
         j = gl.arange(0, BH, layout=gl.SliceLayout(1, SL))[:, None]  # [BH, 1]
         t = gl.arange(0, 4, layout=gl.SliceLayout(0, SL))[None, :]  # [1, 4]
@@ -509,7 +528,7 @@ def _group_gemm2_gluon(act_ptr, order_ptr, bounds_ptr, w_ptr, s_ptr, b_ptr, rout
                        BK: gl.constexpr, L: gl.constexpr, LA: gl.constexpr, DEPTH: gl.constexpr, PDL: gl.constexpr):
     """moe.py's GEMM 2 for a block of BM (8 or 16) sorted rows: y[order[r], n] = route_w[order[r]] * (act[r] @
     W2[e]^T + b2[e])[n] for BN columns n. act_ptr an int32 view (s_ar in bf16)."""
-    _gdc_wait(PDL)
+    _gdc_wait(PDL)  # first: the pair kernel's early weight loads measured no gain here (module docstring)
     BH: gl.constexpr = BN // 2
     TT: gl.constexpr = BM // 8
     NW: gl.constexpr = gl.num_warps()
@@ -522,7 +541,7 @@ def _group_gemm2_gluon(act_ptr, order_ptr, bounds_ptr, w_ptr, s_ptr, b_ptr, rout
         row2, _ = _block_rows(order_ptr, start, end, TT - 1, BH, LA)
         sums = _row_dot(w_ptr + (e * s_we + n0 * s_wn) // 4, s_ptr + e * s_se + n0 * s_sn, act_ptr,
                         row.to(gl.int64) * (s_ar // 2), row2.to(gl.int64) * (s_ar // 2), 0, K, s_wn, s_sn, s_sg, BH,
-                        BK, L, LA, DEPTH, TT)
+                        BK, L, LA, DEPTH, TT, False)
         SL: gl.constexpr = gl.SliceLayout(2, L)
         j = gl.arange(0, BH, layout=gl.SliceLayout(1, SL))[:, None]
         t = gl.arange(0, 4, layout=gl.SliceLayout(0, SL))[None, :]
