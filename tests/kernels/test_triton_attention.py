@@ -116,6 +116,25 @@ def test_split_kv_decode(num_splits, window, H, K, D):
     check(case, window, num_splits=num_splits)
 
 
+def test_empty_splits_acc_never_read(monkeypatch):
+    """A split with no keys writes only (m, l); the merge must not read its acc. The partials start as NaN,
+    so a read of an unwritten acc (NaN * weight 0 = NaN) would poison the output. 12 splits over contexts of
+    1-2 key tiles leave most of them empty."""
+    import oss_engine.kernels.triton.attention as attn_mod
+
+    monkeypatch.setattr(attn_mod, "_empty", lambda shape, dtype, device: torch.full(shape, float("nan"),
+                                                                                  dtype=dtype, device=device))
+    check(make_case([(40, 1), (3, 1), (0, 1)], 16, 16, 2, 64, None, True), None, num_splits=12, max_query_len=1)
+
+
+def test_short_window_splits_on_gpu_config():
+    """On the GPU tiles (64 keys), a 128-key window spans 4 key tiles: one decode sequence takes 2 splits
+    (H100: 7.6 vs 8.4 us one pass); 3 tiles (a 64-key window) stay one pass."""
+    for window, want in ((128, 2), (64, 1)):
+        cfg = pick_config(1, 1, 8, 8, 8192, window, 1, 132, on_gpu=True)
+        assert cfg.num_splits == want, (window, cfg)
+
+
 @pytest.mark.parametrize("num_splits", [None, 1])
 @pytest.mark.parametrize("window", [None, 8])
 def test_decode_one_token_each(num_splits, window):

@@ -22,7 +22,10 @@ Design.
 - Split-KV (decode with long contexts, where B * K programs would leave most SMs idle): P programs per
   (q tile, kv head) each take an equal share of the tile's visible key tiles and write their partial
   (m, l, acc) in float32 without the sink; `_combine_kernel` merges the P partials per (token, head) and
-  applies the sink. A split with no keys writes (m = -1e30, l = 0, acc = 0), which the merge weighs as 0.
+  applies the sink. A split with no keys writes only (m = -1e30, l = 0), which the merge weighs as 0 without
+  reading its acc. Such splits are common: in a decode graph the host knows only the block table's width, so
+  P is chosen for the longest context (e.g. 32 at one sequence) and a 1k context leaves half of them empty
+  (H100, one token, context 1088: 10.8 us with their acc written and read, 8.9 at P = 17).
   Correct for any batch (prefill rows too); the wrapper chooses it only for decode-like steps.
 - Operands are loaded in COMPUTE dtype (bf16 on the GPU, tl.dot accumulating in float32; float32 in the CPU
   interpreter, where a bf16 tl.dot returns garbage, and for float32 inputs, where "ieee" avoids tf32).
@@ -59,6 +62,10 @@ from ...model.forward_batch import AttentionMetadata
 from . import launch
 
 _LOG2E = 1.4426950408889634
+
+
+def _empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    return torch.empty(shape, dtype=dtype, device=device)  # tests poison it with NaN
 _NO_WINDOW = 1 << 30  # window None: every key j <= i is visible
 _NEG_INIT = tl.constexpr(-1.0e30)  # initial running max, finite: exp2(m_old - m_new) never sees -inf + inf
 
@@ -172,7 +179,8 @@ def _attn_kernel(
     if SPLIT:
         # partials [P, T, H, D] and [P, T, H, 2] (m, l), float32, contiguous
         row_off = (split * num_tokens + tok.to(tl.int64)) * num_heads + head  # [M]
-        tl.store(part_acc_ptr + row_off[:, None] * D + d[None, :], acc, mask=row_ok[:, None])
+        has_keys = k_begin < k_end  # else acc is all zero, and the merge does not read it (l = 0)
+        tl.store(part_acc_ptr + row_off[:, None] * D + d[None, :], acc, mask=row_ok[:, None] & has_keys)
         tl.store(part_ml_ptr + row_off * 2, m_i, mask=row_ok)
         tl.store(part_ml_ptr + row_off * 2 + 1, l_i, mask=row_ok)
     else:
@@ -207,7 +215,8 @@ def _combine_kernel(part_acc_ptr, part_ml_ptr, sinks_ptr, out_ptr, s_ot, s_oh, s
         l_p = tl.load(part_ml_ptr + row * 2 + 1, mask=h_ok, other=0.0)
         w = tl.exp2(m_p - m_max)
         denom += l_p * w
-        acc += tl.load(part_acc_ptr + row[:, None] * D + d[None, :], mask=h_ok[:, None], other=0.0) * w[:, None]
+        has_keys = h_ok & (l_p > 0.0)  # a split with no keys (l = 0) left its acc unwritten: it adds 0
+        acc += tl.load(part_acc_ptr + row[:, None] * D + d[None, :], mask=has_keys[:, None], other=0.0) * w[:, None]
     o = acc / denom[:, None]
     tl.store(out_ptr + t * s_ot + h[:, None] * s_oh + d[None, :] * s_od, o.to(out_ptr.dtype.element_ty),
              mask=h_ok[:, None])
@@ -267,7 +276,7 @@ def pick_config(num_tokens: int, num_seqs: int, num_kv_heads: int, group: int, c
     """Tile sizes from shapes known on the host. `max_query_len` None: the bound T - B + 1 (exact when every
     sequence has at least one new token; it only steers tile sizes, never correctness). `context_bound` is
     the block-table width x S. Split-KV for decode-like steps whose B * K programs would leave SMs idle
-    and whose visible context spans at least 8 key tiles, with at least 2 tiles per split."""
+    and whose visible context spans at least 4 key tiles, with at least 2 tiles per split."""
     g_pad = triton.next_power_of_2(group)
     q_bound = max_query_len if max_query_len is not None else max(num_tokens - num_seqs + 1, 1)
     block_m = min(max(triton.next_power_of_2(q_bound * g_pad), 16), 128 if on_gpu else 64)
@@ -279,7 +288,8 @@ def pick_config(num_tokens: int, num_seqs: int, num_kv_heads: int, group: int, c
         if decode_like:
             visible = context_bound if window is None else min(context_bound, window + block_m + block_n)
             tiles = triton.cdiv(visible, block_n)
-            if tiles >= 8:  # shorter visible ranges are latency-bound either way; the merge would only add
+            if tiles >= 4:  # 2 splits + the merge beat one pass from 4 tiles (a 128-key window: H100, one token,
+                # 7.6 vs 8.4 us; 8 sequences 8.2 vs 8.4); shorter ranges stay one pass
                 num_splits = max(1, min(triton.cdiv(2 * num_sms, num_seqs * num_kv_heads), tiles // 2, 32))
     num_warps = 8 if block_m >= 128 else 4
     return AttentionConfig(block_m, block_n, num_splits, num_warps, num_stages=3 if decode_like else 2)
@@ -321,8 +331,8 @@ def paged_attention_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
     block_q = cfg.block_m // g_pad
     P = cfg.num_splits
     if P > 1:
-        part_acc = torch.empty((P, T, H, D), dtype=torch.float32, device=q.device)
-        part_ml = torch.empty((P, T, H, 2), dtype=torch.float32, device=q.device)
+        part_acc = _empty((P, T, H, D), torch.float32, q.device)
+        part_ml = _empty((P, T, H, 2), torch.float32, q.device)
     else:
         part_acc = part_ml = out  # not touched when SPLIT is off
     one_each = max_query_len == 1 and T == B  # then query_start_loc is 0 .. B and the search is skipped
