@@ -25,7 +25,8 @@ Design.
   applies the sink. A split with no keys writes only (m = -1e30, l = 0), which the merge weighs as 0 without
   reading its acc. Such splits are common: in a decode graph the host knows only the block table's width, so
   P is chosen for the longest context (e.g. 32 at one sequence) and a 1k context leaves half of them empty
-  (H100, one token, context 1088: 10.8 us with their acc written and read, 8.9 at P = 17).
+  (H100, one token, context 1088, P = 32: 10.8 us with their acc written and read, 10.4 without; P = 17,
+  which the host cannot know to pick, 8.9).
   Correct for any batch (prefill rows too); the wrapper chooses it only for decode-like steps.
 - Operands are loaded in COMPUTE dtype (bf16 on the GPU, tl.dot accumulating in float32; float32 in the CPU
   interpreter, where a bf16 tl.dot returns garbage, and for float32 inputs, where "ieee" avoids tf32).
@@ -62,12 +63,12 @@ from ...model.forward_batch import AttentionMetadata
 from . import launch
 
 _LOG2E = 1.4426950408889634
+_NO_WINDOW = 1 << 30  # window None: every key j <= i is visible
+_NEG_INIT = tl.constexpr(-1.0e30)  # initial running max, finite: exp2(m_old - m_new) never sees -inf + inf
 
 
 def _empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     return torch.empty(shape, dtype=dtype, device=device)  # tests poison it with NaN
-_NO_WINDOW = 1 << 30  # window None: every key j <= i is visible
-_NEG_INIT = tl.constexpr(-1.0e30)  # initial running max, finite: exp2(m_old - m_new) never sees -inf + inf
 
 
 @triton.jit
@@ -288,8 +289,8 @@ def pick_config(num_tokens: int, num_seqs: int, num_kv_heads: int, group: int, c
         if decode_like:
             visible = context_bound if window is None else min(context_bound, window + block_m + block_n)
             tiles = triton.cdiv(visible, block_n)
-            if tiles >= 4:  # 2 splits + the merge beat one pass from 4 tiles (a 128-key window: H100, one token,
-                # 7.6 vs 8.4 us; 8 sequences 8.2 vs 8.4); shorter ranges stay one pass
+            if tiles >= 4:  # 2 splits + the merge beat one pass from 4 tiles (a 128-key window, H100, one
+                # token: 7.6 vs 8.5 and 7.8 vs 8.1 us in two runs; 8 sequences tie); shorter ranges stay one pass
                 num_splits = max(1, min(triton.cdiv(2 * num_sms, num_seqs * num_kv_heads), tiles // 2, 32))
     num_warps = 8 if block_m >= 128 else 4
     return AttentionConfig(block_m, block_n, num_splits, num_warps, num_stages=3 if decode_like else 2)
