@@ -47,16 +47,11 @@ def _hf_tensors(llm) -> Iterator[tuple[str, torch.Tensor]]:
         yield p + "self_attn.sinks", a.sinks
         yield p + "mlp.router.weight", layer.mlp.router.weight
         yield p + "mlp.router.bias", layer.mlp.router.bias
-        ex = layer.mlp.experts
-        mxfp4 = hasattr(ex, "w1_blocks")
-        w1 = dequantize_mxfp4(ex.w1_blocks, ex.w1_scales, torch.bfloat16) if mxfp4 else ex.w1  # [E, 2I, D]
-        yield p + "mlp.experts.gate_up_proj", w1.transpose(1, 2)  # [E, D, 2I]
-        del w1
-        yield p + "mlp.experts.gate_up_proj_bias", ex.w1_bias
-        w2 = dequantize_mxfp4(ex.w2_blocks, ex.w2_scales, torch.bfloat16) if mxfp4 else ex.w2  # [E, D, I]
-        yield p + "mlp.experts.down_proj", w2.transpose(1, 2)  # [E, I, D]
-        del w2
-        yield p + "mlp.experts.down_proj_bias", ex.w2_bias
+        for hf_name, w in zip(("gate_up_proj", "down_proj"), layer.mlp.experts.weights()):
+            dense = dequantize_mxfp4(w.blocks, w.scales, torch.bfloat16) if w.is_mxfp4 else w.dense  # [E, out, in]
+            yield p + f"mlp.experts.{hf_name}", dense.transpose(1, 2)  # [E, in, out]
+            del dense
+            yield p + f"mlp.experts.{hf_name}_bias", w.bias
 
 
 def build_hf(llm):

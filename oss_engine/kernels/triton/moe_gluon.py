@@ -361,18 +361,16 @@ def _row_dot(w_base, s_base, a_base, a_rows, a_rows2, k_lo, k_end, s_wn, s_sn, s
         b1 = _load_w(src, k_lo + BK, BH, BK, L, True, RAW)
         if DEPTH == 3:
             b2 = _load_w(src, k_lo + 2 * BK, BH, BK, L, True, RAW)
-            _gdc_wait(WAIT)
-            b0 = b0 + _load_a(src, k_lo, BK, LA, TT, True)
-            b1 = b1 + _load_a(src, k_lo + BK, BK, LA, TT, True)
+        _gdc_wait(WAIT)
+        b0 = b0 + _load_a(src, k_lo, BK, LA, TT, True)
+        b1 = b1 + _load_a(src, k_lo + BK, BK, LA, TT, True)
+        if DEPTH == 3:
             b2 = b2 + _load_a(src, k_lo + 2 * BK, BK, LA, TT, True)
             for k0 in range(k_lo, k_full, RND):
                 acc, b0, b1, b2 = _round(acc, b0, b1, b2, k0, src, BH, BK, L, LA, DEPTH, TT, False, RAW)
             for k0 in range(k_full, k_end, RND):
                 acc, b0, b1, b2 = _round(acc, b0, b1, b2, k0, src, BH, BK, L, LA, DEPTH, TT, True, RAW)
         else:
-            _gdc_wait(WAIT)
-            b0 = b0 + _load_a(src, k_lo, BK, LA, TT, True)
-            b1 = b1 + _load_a(src, k_lo + BK, BK, LA, TT, True)
             for k0 in range(k_lo, k_full, RND):
                 acc, b0, b1 = _round(acc, b0, b1, 0, k0, src, BH, BK, L, LA, DEPTH, TT, False, RAW)
             for k0 in range(k_full, k_end, RND):
