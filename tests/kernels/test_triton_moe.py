@@ -9,7 +9,7 @@ Legend: T tokens, D hidden, I intermediate, E experts, A experts per token.
 import pytest
 import torch
 
-pytest.importorskip("triton")
+triton = pytest.importorskip("triton")
 
 from oss_engine.kernels.ref.moe import moe_experts_ref
 from oss_engine.kernels.triton import moe as moe_mod
@@ -157,9 +157,20 @@ def test_bf16_input(poisoned):
     assert out.dtype == torch.bfloat16 and rel_l2(out, ref) < 1e-2
 
 
-@pytest.mark.parametrize("T,A,E", [(1, 4, 32), (17, 4, 8), (64, 4, 32), (65, 4, 32), (16, 4, 128), (300, 1, 4)])
-def test_group_by_expert(poisoned, T, A, E):
-    """Both grouping paths (one Triton program up to 256 pairs, torch.sort above) equal a stable sort."""
+GROUP_PATHS = {"small": (256, 0), "chunked": (0, 1 << 30), "torch": (0, 0)}  # (_SMALL_GROUP, _CHUNKED_GROUP)
+
+
+@pytest.mark.parametrize("path", list(GROUP_PATHS))
+@pytest.mark.parametrize("T,A,E", [(1, 4, 32), (17, 4, 8), (64, 4, 32), (65, 4, 32), (16, 4, 128), (300, 1, 4),
+                                   (100, 4, 128), (600, 4, 32)])
+def test_group_by_expert(poisoned, monkeypatch, path, T, A, E):
+    """Each grouping path (one Triton program for small P, the chunked one, torch.sort), forced whatever the
+    size, equals a stable sort: one-chunk and multi-chunk cases, ragged last chunks, empty experts."""
+    monkeypatch.setattr(moe_mod, "_SMALL_GROUP", GROUP_PATHS[path][0])
+    monkeypatch.setattr(moe_mod, "_CHUNKED_GROUP", GROUP_PATHS[path][1])
+    P, e_pad = T * A, triton.next_power_of_2(E)
+    if path == "small" and (P > 256 or max(16, triton.next_power_of_2(P)) * e_pad > 8192):
+        pytest.skip("past the one-program kernel's registers")
     gen = torch.Generator().manual_seed(T)
     ids = make_ids("ragged", T, E, A, gen).to(DEV)
     order, bounds = group_by_expert(ids, E)
@@ -167,6 +178,14 @@ def test_group_by_expert(poisoned, T, A, E):
     assert torch.equal(order, expected)
     experts = torch.arange(E + 1, device=DEV)
     assert torch.equal(bounds, torch.searchsorted(sorted_ids, experts, out_int32=True))
+
+
+def test_group_paths_by_size():
+    """Which path group_by_expert takes at the sizes the thresholds were measured for (docs/performance.md):
+    the one-program kernel at decode sizes, the chunked one up to 1024 pairs, torch.sort above."""
+    assert moe_mod.group_path(32, 32) == "small" and moe_mod.group_path(256, 32) == "small"
+    assert moe_mod.group_path(257, 32) == "chunked" and moe_mod.group_path(256, 128) == "chunked"
+    assert moe_mod.group_path(1024, 128) == "chunked" and moe_mod.group_path(1025, 32) == "torch"
 
 
 def test_dot_scaled_falls_back_off_bf16(poisoned):

@@ -7,7 +7,8 @@ BM rows of a block (BLOCK_M), r a sorted row (0 <= r < P), p = t * A + a a pair.
 Pipeline, with no host synchronisation (every grid is sized from shapes):
   1. group    order [P] = stable argsort(ids.flat): sorted row r holds pair order[r], rows grouped by
               expert; bounds [E + 1] int32: bounds[e] = first sorted row of expert e. One Triton program
-              for P <= 256 (`_group_small_kernel`), else torch.sort + searchsorted.
+              up to 1024 pairs (`_group_small_kernel` at decode sizes, `_group_chunked_kernel` above),
+              else torch.sort + searchsorted (`group_path`).
   2. GEMM 1   act[r] = swiglu(x[order[r] // A] @ W1[e]^T + b1[e])            act [P, I] (compute dtype)
   3. GEMM 2   y[order[r]] = weight[order[r]] * (act[r] @ W2[e]^T + b2[e])    y [P, D] float32
   4. combine  out[t] = sum over a of y[t * A + a]                            out [T, D] (x.dtype)
@@ -75,6 +76,7 @@ except ImportError:  # pragma: no cover - depends on the installed Triton
 _TL_DTYPE = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
 _MODES = {"dense": 0, "arith": 1, "dot_scaled": 2, "dot_scaled_swap": 3}
 _SMALL_GROUP = 256  # pairs up to which one Triton program groups them (`_group_small_kernel`)
+_CHUNKED_GROUP = 1024  # pairs up to which `_group_chunked_kernel` does (docs/performance.md: where it paid)
 
 
 @dataclass(frozen=True)
@@ -365,6 +367,50 @@ def _group_small_kernel(ids_ptr, order_ptr, bounds_ptr, P, E: tl.constexpr, E_PA
     tl.store(order_ptr + first + rank, p.to(tl.int64), mask=p < P)
 
 
+@triton.jit
+def _group_chunked_kernel(ids_ptr, order_ptr, bounds_ptr, P, E: tl.constexpr, E_PAD: tl.constexpr,
+                          CHUNK: tl.constexpr, ONE: tl.constexpr, PDL: tl.constexpr):
+    """One program: the same stable counting sort as `_group_small_kernel`, over one-hot [CHUNK, E_PAD]
+    tiles, so registers do not grow with P. A pair's sorted row is its expert's first row plus its rank among
+    the expert's pairs: bounds from the counts, the rank from a cumulative sum down the one-hot tile.
+    ONE (P <= CHUNK): one pass over one tile. Else two passes, CHUNK ids at a time, each loading the next
+    chunk before working on this one: pass 1 counts each expert's pairs (bounds); pass 2 places chunk by
+    chunk, row = next[e] + rank in the chunk, then next[e] += the chunk's count."""
+    launch.wait_for_inputs(PDL)
+    e = tl.arange(0, E_PAD)
+    q = tl.arange(0, CHUNK)
+    e_q = tl.load(ids_ptr + q, mask=q < P, other=E_PAD).to(tl.int32)  # [CHUNK]; pads match no expert
+    if ONE:
+        hot = (e_q[:, None] == e[None, :]).to(tl.int32)  # [CHUNK, E_PAD]
+        counts = tl.sum(hot, axis=0)
+        ends = tl.cumsum(counts, axis=0)  # bounds[e + 1]
+        seen = tl.cumsum(hot, axis=0)  # [CHUNK, E_PAD] the expert's pairs up to this one, inclusive
+        row = tl.sum(hot * ((ends - counts)[None, :] + seen - 1), axis=1)  # [CHUNK]
+        tl.store(order_ptr + row, q.to(tl.int64), mask=q < P)
+    else:
+        counts = tl.zeros((E_PAD,), dtype=tl.int32)
+        c0 = 0
+        while c0 < P:  # (while loops: the CPU interpreter cannot run `range` over a runtime bound)
+            n_q = tl.load(ids_ptr + CHUNK + q, mask=CHUNK + q < P, other=E_PAD).to(tl.int32)  # next chunk
+            counts += tl.sum((e_q[:, None] == e[None, :]).to(tl.int32), axis=0)
+            e_q, q, c0 = n_q, q + CHUNK, c0 + CHUNK
+        ends = tl.cumsum(counts, axis=0)
+        nxt = ends - counts  # [E_PAD] each expert's next free sorted row
+        q = tl.arange(0, CHUNK)
+        e_q = tl.load(ids_ptr + q, mask=q < P, other=E_PAD).to(tl.int32)
+        c0 = 0
+        while c0 < P:
+            n_q = tl.load(ids_ptr + CHUNK + q, mask=CHUNK + q < P, other=E_PAD).to(tl.int32)
+            hot = (e_q[:, None] == e[None, :]).to(tl.int32)
+            seen = tl.cumsum(hot, axis=0)
+            row = tl.sum(hot * (nxt[None, :] + seen - 1), axis=1)
+            tl.store(order_ptr + row, q.to(tl.int64), mask=q < P)
+            nxt += tl.sum(hot, axis=0)
+            e_q, q, c0 = n_q, q + CHUNK, c0 + CHUNK
+    tl.store(bounds_ptr + 1 + e, ends, mask=e < E)
+    tl.store(bounds_ptr + e, 0, mask=e == 0)
+
+
 # ------------------------------------------------------------------------------------------------- host code
 
 
@@ -414,20 +460,45 @@ def combine(y: torch.Tensor, out: torch.Tensor, rows_per_token: int, pdl: bool) 
     return out
 
 
+def group_path(num_pairs: int, num_experts: int) -> str:
+    """Which grouping `group_by_expert` runs: "small" (`_group_small_kernel`) up to _SMALL_GROUP pairs while
+    its [P_PAD, E_PAD] tile fits, "chunked" (`_group_chunked_kernel`) up to _CHUNKED_GROUP pairs, else
+    "torch" (sort + searchsorted: ~35 us up to 2048 pairs on an H100, in 5 to 8 launches)."""
+    e_pad = triton.next_power_of_2(num_experts)
+    if num_pairs <= _SMALL_GROUP and max(16, triton.next_power_of_2(num_pairs)) * e_pad <= 8192:
+        return "small"
+    return "chunked" if num_pairs <= _CHUNKED_GROUP else "torch"
+
+
+def chunked_tiles(num_pairs: int, e_pad: int) -> tuple[int, int]:
+    """(CHUNK, num_warps) of `_group_chunked_kernel`: 2048 one-hot elements a warp, 4 warps up to 64 experts
+    and 8 above (the best of five (elements, warps) pairs from 4k to 16k and 4 to 16, measured at 32 and 128
+    experts on an H100); P that fits one tile takes one tile of next_power_of_2(P) rows."""
+    warps = 4 if e_pad <= 64 else 8
+    chunk = max(16, 2048 * warps // e_pad)
+    return (max(16, triton.next_power_of_2(num_pairs)) if num_pairs <= chunk else chunk), warps
+
+
 def group_by_expert(ids: torch.Tensor, num_experts: int) -> tuple[torch.Tensor, torch.Tensor]:
     """ids [T, A] -> (order [P] int64: sorted row -> pair t*A + a, bounds [E + 1] int32). No host sync.
 
-    Rows of one expert keep their pair order (a stable sort) on both paths."""
+    Rows of one expert keep their pair order (a stable sort) on every path (`group_path`)."""
     flat = ids.reshape(-1)  # [P]
     P = flat.numel()
     e_pad = triton.next_power_of_2(num_experts)
-    p_pad = max(16, triton.next_power_of_2(P))
-    if P <= _SMALL_GROUP and p_pad * e_pad <= 8192:  # decode: one launch (larger spills registers)
+    path = group_path(P, num_experts)
+    if path != "torch":  # one launch
         order = _empty((P,), torch.int64, ids.device)
         bounds = _empty((num_experts + 1,), torch.int32, ids.device)
         pdl = launch.use_pdl(ids.device)
-        _group_small_kernel[(1,)](flat, order, bounds, P, E=num_experts, E_PAD=e_pad, P_PAD=p_pad,
-                                  CHUNK=min(p_pad, 32), PDL=pdl, num_warps=8, launch_pdl=pdl)
+        if path == "small":
+            p_pad = max(16, triton.next_power_of_2(P))
+            _group_small_kernel[(1,)](flat, order, bounds, P, E=num_experts, E_PAD=e_pad, P_PAD=p_pad,
+                                      CHUNK=min(p_pad, 32), PDL=pdl, num_warps=8, launch_pdl=pdl)
+        else:
+            chunk, warps = chunked_tiles(P, e_pad)
+            _group_chunked_kernel[(1,)](flat, order, bounds, P, E=num_experts, E_PAD=e_pad, CHUNK=chunk,
+                                        ONE=P <= chunk, PDL=pdl, num_warps=warps, launch_pdl=pdl)
         return order, bounds
     sorted_ids, order = torch.sort(flat, stable=True)  # [P] each
     experts = torch.arange(num_experts + 1, device=ids.device, dtype=sorted_ids.dtype)  # [E + 1]
