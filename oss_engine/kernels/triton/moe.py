@@ -86,6 +86,7 @@ class GemmTiles:
     block_k: int = 128  # reduction step, a multiple of 32 (one scale group)
     num_warps: int = 4
     num_stages: int = 3
+    group_m: int = 0  # Triton kernels: 0 = 2-D grid, row blocks fastest; G = 1-D grid, G row blocks a column sweep
 
 
 @dataclass(frozen=True)
@@ -124,7 +125,9 @@ def triton_config(num_pairs: int, num_experts: int, device: torch.device) -> Moe
     981 -> 640 with BM = 64, BK = 64; prefill (T = 2048, 256 rows) 1,792 -> 1,559 with 4 warps instead of 8.
     At up to 8 rows BM = 16 stays best (T = 64: BM = 32 356 us); there one 64 x 128 tile of 2 warps and 3
     stages for both GEMMs (GEMM 2 had 32 x 256 and GEMM 1 4 stages) took T = 8 202 -> 187 us, T = 32
-    289 -> 268 and T = 64 295 -> 273."""
+    289 -> 268 and T = 64 295 -> 273. Above 64 rows an expert the tiles are visited in groups of 8 row blocks
+    (`_tile`; scripts/gpu_bench_moe_order.py on an H100): T = 8192 5,658-5,725 -> 4,692-4,807 us, T = 2048
+    1,562-1,722 -> 1,527-1,633."""
     if device.type != "cuda":  # the interpreter: few programs and steps keep the CPU tests fast
         t = GemmTiles(16, 64, 64, 4, 1)
         return MoeTritonConfig(t, t, "arith")
@@ -137,7 +140,7 @@ def triton_config(num_pairs: int, num_experts: int, device: torch.device) -> Moe
     elif rows_per_expert <= 64:
         t = GemmTiles(64, 128, 64, 4, 4)
     else:
-        t = GemmTiles(128, 128, 64, 4, 3)
+        t = GemmTiles(128, 128, 64, 4, 3, group_m=8)
     return MoeTritonConfig(t, t, mode)
 
 
@@ -158,6 +161,26 @@ def _expert_block(bounds_ptr, pid_m, E: tl.constexpr, E_PAD: tl.constexpr, BLOCK
     start = tl.sum(tl.where(e_idx == expert, lo, 0), axis=0) + (pid_m - first_block) * BLOCK_M
     end = tl.sum(tl.where(e_idx == expert, hi, 0), axis=0)
     return expert, start, end, tl.sum(nb, axis=0)
+
+
+@triton.jit
+def _tile(grid_m, GRID_N: tl.constexpr, GROUP_M: tl.constexpr):
+    """This program's (row block, column tile). GROUP_M = 0: the 2-D grid's (axis 0, axis 1), row blocks
+    fastest, so that each column tile sweeps every row block and the rows (gathered activations, 47 MB at 8192
+    tokens for GEMM 1, 189 MB for GEMM 2) leave L2 before the next tile reads them again. GROUP_M = G: a 1-D
+    grid in groups of G row blocks (the last group may be shorter), each group's column tiles in turn with its
+    row blocks fastest, so that a group's rows and its experts' weight tiles stay in L2 while they are reused."""
+    if GROUP_M == 0:
+        pid_m = tl.program_id(0)
+        pid_n = tl.program_id(1)
+    else:
+        pid = tl.program_id(0)
+        in_group = GROUP_M * GRID_N
+        first = (pid // in_group) * GROUP_M
+        size = tl.minimum(grid_m - first, GROUP_M)
+        pid_m = first + (pid % in_group) % size
+        pid_n = (pid % in_group) // size
+    return pid_m, pid_n
 
 
 @triton.jit
@@ -249,22 +272,22 @@ def _mma_step(acc, a0, a1, w_ptr, s_ptr, rows, nmask, k0, K, s_wn, s_wk, s_sn, s
 def _moe_gemm1_kernel(
     x_ptr, order_ptr, bounds_ptr, w_ptr, s_ptr, b_ptr, act_ptr,
     s_xt, s_xk, s_we, s_wn, s_wk, s_se, s_sn, s_sg, s_be, s_bn, s_ar, s_aq, s_ah,
-    limit, alpha,
+    limit, alpha, grid_m,
     K: tl.constexpr, N: tl.constexpr, A: tl.constexpr, E: tl.constexpr, E_PAD: tl.constexpr,
     MODE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    COMPUTE: tl.constexpr, PRECISION: tl.constexpr, PDL: tl.constexpr,
+    COMPUTE: tl.constexpr, PRECISION: tl.constexpr, PDL: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     """act[r, i] = swiglu(x[tok(r)] @ W1[e]^T + b1[e])[i] for the block's rows and BLOCK_N / 2 columns i
     (W1 rows n0 .. n0 + BLOCK_N, N = 2I)."""
     launch.wait_for_inputs(PDL)
-    pid_m = tl.program_id(0)
+    pid_m, pid_n = _tile(grid_m, (N + BLOCK_N - 1) // BLOCK_N, GROUP_M)
     expert, start, end, total = _expert_block(bounds_ptr, pid_m, E, E_PAD, BLOCK_M)
     if pid_m >= total:
         return
     rows = start + tl.arange(0, BLOCK_M)  # [BM] sorted rows
     rmask = rows < end
     tok = tl.load(order_ptr + rows, mask=rmask, other=0) // A  # [BM] token of each row
-    w_rows = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)  # [BN] interleaved: even gate, odd up
+    w_rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # [BN] interleaved: even gate, odd up
     nmask = w_rows < N
     w_base = w_ptr + expert.to(tl.int64) * s_we
     s_base = s_ptr + expert.to(tl.int64) * s_se
@@ -284,7 +307,7 @@ def _moe_gemm1_kernel(
     gate = tl.minimum(gate, limit)
     up = tl.minimum(tl.maximum(up, -limit), limit)
     act = gate * tl.sigmoid(alpha * gate) * (up + 1.0)  # [BM, BN/2]
-    cols = tl.program_id(1) * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)  # activation columns
+    cols = pid_n * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)  # activation columns
     if MODE == 1:  # split layout: column i at (i // 2) * s_aq + (i % 2) * s_ah
         col_off = (cols // 2) * s_aq + (cols % 2) * s_ah
     else:  # natural row: column i at i * s_ah
@@ -296,21 +319,21 @@ def _moe_gemm1_kernel(
 @triton.jit
 def _moe_gemm2_kernel(
     act_ptr, order_ptr, bounds_ptr, w_ptr, s_ptr, b_ptr, route_w_ptr, y_ptr,
-    s_ar, s_aq, s_ah, s_we, s_wn, s_wk, s_se, s_sn, s_sg, s_be, s_bn, s_yp,
+    s_ar, s_aq, s_ah, s_we, s_wn, s_wk, s_se, s_sn, s_sg, s_be, s_bn, s_yp, grid_m,
     K: tl.constexpr, N: tl.constexpr, E: tl.constexpr, E_PAD: tl.constexpr, MODE: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, COMPUTE: tl.constexpr, PRECISION: tl.constexpr,
-    PDL: tl.constexpr,
+    PDL: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     """y[order[r], n] = route_w[order[r]] * (act[r] @ W2[e]^T + b2[e])[n] for the block's rows, BLOCK_N n."""
     launch.wait_for_inputs(PDL)
-    pid_m = tl.program_id(0)
+    pid_m, pid_n = _tile(grid_m, (N + BLOCK_N - 1) // BLOCK_N, GROUP_M)
     expert, start, end, total = _expert_block(bounds_ptr, pid_m, E, E_PAD, BLOCK_M)
     if pid_m >= total:
         return
     rows = start + tl.arange(0, BLOCK_M)
     rmask = rows < end
     pair = tl.load(order_ptr + rows, mask=rmask, other=0)  # [BM] p = t * A + a
-    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     nmask = cols < N
     w_base = w_ptr + expert.to(tl.int64) * s_we
     s_base = s_ptr + expert.to(tl.int64) * s_se
@@ -538,6 +561,11 @@ def _experts_gluon(x: torch.Tensor, weights: torch.Tensor, w1: ExpertWeight, w2:
     return combine(y, out, A, pdl)
 
 
+def _grid(grid_m: int, grid_n: int, group_m: int) -> tuple[int, ...]:
+    """The launch grid of a Triton GEMM for `_tile`: 2-D (row blocks, column tiles), or 1-D when grouped."""
+    return (grid_m, grid_n) if group_m == 0 else (grid_m * grid_n,)
+
+
 def moe_experts_triton(x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor, w1: ExpertWeight,
                        w2: ExpertWeight, limit: float, alpha: float, config: MoeTritonConfig | None = None,
                        compute_dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -573,21 +601,21 @@ def moe_experts_triton(x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor
     s_aq, s_ah = act_strides(mode, I)
     w, s, ws = _weight_args(w1, mode)
     t1 = cfg.gemm1
-    grid1 = (triton.cdiv(P, t1.block_m) + min(E, P), triton.cdiv(2 * I, t1.block_n))
-    _moe_gemm1_kernel[grid1](
+    grid_m = triton.cdiv(P, t1.block_m) + min(E, P)
+    _moe_gemm1_kernel[_grid(grid_m, triton.cdiv(2 * I, t1.block_n), t1.group_m)](
         x, order, bounds, w, s, w1.bias, act, x.stride(0), x.stride(1), *ws,
-        w1.bias.stride(0), w1.bias.stride(1), act.stride(0), s_aq, s_ah, float(limit), float(alpha),
+        w1.bias.stride(0), w1.bias.stride(1), act.stride(0), s_aq, s_ah, float(limit), float(alpha), grid_m,
         K=D, N=2 * I, A=A, BLOCK_M=t1.block_m, BLOCK_N=t1.block_n, BLOCK_K=t1.block_k, num_warps=t1.num_warps,
-        num_stages=t1.num_stages, launch_pdl=pdl, **common)
+        num_stages=t1.num_stages, launch_pdl=pdl, GROUP_M=t1.group_m, **common)
 
     y = _empty((P, D), torch.float32, x.device)  # [P, D] pair rows, p = t * A + a
     w, s, ws = _weight_args(w2, mode)
     t2 = cfg.gemm2
-    grid2 = (triton.cdiv(P, t2.block_m) + min(E, P), triton.cdiv(D, t2.block_n))
-    _moe_gemm2_kernel[grid2](
+    grid_m = triton.cdiv(P, t2.block_m) + min(E, P)
+    _moe_gemm2_kernel[_grid(grid_m, triton.cdiv(D, t2.block_n), t2.group_m)](
         act, order, bounds, w, s, w2.bias, route_w, y, act.stride(0), s_aq, s_ah, *ws,
-        w2.bias.stride(0), w2.bias.stride(1), y.stride(0), K=I, N=D,
+        w2.bias.stride(0), w2.bias.stride(1), y.stride(0), grid_m, K=I, N=D,
         BLOCK_M=t2.block_m, BLOCK_N=t2.block_n, BLOCK_K=t2.block_k, num_warps=t2.num_warps,
-        num_stages=t2.num_stages, launch_pdl=pdl, **common)
+        num_stages=t2.num_stages, launch_pdl=pdl, GROUP_M=t2.group_m, **common)
 
     return combine(y, out, A, pdl)
