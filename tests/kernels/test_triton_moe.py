@@ -205,7 +205,7 @@ def test_dot_scaled_falls_back_off_bf16(poisoned):
     run_case("mxfp4", 4, 2, 64, 32, 3, "uniform", config=MoeTritonConfig(t, t, "dot_scaled_swap"))
 
 
-@pytest.mark.parametrize("T", [1, 8, 64, 128, 256, 2048])
+@pytest.mark.parametrize("T", [1, 8, 64, 128, 256, 2048, 8192])
 def test_default_config_shapes(T):
     """The Triton kernels' CUDA defaults respect their constraints (dot dims >= 16, K steps of whole scale
     groups); default_config hands few rows an expert to moe_gluon.py (test_gluon_moe.py)."""

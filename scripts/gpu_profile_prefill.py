@@ -1,0 +1,73 @@
+"""GPU machine: where a prefill step's time goes. Builds the engine on a preset with random weights (as
+`oss-engine bench` does), then runs steps that each prefill N prompts of L tokens (N x L <= the step's 8192
+tokens, the bench's prefill steps): times `steps` of them (tok/s), then profiles one more with torch.profiler
+and prints per kernel name: launches, mean us, us in the step, with PDL forced off so that the kernel times
+add up (with PDL a kernel's time includes its wait on the one before).
+
+Run: PYTHONPATH=.:scripts python scripts/gpu_profile_prefill.py --preset gpt-oss-20b [--prompts 4 --len 2048]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import random
+import time
+
+import torch
+
+from gpu_profile_decode import short
+from oss_engine.bench.engine_bench import _drain, _prompts, _submit
+from oss_engine.kernels.triton import launch
+from oss_engine.llm import LLM
+from oss_engine.presets import write_preset_config
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--preset", default="gpt-oss-20b")
+    ap.add_argument("--prompts", type=int, default=4)
+    ap.add_argument("--len", type=int, default=2048)
+    ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--util", type=float, default=0.5)
+    args = ap.parse_args()
+    launch.use_pdl = lambda device: False  # before anything is compiled or launched
+    import tempfile
+    tmp = tempfile.mkdtemp()
+    llm = LLM(str(write_preset_config(tmp, args.preset)), device="cuda", dtype="bfloat16", skip_tokenizer_init=True,
+              progress=False, load_format="dummy", seed=0, max_model_len=args.len + 64, max_num_seqs=64,
+              enable_prefix_caching=False, gpu_memory_utilization=args.util)
+    engine, rng, vocab = llm.engine, random.Random(0), llm.config.model.vocab_size
+
+    def one_step() -> None:  # one step prefills the N prompts; their single output token ends them
+        _submit(engine, _prompts(args.prompts, args.len, vocab, rng), 1)
+        _drain(engine)
+
+    one_step()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(args.steps):
+        one_step()
+    torch.cuda.synchronize()
+    ms = 1e3 * (time.perf_counter() - t0) / args.steps
+    tokens = args.prompts * args.len
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        one_step()
+        torch.cuda.synchronize()
+    agg: dict[str, list[float]] = collections.defaultdict(list)
+    for ev in prof.events():
+        if ev.device_type == torch.autograd.DeviceType.CUDA and ev.device_time > 0:
+            agg[ev.name].append(ev.device_time)  # us
+    rows = sorted(((sum(v), len(v), sum(v) / len(v), k) for k, v in agg.items()), reverse=True)
+    total = sum(r[0] for r in rows)
+    print(f"{args.preset}, {args.prompts} x {args.len} tokens a step (PDL off): {ms:.2f} ms a step "
+          f"({tokens / ms * 1e3:,.0f} tok/s); kernels {total / 1e3:.2f} ms in {sum(r[1] for r in rows)} launches")
+    print(f"{'us/step':>9} {'n':>5} {'us each':>9}  kernel")
+    for us, n, each, name in rows[:args.top]:
+        print(f"{us:9.1f} {n:5d} {each:9.2f}  {short(name)}")
+    llm.close()
+
+
+if __name__ == "__main__":
+    main()
