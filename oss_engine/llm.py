@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from .config import (CacheConfig, ConfigError, EngineConfig, ModelConfig, ParallelConfig, SchedulerConfig,
-                     generation_eos_ids, launch_env, resolve_device, resolve_dtype, resolve_executor_backend)
+                     default_max_num_batched_tokens, generation_eos_ids, launch_env, resolve_device, resolve_dtype,
+                     resolve_executor_backend)
 from .defaults import default_model_dir
 from .engine.kv_capacity import log_capacity, plan_kv_blocks
 from .engine.llm_engine import LLMEngine
@@ -33,7 +34,7 @@ def _with_executor_backend(par: ParallelConfig, requested: str) -> ParallelConfi
 class LLM:
     def __init__(self, model: str | None = None, *, dtype: str = "auto", device: str = "auto",
                  skip_tokenizer_init: bool = False, seed: int = 0, max_model_len: int | None = None,
-                 max_num_seqs: int = 256, max_num_batched_tokens: int = 8192, block_size: int = 16,
+                 max_num_seqs: int = 256, max_num_batched_tokens: int | None = None, block_size: int = 16,
                  enable_prefix_caching: bool = True, gpu_memory_utilization: float = 0.9,
                  kv_cache_memory_bytes: int | None = None, num_kv_blocks: int | None = None,
                  debug_checks: bool = False, progress: bool = True, kernels: str = "auto",
@@ -50,7 +51,8 @@ class LLM:
             raise ConfigError(f"max_model_len must be in [2, {mcfg.max_position_embeddings}], got {mlen}")
         cache = CacheConfig(block_size, enable_prefix_caching, gpu_memory_utilization, kv_cache_memory_bytes,
                             num_kv_blocks)
-        sched = SchedulerConfig(mlen, max_num_seqs, max_num_batched_tokens, debug_checks, async_scheduling)
+        tokens = default_max_num_batched_tokens(dev) if max_num_batched_tokens is None else max_num_batched_tokens
+        sched = SchedulerConfig(mlen, max_num_seqs, tokens, debug_checks, async_scheduling)
         cache.validate()
         sched.validate()
         if load_format not in ("auto", "dummy"):

@@ -7,7 +7,7 @@ group 0 is the 2-D grid (row blocks fastest: each column tile sweeps every row b
 2's 189 MB of activation rows cannot stay in L2 between tiles); group G sweeps the column tiles of G row blocks
 at a time.
 
-Run: PYTHONPATH=.:scripts python scripts/gpu_bench_moe_order.py [--tokens 2048,8192]
+Run: PYTHONPATH=.:scripts python scripts/gpu_bench_moe_order.py [--tokens 2048,8192] [--sweep order|big]
 """
 
 from __future__ import annotations
@@ -22,27 +22,31 @@ from oss_engine.kernels.ref.moe import moe_experts_ref
 from oss_engine.kernels.triton.moe import GemmTiles, MoeTritonConfig, moe_experts_triton, triton_config
 
 
-def variants(T: int) -> dict[str, MoeTritonConfig]:
+SWEEPS = {  # --sweep NAME: (block_m, block_n, block_k, warps, stages, group) for GEMM 1 and GEMM 2 alike, or a
+    # pair of such tuples (GEMM 1, GEMM 2)
+    "order": [(128, 128, 64, 4, 3, g) for g in (0, 4, 8, 16)] + [
+        (128, 256, 64, 8, 3, 8), (256, 128, 64, 8, 3, 8), (128, 128, 64, 8, 3, 8), (128, 128, 128, 4, 2, 8),
+        (128, 128, 64, 4, 4, 8), (64, 128, 64, 4, 4, 8)],
+    "big": [(256, 128, 64, 8, 3, g) for g in (4, 8, 16)] + [
+        (256, 128, 64, 8, 4, 8), (256, 128, 128, 8, 2, 8), (256, 256, 64, 8, 3, 8), (256, 64, 64, 8, 4, 8),
+        ((256, 128, 64, 8, 3, 8), (128, 128, 64, 4, 3, 8)), ((128, 128, 64, 4, 3, 8), (256, 128, 64, 8, 3, 8))],
+}
+
+
+def variants(T: int, sweep: str) -> dict[str, MoeTritonConfig]:
     base = triton_config(T * A, E, torch.device("cuda"))
-    t = base.gemm1
-
-    def tiles(bm, bn, bk, w, s, g):
-        x = GemmTiles(bm, bn, bk, w, s, g)
-        return MoeTritonConfig(x, x, base.mxfp4_decode)
-
     out = {"default": base}
-    for g in (0, 4, 8, 16):
-        out[f"{t.block_m}x{t.block_n}x{t.block_k} w{t.num_warps} s{t.num_stages} g{g}"] = tiles(
-            t.block_m, t.block_n, t.block_k, t.num_warps, t.num_stages, g)
-    for bm, bn, bk, w, s in ((128, 256, 64, 8, 3), (256, 128, 64, 8, 3), (128, 128, 64, 8, 3), (128, 128, 128, 4, 2),
-                             (128, 128, 64, 4, 4), (64, 128, 64, 4, 4)):
-        out[f"{bm}x{bn}x{bk} w{w} s{s} g8"] = tiles(bm, bn, bk, w, s, 8)
+    for v in SWEEPS[sweep]:
+        t1, t2 = (v, v) if isinstance(v[0], int) else v
+        name = " / ".join("{}x{}x{} w{} s{} g{}".format(*t) for t in ((t1,) if t1 == t2 else (t1, t2)))
+        out[name] = MoeTritonConfig(GemmTiles(*t1), GemmTiles(*t2), base.mxfp4_decode)
     return out
 
 
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--tokens", default="2048,8192")
+    p.add_argument("--sweep", default="order", choices=sorted(SWEEPS))
     args = p.parse_args()
     gen = torch.Generator().manual_seed(0)
     w1, w2 = mxfp4_weight(2 * I, D, gen), mxfp4_weight(D, I, gen)
@@ -52,7 +56,7 @@ def main() -> None:
     for rnd in range(2):
         for T, (x, weights, ids) in cases.items():
             points = {name: functools.partial(moe_experts_triton, x, weights, ids, w1, w2, LIMIT, ALPHA, config=cfg)
-                      for name, cfg in variants(T).items()}
+                      for name, cfg in variants(T, args.sweep).items()}
             tflops = T * A * EXPERT_FLOPS / 1e6
             cells = timed_cells(points, wants[T], reps=10,
                                 show=lambda us: f"{us:.1f} ({tflops / us:.0f} TF/s)")

@@ -115,3 +115,18 @@ def test_from_dir_errors_name_the_file(tmp_path):
 def test_bf16_checkpoint_config_has_no_quantization():
     cfg = ModelConfig.from_dict(with_(quantization_config=None, hidden_size=2890))
     assert cfg.weight_format == "bf16" and math.isfinite(cfg.rms_norm_eps)
+
+
+@pytest.mark.parametrize("device,gib,want", [("cpu", None, 8192), ("cuda", 80, 16384), ("cuda:1", 141, 16384),
+                                             ("cuda", 48, 8192)])
+def test_default_max_num_batched_tokens(monkeypatch, device, gib, want):
+    """vLLM's offline default: 16384 tokens a step on a GPU of >= 70 GiB, else 8192 (the GPU's memory faked)."""
+    import torch
+
+    from oss_engine.config import default_max_num_batched_tokens
+
+    class Props:
+        total_memory = (gib or 0) * 2**30
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d: Props())
+    assert default_max_num_batched_tokens(device) == want

@@ -111,6 +111,7 @@ def test_bad_inputs_are_clear_errors(llm):
 def test_skip_tokenizer_init_with_any_vocab(tmp_path):
     make_tiny_checkpoint(tmp_path, fmt="bf16", num_layers=2, vocab_size=1000, write_tokenizer=False)
     llm = LLM(str(tmp_path), device="cpu", skip_tokenizer_init=True, progress=False)
+    assert llm.config.scheduler.max_num_batched_tokens == 8192  # the default off a large GPU
     out = llm.generate(prompt_token_ids=[[1, 2, 3]], sampling_params=GREEDY)[0].outputs[0]
     assert len(out.token_ids) == 12 and all(0 <= t < 1000 for t in out.token_ids) and out.text == ""
     with pytest.raises(ValueError, match="tokenizer"):

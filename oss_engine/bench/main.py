@@ -47,6 +47,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kv-cache-memory-bytes", type=int, default=None,
                    help="KV budget per rank (needed with several CUDA ranks: profiling runs in one process)")
     p.add_argument("--gpu-memory-utilization", type=float, default=0.9)
+    p.add_argument("--max-num-batched-tokens", type=int, default=None,
+                   help="tokens a step, the prefill steps' size (default: LLM's, 16384 on a GPU of >= 70 GiB)")
     p.add_argument("--json", default=None, help="write the figures here")
     p.add_argument("--seed", type=int, default=0)
 
@@ -88,12 +90,15 @@ def run(args) -> dict:
         mm = hardware.matmul_rate(device, n=8192 if device.type == "cuda" else 512)
         _progress(f"copy {bw / 1e9:,.0f} GB/s, matmul {mm / 1e12:,.1f} TFLOP/s; loading the model")
         longest = max([args.context + args.decode_steps + args.decode_warmup, *prefill_lens, args.ttft_len]) + 4
+        # every prefill prompt of a measurement may share a step (else --batch-sizes 1 would prefill one at a time)
+        seqs = max([*batches, *(max(1, args.prefill_tokens // n) for n in prefill_lens)])
         t0 = time.perf_counter()
         llm = LLM(model_dir, device=args.device, dtype=args.dtype, skip_tokenizer_init=True, progress=False,
                   load_format="dummy" if args.random_weights else "auto", seed=args.seed,
-                  max_model_len=longest, max_num_seqs=max(batches), enable_prefix_caching=False,
+                  max_model_len=longest, max_num_seqs=seqs, enable_prefix_caching=False,
                   enforce_eager=args.enforce_eager, async_scheduling=args.async_scheduling,
                   gpu_memory_utilization=args.gpu_memory_utilization,
+                  max_num_batched_tokens=args.max_num_batched_tokens,
                   tensor_parallel_size=args.tensor_parallel_size, enable_expert_parallel=args.enable_expert_parallel,
                   kv_cache_memory_bytes=args.kv_cache_memory_bytes)
         try:
@@ -115,6 +120,7 @@ def _measure(args, llm, device, bw, mm, t0, batches, prefill_lens, rng) -> dict:
                  "matmul_TFLOPs": mm / 1e12}
     res["weight_bytes_per_rank"] = [r.param_bytes for r in llm.weight_memory()]
     res["weight_bytes"] = sum(res["weight_bytes_per_rank"])
+    res["max_num_batched_tokens"] = llm.config.scheduler.max_num_batched_tokens
     st = llm.engine.stats()
     blocks = {g: st.kv_blocks_used[g] + st.kv_blocks_free[g] for g in st.kv_blocks_used}
     res["kv_capacity_tokens"] = max(blocks.values()) * llm.config.cache.block_size
@@ -170,7 +176,8 @@ def format_table(res: dict) -> str:
              f"CUDA graphs {'on' if res['cuda_graphs'] else 'off'})",
              f"ceilings: copy {res['copy_bandwidth_GBs']:,.0f} GB/s, matmul {res['matmul_TFLOPs']:,.1f} TFLOP/s; "
              f"weights {res['weight_bytes'] / 1e9:.2f} GB; KV cache {res['kv_capacity_tokens']:,} tokens"
-             + (f"; peak memory {res['peak_gpu_memory_bytes'] / 1e9:.1f} GB" if "peak_gpu_memory_bytes" in res else ""),
+             + (f"; peak memory {res['peak_gpu_memory_bytes'] / 1e9:.1f} GB" if "peak_gpu_memory_bytes" in res else "")
+             + (f"; steps of <= {res['max_num_batched_tokens']:,} tokens" if "max_num_batched_tokens" in res else ""),
              "", f"{'phase':<28}{'tok/s':>12}{'limit':>12}{'fraction':>10}"]
     for d in res["decode"]:
         rate = "n/a (pool)" if d["tok_s"] is None else f"{d['tok_s']:,.0f}"

@@ -235,10 +235,11 @@ def to_bf16(w: ExpertWeight) -> ExpertWeight:
 @pytest.mark.gpu
 @pytest.mark.skipif(INTERPRET, reason="TRITON_INTERPRET=1: a bf16 tl.dot is wrong in the interpreter")
 @pytest.mark.parametrize("mode", ["default", "arith", "dot_scaled", "dot_scaled_swap", "dense"])
-@pytest.mark.parametrize("T", [1, 7, 24, 64, 300])
+@pytest.mark.parametrize("T", [1, 7, 24, 64, 300, 1100])
 def test_gpu_bf16(mode, T):
     """bf16 on CUDA (bf16 operands, float32 accumulation) against the float32 reference, with each regime's
-    default tiles. D = I = 320 is no multiple of the K steps, so the tails are masked."""
+    default tiles (T = 1100: 550 rows an expert, GEMM 1's 256-row blocks). D = I = 320 is no multiple of the K
+    steps, so the tails are masked."""
     dev = torch.device("cuda")
     gen = torch.Generator().manual_seed(T)
     E, A, D, I = 8, 4, 320, 320

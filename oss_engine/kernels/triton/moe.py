@@ -127,9 +127,9 @@ def triton_config(num_pairs: int, num_experts: int, device: torch.device) -> Moe
     stages for both GEMMs (GEMM 2 had 32 x 256 and GEMM 1 4 stages) took T = 8 202 -> 187 us, T = 32
     289 -> 268 and T = 64 295 -> 273. Above 64 rows an expert the tiles are visited in groups of 8 row blocks
     (`_tile`; scripts/gpu_bench_moe_order.py on an H100): T = 8192 5,658-5,725 -> 4,692-4,807 us, T = 2048
-    1,562-1,722 -> 1,527-1,633; from 512 rows an expert 256-row blocks of 8 warps (T = 8192: 4,582-4,605 us;
-    20b prefill 2k prompts, alternating runs, 53,100-53,198 -> 55,461-55,661 tok/s). At 256 rows (T = 2048) those
-    lost (1,670-1,723 us)."""
+    1,562-1,722 -> 1,527-1,633; from 512 rows an expert GEMM 1 in 256-row blocks of 8 warps: T = 8192 4,692-4,807
+    -> 4,495-4,502 us, T = 4096 2,601-2,611 -> 2,520-2,556 (both GEMMs so: 4,580-4,605 and 20b prefill of 2k
+    prompts, alternating runs, 53,100-53,198 -> 55,461-55,661 tok/s; at 256 rows, T = 2048, 1,670-1,723 us)."""
     if device.type != "cuda":  # the interpreter: few programs and steps keep the CPU tests fast
         t = GemmTiles(16, 64, 64, 4, 1)
         return MoeTritonConfig(t, t, "arith")
@@ -141,10 +141,10 @@ def triton_config(num_pairs: int, num_experts: int, device: torch.device) -> Moe
         t = GemmTiles(32, 128, 64, 4, 4)
     elif rows_per_expert <= 64:
         t = GemmTiles(64, 128, 64, 4, 4)
-    elif rows_per_expert < 512:
-        t = GemmTiles(128, 128, 64, 4, 3, group_m=8)
     else:
-        t = GemmTiles(256, 128, 64, 8, 3, group_m=8)
+        t = GemmTiles(128, 128, 64, 4, 3, group_m=8)
+        if rows_per_expert >= 512:  # GEMM 1 in 256-row blocks of 8 warps
+            return MoeTritonConfig(GemmTiles(256, 128, 64, 8, 3, group_m=8), t, mode)
     return MoeTritonConfig(t, t, mode)
 
 
