@@ -7,7 +7,7 @@ group 0 is the 2-D grid (row blocks fastest: each column tile sweeps every row b
 2's 189 MB of activation rows cannot stay in L2 between tiles); group G sweeps the column tiles of G row blocks
 at a time.
 
-Run: PYTHONPATH=.:scripts python scripts/gpu_bench_moe_order.py [--tokens 2048,8192] [--sweep order|big]
+Run: PYTHONPATH=.:scripts python scripts/gpu_bench_moe_order.py [--tokens 2048,8192] [--sweep order|big|mixed]
 """
 
 from __future__ import annotations
@@ -30,6 +30,9 @@ SWEEPS = {  # --sweep NAME: (block_m, block_n, block_k, warps, stages, group) fo
     "big": [(256, 128, 64, 8, 3, g) for g in (4, 8, 16)] + [
         (256, 128, 64, 8, 4, 8), (256, 128, 128, 8, 2, 8), (256, 256, 64, 8, 3, 8), (256, 64, 64, 8, 4, 8),
         ((256, 128, 64, 8, 3, 8), (128, 128, 64, 4, 3, 8)), ((128, 128, 64, 4, 3, 8), (256, 128, 64, 8, 3, 8))],
+    "mixed": [((256, 128, 64, 8, s1, g1), (128, 128, 64, w2, s2, g2)) for s1, g1, w2, s2, g2 in (
+        (3, 4, 4, 3, 8), (3, 16, 4, 3, 8), (4, 8, 4, 3, 8), (3, 8, 4, 3, 4), (3, 8, 4, 3, 16), (3, 8, 4, 4, 8),
+        (3, 8, 8, 3, 8), (3, 4, 4, 3, 4))],
 }
 
 
