@@ -127,9 +127,10 @@ def triton_config(num_pairs: int, num_experts: int, device: torch.device) -> Moe
     stages for both GEMMs (GEMM 2 had 32 x 256 and GEMM 1 4 stages) took T = 8 202 -> 187 us, T = 32
     289 -> 268 and T = 64 295 -> 273. Above 64 rows an expert the tiles are visited in groups of 8 row blocks
     (`_tile`; scripts/gpu_bench_moe_order.py on an H100): T = 8192 5,658-5,725 -> 4,692-4,807 us, T = 2048
-    1,562-1,722 -> 1,527-1,633; from 512 rows an expert GEMM 1 in 256-row blocks of 8 warps: T = 8192 4,692-4,807
-    -> 4,495-4,502 us, T = 4096 2,601-2,611 -> 2,520-2,556 (both GEMMs so: 4,580-4,605 and 20b prefill of 2k
-    prompts, alternating runs, 53,100-53,198 -> 55,461-55,661 tok/s; at 256 rows, T = 2048, 1,670-1,723 us)."""
+    1,562-1,722 -> 1,527-1,633. From 512 rows an expert GEMM 1 takes 256-row blocks of 8 warps: both GEMMs so
+    gave 4,582-4,605 us at T = 8192 in the same call (but 1,670-1,723 at T = 2048, 256 rows) and 20b prefill of
+    2k prompts 53,100-53,198 -> 55,461-55,661 tok/s; GEMM 1 alone so, in a later call, 4,495-4,502 against
+    4,599-4,673 for both (T = 4096: 2,520-2,556 against 2,601-2,611). docs/performance.md has the sweeps."""
     if device.type != "cuda":  # the interpreter: few programs and steps keep the CPU tests fast
         t = GemmTiles(16, 64, 64, 4, 1)
         return MoeTritonConfig(t, t, "arith")
@@ -170,10 +171,10 @@ def _expert_block(bounds_ptr, pid_m, E: tl.constexpr, E_PAD: tl.constexpr, BLOCK
 @triton.jit
 def _tile(grid_m, GRID_N: tl.constexpr, GROUP_M: tl.constexpr):
     """This program's (row block, column tile). GROUP_M = 0: the 2-D grid's (axis 0, axis 1), row blocks
-    fastest, so that each column tile sweeps every row block and the rows (gathered activations, 47 MB at 8192
-    tokens for GEMM 1, 189 MB for GEMM 2) leave L2 before the next tile reads them again. GROUP_M = G: a 1-D
-    grid in groups of G row blocks (the last group may be shorter), each group's column tiles in turn with its
-    row blocks fastest, so that a group's rows and its experts' weight tiles stay in L2 while they are reused."""
+    fastest: each column tile sweeps every row block, so with many rows (gathered activations, 47 MB at 8192
+    tokens for GEMM 1, 189 MB for GEMM 2) they leave L2 before the next tile reads them again. GROUP_M = G: a
+    1-D grid in groups of G row blocks (the last group may be shorter), each group's column tiles in turn with
+    its row blocks fastest, so that a group's rows and its experts' weight tiles stay in L2 while reused."""
     if GROUP_M == 0:
         pid_m = tl.program_id(0)
         pid_n = tl.program_id(1)
