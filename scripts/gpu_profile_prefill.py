@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import collections
 import random
+import tempfile
 import time
 
 import torch
@@ -33,7 +34,6 @@ def main() -> None:
     ap.add_argument("--util", type=float, default=0.5)
     args = ap.parse_args()
     launch.use_pdl = lambda device: False  # before anything is compiled or launched
-    import tempfile
     tmp = tempfile.mkdtemp()
     llm = LLM(str(write_preset_config(tmp, args.preset)), device="cuda", dtype="bfloat16", skip_tokenizer_init=True,
               progress=False, load_format="dummy", seed=0, max_model_len=args.len + 64, max_num_seqs=64,

@@ -112,10 +112,10 @@ def test_small_tiles(poisoned, fmt, E, A, D, I, T, kind):
 @pytest.mark.parametrize("E,A,D,I,T,kind", [(8, 2, 64, 64, 17, "ragged"), (4, 4, 96, 96, 9, "uniform"),
                                              (1, 1, 96, 64, 70, "one")])
 def test_grouped_tile_order(poisoned, group_m, E, A, D, I, T, kind):
-    """The 1-D grid in groups of row blocks (GemmTiles.group_m): every (row block, column tile) runs once,
-    including a last group shorter than the others that holds a real block, not only the grid's spare ones
-    (one expert: 5 real row blocks of 6, groups of 4), and a partial column tile (GEMM 2's 96 outputs in tiles
-    of 64)."""
+    """The 1-D grid in groups of row blocks (GemmTiles.group_m): every (row block, column tile) runs (a missed
+    one leaves poisoned rows), including in a last group shorter than the others that holds a real block, not
+    only the grid's spare ones (one expert: 5 real row blocks of 6, groups of 4), and a partial column tile
+    (GEMM 2's 96 outputs in tiles of 64)."""
     t = GemmTiles(16, 64, 32, group_m=group_m)
     run_case("mxfp4", E, A, D, I, T, kind, config=MoeTritonConfig(t, t))
 
