@@ -38,6 +38,15 @@ def short(name: str) -> str:
     return name if len(name) <= 60 else name[:57] + "..."
 
 
+def kernel_rows(prof, steps: int) -> list[tuple[float, float, float, str]]:
+    """The profiled CUDA kernels by name, most time first: (us a step, launches a step, us each, name)."""
+    agg: dict[str, list[float]] = collections.defaultdict(list)
+    for ev in prof.events():
+        if ev.device_type == torch.autograd.DeviceType.CUDA and ev.device_time > 0:
+            agg[ev.name].append(ev.device_time)  # us
+    return sorted(((sum(v) / steps, len(v) / steps, sum(v) / len(v), k) for k, v in agg.items()), reverse=True)
+
+
 def host_profile(engine, steps: int, top: int) -> None:
     """cProfile of `steps` engine steps: the host's share (Python work, launches, the wait for the GPU)."""
     import cProfile
@@ -77,12 +86,7 @@ def profile_batch(llm: LLM, batch: int, context: int, steps: int, prof_steps: in
         host_profile(engine, 20, 16)
     for rid in rids:
         engine.abort(rid)
-    agg: dict[str, list[float]] = collections.defaultdict(list)
-    for ev in prof.events():
-        if ev.device_type == torch.autograd.DeviceType.CUDA and ev.device_time > 0:
-            agg[ev.name].append(ev.device_time)  # us
-    rows = sorted(((sum(v) / prof_steps, len(v) / prof_steps, sum(v) / len(v), k) for k, v in agg.items()),
-                  reverse=True)
+    rows = kernel_rows(prof, prof_steps)
     total = sum(r[0] for r in rows)
     print(f"\nbatch {batch}: {step_ms:.3f} ms a step ({batch / step_ms * 1e3:,.0f} tok/s); kernels {total / 1e3:.3f} ms "
           f"a step in {sum(r[1] for r in rows):.0f} launches -> gaps/host {step_ms - total / 1e3:.3f} ms")

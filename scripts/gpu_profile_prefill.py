@@ -10,18 +10,14 @@ Run: PYTHONPATH=.:scripts python scripts/gpu_profile_prefill.py --preset gpt-oss
 from __future__ import annotations
 
 import argparse
-import collections
 import random
-import tempfile
 import time
 
 import torch
 
-from gpu_profile_decode import short
+from gpu_profile_decode import build, kernel_rows, short
 from oss_engine.bench.engine_bench import _drain, _prompts, _submit
 from oss_engine.kernels.triton import launch
-from oss_engine.llm import LLM
-from oss_engine.presets import write_preset_config
 
 
 def main() -> None:
@@ -34,10 +30,7 @@ def main() -> None:
     ap.add_argument("--util", type=float, default=0.5)
     args = ap.parse_args()
     launch.use_pdl = lambda device: False  # before anything is compiled or launched
-    tmp = tempfile.mkdtemp()
-    llm = LLM(str(write_preset_config(tmp, args.preset)), device="cuda", dtype="bfloat16", skip_tokenizer_init=True,
-              progress=False, load_format="dummy", seed=0, max_model_len=args.len + 64, max_num_seqs=64,
-              enable_prefix_caching=False, gpu_memory_utilization=args.util)
+    llm = build(args.preset, args.prompts, args.len, args.util)
     engine, rng, vocab = llm.engine, random.Random(0), llm.config.model.vocab_size
 
     def one_step() -> None:  # one step prefills the N prompts; their single output token ends them
@@ -55,17 +48,13 @@ def main() -> None:
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
         one_step()
         torch.cuda.synchronize()
-    agg: dict[str, list[float]] = collections.defaultdict(list)
-    for ev in prof.events():
-        if ev.device_type == torch.autograd.DeviceType.CUDA and ev.device_time > 0:
-            agg[ev.name].append(ev.device_time)  # us
-    rows = sorted(((sum(v), len(v), sum(v) / len(v), k) for k, v in agg.items()), reverse=True)
+    rows = kernel_rows(prof, 1)
     total = sum(r[0] for r in rows)
     print(f"{args.preset}, {args.prompts} x {args.len} tokens a step (PDL off): {ms:.2f} ms a step "
-          f"({tokens / ms * 1e3:,.0f} tok/s); kernels {total / 1e3:.2f} ms in {sum(r[1] for r in rows)} launches")
+          f"({tokens / ms * 1e3:,.0f} tok/s); kernels {total / 1e3:.2f} ms in {sum(r[1] for r in rows):.0f} launches")
     print(f"{'us/step':>9} {'n':>5} {'us each':>9}  kernel")
     for us, n, each, name in rows[:args.top]:
-        print(f"{us:9.1f} {n:5d} {each:9.2f}  {short(name)}")
+        print(f"{us:9.1f} {n:5.0f} {each:9.2f}  {short(name)}")
     llm.close()
 
 
