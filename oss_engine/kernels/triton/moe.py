@@ -59,6 +59,7 @@ prefetch) only from `bounds`, which the grouping writes, so nothing is read befo
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -68,10 +69,10 @@ import triton.language as tl
 from ..types import ExpertWeight
 from . import launch
 
-try:  # Gluon (triton.experimental) ships with Triton >= 3.4; without it the "gluon" mode falls back
-    from . import moe_gluon
+try:  # Gluon (triton.experimental) ships with Triton >= 3.4; without it the "gluon" and "wgmma" modes fall back
+    from . import moe_gluon, moe_gluon_wgmma
 except ImportError:  # pragma: no cover - depends on the installed Triton
-    moe_gluon = None
+    moe_gluon = moe_gluon_wgmma = None
 
 _TL_DTYPE = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
 _MODES = {"dense": 0, "arith": 1, "dot_scaled": 2, "dot_scaled_swap": 3}
@@ -93,10 +94,23 @@ class GemmTiles:
 class MoeTritonConfig:
     gemm1: GemmTiles
     gemm2: GemmTiles
-    mxfp4_decode: str = "arith"  # "arith" | "dot_scaled" | "dot_scaled_swap" (ignored for dense weights)
+    # "arith" | "dot_scaled" | "dot_scaled_swap" (ignored for dense weights) | "gluon": both GEMMs by
+    # moe_gluon.py | "wgmma": GEMM 1 by moe_gluon_wgmma.py (sm_90; gemm1: block_m rows, num_warps, num_stages
+    # activation slots), GEMM 2 by "dot_scaled"
+    mxfp4_decode: str = "arith"
 
 
 GLUON_MAX_ROWS = 16  # mean rows an expert up to which the default is moe_gluon.py's grouped kernels
+WGMMA_MIN_ROWS = 32  # mean rows an expert above which GEMM 1 defaults to moe_gluon_wgmma.py on sm_90
+WGMMA_GEMM1 = GemmTiles(128, 128, 64, 8, 3, group_m=8)  # its tiles: BT 128, two warpgroups, 3 slots
+
+
+@functools.lru_cache(maxsize=None)
+def _is_sm90(device_index: int | None) -> bool:
+    """Whether CUDA device device_index (None: the current one) is sm_90 (False without CUDA)."""
+    if not torch.cuda.is_available():
+        return False
+    return torch.cuda.get_device_capability(device_index) == (9, 0)
 
 
 def default_config(num_pairs: int, num_experts: int, device: torch.device) -> MoeTritonConfig:
@@ -107,12 +121,21 @@ def default_config(num_pairs: int, num_experts: int, device: torch.device) -> Mo
     weights 4 steps ahead and the activations 1: T = 8 189 -> 125 us, T = 32 266 -> 189 (3 steps ahead for
     both: 135 and 201); up to 16 rows, blocks of 16 (two tiles share each decode) with 64 k a step, loads 3
     ahead: T = 64 272 -> 227, T = 128 367 -> 337 (blocks of 8 there: 248 and 429; the 4-ahead variant of
-    blocks of 16: 268 and 383)."""
+    blocks of 16: 268 and 383).
+    Above WGMMA_MIN_ROWS rows an expert on sm_90, GEMM 1 by moe_gluon_wgmma.py (falling back to `triton_config`
+    where it does not take the call). On an H100, experts only (scripts/gpu_bench_moe_wgmma.py, two rounds, us,
+    dot_scaled -> wgmma): T = 256 (32 rows an expert) 451-460 -> 499-503, so not there; T = 512 669-680 ->
+    623-632; T = 1024 1,012-1,018 -> 895-903; T = 2048 1,562-1,582 -> 1,384-1,404; T = 8192 4,530-4,619 ->
+    4,183-4,200; T = 16384 8,544-8,575 -> 7,963-8,011."""
     rows_per_expert = num_pairs / max(1, num_experts)
     if device.type == "cuda" and moe_gluon is not None and rows_per_expert <= GLUON_MAX_ROWS:
         t = GemmTiles(8, 64, 128, 4, 4) if rows_per_expert <= 4 else GemmTiles(16, 64, 64, 4, 3)
         return MoeTritonConfig(t, t, "gluon")
-    return triton_config(num_pairs, num_experts, device)
+    base = triton_config(num_pairs, num_experts, device)
+    if (device.type == "cuda" and moe_gluon_wgmma is not None and rows_per_expert > WGMMA_MIN_ROWS
+            and _is_sm90(device.index)):
+        return MoeTritonConfig(WGMMA_GEMM1, base.gemm2, "wgmma")
+    return base
 
 
 def triton_config(num_pairs: int, num_experts: int, device: torch.device) -> MoeTritonConfig:
@@ -597,6 +620,12 @@ def moe_experts_triton(x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor
                 t1.block_m):
             return _experts_gluon(x, weights, w1, w2, limit, alpha, cfg, order, bounds, out)
         cfg = triton_config(P, E, x.device)
+    wgmma = False
+    if cfg.mxfp4_decode == "wgmma":  # GEMM 1 by moe_gluon_wgmma.py where it takes the call, GEMM 2 dot_scaled
+        t1 = cfg.gemm1
+        wgmma = moe_gluon_wgmma is not None and compute == torch.bfloat16 and moe_gluon_wgmma.takes(
+            x, w1, t1.block_k, t1.num_warps)
+        cfg = MoeTritonConfig(t1, cfg.gemm2, "dot_scaled") if wgmma else triton_config(P, E, x.device)
     mode, consts = kernel_mode(cfg.mxfp4_decode, w1, compute)
     route_w = weights.reshape(-1)  # [P]
     pdl = launch.use_pdl(x.device)
@@ -607,11 +636,15 @@ def moe_experts_triton(x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor
     w, s, ws = _weight_args(w1, mode)
     t1 = cfg.gemm1
     grid_m = triton.cdiv(P, t1.block_m) + min(E, P)
-    _moe_gemm1_kernel[_grid(grid_m, triton.cdiv(2 * I, t1.block_n), t1.group_m)](
-        x, order, bounds, w, s, w1.bias, act, x.stride(0), x.stride(1), *ws,
-        w1.bias.stride(0), w1.bias.stride(1), act.stride(0), s_aq, s_ah, float(limit), float(alpha), grid_m,
-        K=D, N=2 * I, A=A, BLOCK_M=t1.block_m, BLOCK_N=t1.block_n, BLOCK_K=t1.block_k, num_warps=t1.num_warps,
-        num_stages=t1.num_stages, launch_pdl=pdl, GROUP_M=t1.group_m, **common)
+    if wgmma:  # act in natural rows, as dot_scaled's GEMM 2 reads it
+        moe_gluon_wgmma.gemm1(x, order, bounds, w1, act, A, limit, alpha, t1.block_m, t1.block_k, t1.group_m,
+                              t1.num_warps, t1.num_stages)
+    else:
+        _moe_gemm1_kernel[_grid(grid_m, triton.cdiv(2 * I, t1.block_n), t1.group_m)](
+            x, order, bounds, w, s, w1.bias, act, x.stride(0), x.stride(1), *ws,
+            w1.bias.stride(0), w1.bias.stride(1), act.stride(0), s_aq, s_ah, float(limit), float(alpha), grid_m,
+            K=D, N=2 * I, A=A, BLOCK_M=t1.block_m, BLOCK_N=t1.block_n, BLOCK_K=t1.block_k,
+            num_warps=t1.num_warps, num_stages=t1.num_stages, launch_pdl=pdl, GROUP_M=t1.group_m, **common)
 
     y = _empty((P, D), torch.float32, x.device)  # [P, D] pair rows, p = t * A + a
     w, s, ws = _weight_args(w2, mode)
