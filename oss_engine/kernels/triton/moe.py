@@ -47,7 +47,7 @@ reaches through shared memory byte by byte; see the report in the issue.)
                      CPU interpreter runs it) but ~14 instructions a weight on sm_90 against ~5.2 for
                      "dot_scaled" (counted in the SASS of both at the decode tiles), so only a fallback there.
   "dense"            bf16 checkpoints: the same kernels reading plain [BN, BK] tiles.
-  "gluon", "wgmma"    moe_gluon.py's kernels for both GEMMs (few rows an expert, `default_config`), or GEMM 1
+  "gluon", "wgmma"   moe_gluon.py's kernels for both GEMMs (few rows an expert, `default_config`), or GEMM 1
                      by moe_gluon_wgmma.py (sm_90, prefill: the weights decoded straight into wgmma's register
                      operand) with GEMM 2 as "dot_scaled"; each falls back to these kernels where it does not
                      take the call.
