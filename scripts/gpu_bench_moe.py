@@ -79,6 +79,23 @@ def timed_cells(points: dict, want: torch.Tensor, reps: int, show=lambda us: f"{
     return cells
 
 
+def prefill_rounds(tokens: str, variants, sep: str = " | ", rounds: int = 2) -> None:
+    """Experts only at each of tokens ("2048,8192"): every config variants(T) gives (name -> MoeTritonConfig),
+    checked and timed by `timed_cells`; prints a round and size's cells joined by sep (one a line: "\n  ")."""
+    gen = torch.Generator().manual_seed(0)
+    w1, w2 = mxfp4_weight(2 * I, D, gen), mxfp4_weight(D, I, gen)
+    print(torch.cuda.get_device_name(), flush=True)
+    cases = {int(T): batch(int(T), gen) for T in tokens.split(",")}
+    wants = {T: moe_experts_ref(x, w, ids, w1, w2, LIMIT, ALPHA).float() for T, (x, w, ids) in cases.items()}
+    for rnd in range(rounds):
+        for T, (x, weights, ids) in cases.items():
+            points = {name: functools.partial(moe_experts_triton, x, weights, ids, w1, w2, LIMIT, ALPHA, config=cfg)
+                      for name, cfg in variants(T).items()}
+            tflops = T * A * EXPERT_FLOPS / 1e6
+            cells = timed_cells(points, wants[T], reps=10, show=lambda us: f"{us:.1f} ({tflops / us:.0f} TF/s)")
+            print(f"r{rnd} T={T}:" + (sep if sep.startswith("\n") else " ") + sep.join(cells), flush=True)
+
+
 def ceilings() -> tuple[float, float]:
     """(device-to-device copy GB/s, bf16 matmul TFLOP/s) measured now, for the fractions below."""
     src = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")

@@ -13,13 +13,11 @@ Run: PYTHONPATH=.:scripts python scripts/gpu_bench_moe_order.py [--tokens 2048,8
 from __future__ import annotations
 
 import argparse
-import functools
 
 import torch
 
-from gpu_bench_moe import ALPHA, A, D, E, EXPERT_FLOPS, I, LIMIT, batch, mxfp4_weight, timed_cells
-from oss_engine.kernels.ref.moe import moe_experts_ref
-from oss_engine.kernels.triton.moe import GemmTiles, MoeTritonConfig, moe_experts_triton, triton_config
+from gpu_bench_moe import A, E, prefill_rounds
+from oss_engine.kernels.triton.moe import GemmTiles, MoeTritonConfig, triton_config
 
 
 SWEEPS = {  # --sweep NAME: (block_m, block_n, block_k, warps, stages, group) for GEMM 1 and GEMM 2 alike, or a
@@ -51,19 +49,7 @@ def main() -> None:
     p.add_argument("--tokens", default="2048,8192")
     p.add_argument("--sweep", default="order", choices=sorted(SWEEPS))
     args = p.parse_args()
-    gen = torch.Generator().manual_seed(0)
-    w1, w2 = mxfp4_weight(2 * I, D, gen), mxfp4_weight(D, I, gen)
-    print(torch.cuda.get_device_name(), flush=True)
-    cases = {int(T): batch(int(T), gen) for T in args.tokens.split(",")}
-    wants = {T: moe_experts_ref(x, w, ids, w1, w2, LIMIT, ALPHA).float() for T, (x, w, ids) in cases.items()}
-    for rnd in range(2):
-        for T, (x, weights, ids) in cases.items():
-            points = {name: functools.partial(moe_experts_triton, x, weights, ids, w1, w2, LIMIT, ALPHA, config=cfg)
-                      for name, cfg in variants(T, args.sweep).items()}
-            tflops = T * A * EXPERT_FLOPS / 1e6
-            cells = timed_cells(points, wants[T], reps=10,
-                                show=lambda us: f"{us:.1f} ({tflops / us:.0f} TF/s)")
-            print(f"r{rnd} T={T}:\n  " + "\n  ".join(cells), flush=True)
+    prefill_rounds(args.tokens, lambda T: variants(T, args.sweep), sep="\n  ")
 
 
 if __name__ == "__main__":

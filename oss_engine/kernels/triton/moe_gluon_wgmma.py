@@ -146,9 +146,9 @@ def _ring_mainloop(x_rows, rmask, w_base, s_base, wrow, word, s_wn, s_sn, s_sg, 
     permuted activations; rows off rmask read as zero): acc [16 NW, BT] float32 in wgmma's layout, times
     2**-64 (module docstring). The activation tiles stream by cp.async into a ring of STAGES slots (STAGES - 1
     steps ahead, no registers held), the weight words and scale bytes are loaded two steps ahead, and each
-    step's wgmma is issued before the next step's upcast (serialized by ptxas: module docstring). Per step i: wait for slot i's copies and (barrier)
-    for every warp to finish step i - 1, refill the slot step i - 1 used with step i + STAGES - 1, load step
-    i + 2's words, issue the wgmma, upcast step i + 1, wait for the wgmma."""
+    step's wgmma is issued before the next step's upcast (serialized by ptxas: module docstring). Per step i:
+    wait for slot i's copies and (barrier) for every warp to finish step i - 1, refill the slot step i - 1 used
+    with step i + STAGES - 1, load step i + 2's words, issue the wgmma, upcast step i + 1, wait for the wgmma."""
     NW: gl.constexpr = gl.num_warps()
     R: gl.constexpr = 16 * NW
     NC: gl.constexpr = BK // 32
