@@ -141,3 +141,37 @@ def test_gpu_default_takes_wgmma_and_falls_back():
     assert not W.takes(x, w1, 64, 8)
     ref = moe_experts_ref(x, weights, ids, w1, w2, 7.0, ALPHA)
     assert rel_l2(moe_experts_triton(x, weights, ids, w1, w2, 7.0, ALPHA), ref) < 2e-2
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(INTERPRET, reason="a GPU only")
+def test_gpu_wgmma_in_a_cuda_graph():
+    """Captured first in a CUDA graph (no permutation kept yet: it is made inside the capture, not kept), the
+    wgmma path replays to the eager result, and the eager path afterwards keeps its own permutation."""
+    dev = torch.device("cuda")
+    if torch.cuda.get_device_capability(dev) != (9, 0):
+        pytest.skip("wgmma: sm_90")
+    gen = torch.Generator().manual_seed(9)
+    E, A, D, I, T = 8, 4, 320, 384, 300
+    x = torch.randn(T, D, generator=gen).to(dev, torch.bfloat16)
+    ids = make_ids("uniform", T, E, A, gen).to(dev)
+    weights = torch.softmax(torch.randn(T, A, generator=gen), dim=-1).to(dev)
+    w1, w2 = (to_bf16(make_weight("mxfp4", E, out, inp, gen)).with_scale_range() for out, inp in ((2 * I, D), (D, I)))
+    cfg = wgmma_config()
+    W._kept_permutation.cache_clear()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):  # compile the kernels outside the capture (not the permutation: cleared)
+        moe_experts_triton(x, weights, ids, w1, w2, 7.0, ALPHA, config=cfg)
+    torch.cuda.current_stream().wait_stream(stream)
+    W._kept_permutation.cache_clear()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = moe_experts_triton(x, weights, ids, w1, w2, 7.0, ALPHA, config=cfg)
+    assert W._kept_permutation.cache_info().currsize == 0
+    graph.replay()
+    eager = moe_experts_triton(x, weights, ids, w1, w2, 7.0, ALPHA, config=cfg)
+    assert W._kept_permutation.cache_info().currsize == 1
+    torch.cuda.synchronize()
+    assert torch.equal(captured, eager)
+    assert rel_l2(eager, moe_experts_ref(x, weights, ids, w1, w2, 7.0, ALPHA)) < 2e-2

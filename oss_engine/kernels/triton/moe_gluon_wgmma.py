@@ -75,16 +75,25 @@ def stored_k(s: int, block_k: int) -> int:
     return 8 * (t * nc + c) + m + 4 * h
 
 
-@functools.lru_cache(maxsize=16)
 def x_permutation(k: int, block_k: int, device) -> torch.Tensor:
-    """[K] int64 on device: x[:, perm] puts at column k0 + s the stored column k0 + stored_k(s) of each BK step
-    (`stored_k` in device ops, no host copy)."""
+    """[K] int64 on device: x[:, perm] puts at column k0 + s the stored column k0 + stored_k(s) of each BK step.
+    Made once per (k, block_k, device) and kept, except while a CUDA graph is being captured: a tensor made
+    then belongs to the graph's memory pool, so it is made anew (device ops only, no host copy)."""
+    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        return _permutation(k, block_k, device)
+    return _kept_permutation(k, block_k, device)
+
+
+def _permutation(k: int, block_k: int, device) -> torch.Tensor:
     slot = torch.arange(block_k, device=device)
     j, h = slot // 2, slot % 2
     c, rest = j // 16, j % 16
     m, t = rest // 4, rest % 4
     step = 8 * (t * (block_k // 32) + c) + m + 4 * h
     return (torch.arange(0, k, block_k, device=device)[:, None] + step[None, :]).reshape(-1)
+
+
+_kept_permutation = functools.lru_cache(maxsize=16)(_permutation)
 
 
 def words_layout(block_k: int, num_warps: int = 4) -> gl.DistributedLinearLayout:
