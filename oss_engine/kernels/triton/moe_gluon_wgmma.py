@@ -85,6 +85,7 @@ def x_permutation(k: int, block_k: int, device) -> torch.Tensor:
 
 
 def _permutation(k: int, block_k: int, device) -> torch.Tensor:
+    """`x_permutation`, made: `stored_k` of every slot of a step in device ops, repeated for each step."""
     slot = torch.arange(block_k, device=device)
     j, h = slot // 2, slot % 2
     c, rest = j // 16, j % 16
