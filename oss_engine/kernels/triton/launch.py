@@ -28,12 +28,17 @@ def use_pdl(device: torch.device) -> bool:
     """True when kernels on `device` should launch with PDL: CUDA, capability >= 9.0, no interpreter."""
     if device.type != "cuda" or os.environ.get("TRITON_INTERPRET") == "1":
         return False
-    return _sm90_or_newer(device.index if device.index is not None else torch.cuda.current_device())
+    return capability(device)[0] >= 9
+
+
+def capability(device: torch.device) -> tuple[int, int]:
+    """The compute capability of CUDA `device` (the current device when it has no index), looked up once."""
+    return _capability(device.index if device.index is not None else torch.cuda.current_device())
 
 
 @functools.lru_cache(maxsize=None)
-def _sm90_or_newer(index: int) -> bool:
-    return torch.cuda.get_device_capability(index)[0] >= 9
+def _capability(index: int) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(index)
 
 
 @triton.jit

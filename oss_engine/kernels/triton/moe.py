@@ -63,7 +63,6 @@ prefetch) only from `bounds`, which the grouping writes, so nothing is read befo
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import torch
@@ -109,12 +108,9 @@ WGMMA_MIN_ROWS = 32  # mean rows an expert above which GEMM 1 defaults to moe_gl
 WGMMA_GEMM1 = GemmTiles(128, 128, 64, 8, 3, group_m=8)  # its tiles: BT 128, two warpgroups, 3 slots
 
 
-@functools.lru_cache(maxsize=None)
-def _is_sm90(device_index: int | None) -> bool:
-    """Whether CUDA device device_index (None: the current one) is sm_90 (False without CUDA)."""
-    if not torch.cuda.is_available():
-        return False
-    return torch.cuda.get_device_capability(device_index) == (9, 0)
+def _is_sm90(device: torch.device) -> bool:
+    """Whether CUDA `device` is sm_90 (False without CUDA)."""
+    return torch.cuda.is_available() and launch.capability(device) == (9, 0)
 
 
 def default_config(num_pairs: int, num_experts: int, device: torch.device) -> MoeTritonConfig:
@@ -137,7 +133,7 @@ def default_config(num_pairs: int, num_experts: int, device: torch.device) -> Mo
         return MoeTritonConfig(t, t, "gluon")
     base = triton_config(num_pairs, num_experts, device)
     if (device.type == "cuda" and moe_gluon_wgmma is not None and rows_per_expert > WGMMA_MIN_ROWS
-            and _is_sm90(device.index)):
+            and _is_sm90(device)):
         return MoeTritonConfig(WGMMA_GEMM1, base.gemm2, "wgmma")
     return base
 

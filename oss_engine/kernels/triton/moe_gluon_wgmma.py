@@ -45,7 +45,8 @@ from triton.experimental.gluon.language.nvidia.hopper import (async_copy, fence_
                                                              warpgroup_mma_wait)
 
 from ..types import ExpertWeight
-from .moe_gluon import DECODE_SHIFTS, MAGNITUDE_MASK, SIGN_MASK, _UNDO, _expert_block, _factor
+from . import launch
+from .moe_gluon import DECODE_SHIFTS, MAGNITUDE_MASK, SIGN_MASK, _UNDO, _expert_block, _factor, in_exact_range
 
 ROWS_PER_WARP = 16  # weight rows a program: 16 a warp, 64 a warpgroup (wgmma M = 64)
 
@@ -231,11 +232,9 @@ def _group_gemm1_wgmma(xp_ptr, order_ptr, bounds_ptr, w_ptr, s_ptr, b_ptr, act_p
 def takes(x: torch.Tensor, w1: ExpertWeight, block_k: int, num_warps: int) -> bool:
     """Whether `gemm1` runs for these operands: CUDA sm_90, bf16, MXFP4 in the exact scale range,
     whole 16 NW-row tiles and whole BK steps."""
-    from .moe_gluon import in_exact_range
-
     if not (x.is_cuda and x.dtype == torch.bfloat16 and w1.blocks is not None):
         return False
-    if torch.cuda.get_device_capability(x.device) != (9, 0):
+    if launch.capability(x.device) != (9, 0):
         return False
     E, n, groups, _ = w1.blocks.shape
     return n % (ROWS_PER_WARP * num_warps) == 0 and (groups * 32) % block_k == 0 and in_exact_range(w1.scale_range)
