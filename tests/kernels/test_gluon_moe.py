@@ -21,7 +21,7 @@ from oss_engine.kernels.triton import moe_decode as dec_mod
 from oss_engine.kernels.triton.moe_decode import DecodeTiles, moe_experts_decode_triton
 from oss_engine.kernels.types import ExpertWeight
 from oss_engine.weights.mxfp4 import dequantize_mxfp4
-from test_triton_moe import ALPHA, make_ids, make_weight, to_bf16
+from test_triton_moe import ALPHA, bf16_case, make_weight, to_bf16
 from triton_cases import INTERPRET, rel_l2, run_compile_check
 
 GLUON = DecodeTiles(32, 128, 2, 2, 32, 128, 2, 2, 2, "gluon")
@@ -223,14 +223,7 @@ def check_against_twins(monkeypatch, module, fmt, T, kind, run, twin):
     calls = []
     real = module._experts_gluon
     monkeypatch.setattr(module, "_experts_gluon", lambda *a, **k: calls.append(1) or real(*a, **k))
-    dev = torch.device("cuda")
-    gen = torch.Generator().manual_seed(T)
-    E, A, D, I = 16, 4, 320, 320
-    w1, w2 = (to_bf16(make_weight(fmt, E, out, inp, gen)).with_scale_range() for out, inp in ((2 * I, D), (D, I)))
-    x = torch.randn(T, D, generator=gen).to(dev, torch.bfloat16)
-    ids = make_ids(kind, T, E, A, gen).to(dev)
-    weights = torch.softmax(torch.randn(T, A, generator=gen), dim=-1).to(dev)
-    case = (x, weights, ids, w1, w2, 20.0 if fmt == "bytes" else 7.0)
+    case = bf16_case(fmt, kind, T, E=16, A=4, D=320, I=320, seed=T)
     out = run(*case)
     ref = moe_experts_ref(*case, ALPHA)
     other = twin(*case)

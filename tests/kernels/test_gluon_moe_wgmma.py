@@ -13,7 +13,7 @@ from oss_engine.kernels.ref.moe import moe_experts_ref
 from oss_engine.kernels.triton import moe as moe_mod
 from oss_engine.kernels.triton import moe_gluon_wgmma as W
 from oss_engine.kernels.triton.moe import GemmTiles, MoeTritonConfig, moe_experts_triton
-from test_triton_moe import ALPHA, make_ids, make_weight, to_bf16
+from test_triton_moe import ALPHA, bf16_case
 from triton_cases import INTERPRET, rel_l2, run_compile_check
 
 
@@ -100,13 +100,7 @@ def test_gpu_against_twins(fmt, T, kind, group_m, num_warps, stages):
     dev = torch.device("cuda")
     if torch.cuda.get_device_capability(dev) != (9, 0):
         pytest.skip("wgmma: sm_90")
-    gen = torch.Generator().manual_seed(T)
-    E, A, D, I = 8, 4, 320, 384
-    w1, w2 = (to_bf16(make_weight(fmt, E, out, inp, gen)).with_scale_range() for out, inp in ((2 * I, D), (D, I)))
-    x = torch.randn(T, D, generator=gen).to(dev, torch.bfloat16)
-    ids = make_ids(kind, T, E, A, gen).to(dev)
-    weights = torch.softmax(torch.randn(T, A, generator=gen), dim=-1).to(dev)
-    limit = 20.0 if fmt == "bytes" else 7.0
+    x, weights, ids, w1, w2, limit = bf16_case(fmt, kind, T, E=8, A=4, D=320, I=384, seed=T)
     assert W.takes(x, w1, 64, num_warps), "the wgmma GEMM 1 would not run"
     out = moe_experts_triton(x, weights, ids, w1, w2, limit, ALPHA,
                              config=wgmma_config(group_m=group_m, num_warps=num_warps, stages=stages))
@@ -126,12 +120,8 @@ def test_gpu_default_takes_wgmma_and_falls_back():
     GEMM 1 on sm_90 and matches the reference; weights it does not take (scale bytes outside its exact range)
     fall back to dot_scaled and still match."""
     dev = torch.device("cuda")
-    gen = torch.Generator().manual_seed(5)
-    E, A, D, I, T = 8, 4, 320, 384, 300
-    x = torch.randn(T, D, generator=gen).to(dev, torch.bfloat16)
-    ids = make_ids("uniform", T, E, A, gen).to(dev)
-    weights = torch.softmax(torch.randn(T, A, generator=gen), dim=-1).to(dev)
-    w1, w2 = (to_bf16(make_weight("mxfp4", E, out, inp, gen)).with_scale_range() for out, inp in ((2 * I, D), (D, I)))
+    E, A, T = 8, 4, 300
+    x, weights, ids, w1, w2, _ = bf16_case("mxfp4", "uniform", T, E, A, D=320, I=384, seed=5)
     cfg = moe_mod.default_config(T * A, E, dev)
     assert cfg.mxfp4_decode == ("wgmma" if torch.cuda.get_device_capability(dev) == (9, 0) else "dot_scaled")
     ref = moe_experts_ref(x, weights, ids, w1, w2, 7.0, ALPHA)
@@ -151,12 +141,7 @@ def test_gpu_wgmma_in_a_cuda_graph():
     dev = torch.device("cuda")
     if torch.cuda.get_device_capability(dev) != (9, 0):
         pytest.skip("wgmma: sm_90")
-    gen = torch.Generator().manual_seed(9)
-    E, A, D, I, T = 8, 4, 320, 384, 300
-    x = torch.randn(T, D, generator=gen).to(dev, torch.bfloat16)
-    ids = make_ids("uniform", T, E, A, gen).to(dev)
-    weights = torch.softmax(torch.randn(T, A, generator=gen), dim=-1).to(dev)
-    w1, w2 = (to_bf16(make_weight("mxfp4", E, out, inp, gen)).with_scale_range() for out, inp in ((2 * I, D), (D, I)))
+    x, weights, ids, w1, w2, _ = bf16_case("mxfp4", "uniform", 300, E=8, A=4, D=320, I=384, seed=9)
     cfg = wgmma_config()
     W._kept_permutation.cache_clear()
     stream = torch.cuda.Stream()

@@ -232,6 +232,18 @@ def to_bf16(w: ExpertWeight) -> ExpertWeight:
     return ExpertWeight(cast(w.bias), cast(w.dense), w.blocks, w.scales)
 
 
+def bf16_case(fmt: str, kind: str, T: int, E: int, A: int, D: int, I: int, seed: int) -> tuple:
+    """A bf16 case on DEV for the GPU kernels' twin tests: (x [T, D], weights [T, A], ids [T, A], w1, w2, limit),
+    w1 [E, 2I, D] and w2 [E, D, I] by `make_weight` (bf16 bias, scale ranges measured as the loader does),
+    limit 20 for random bytes, else 7."""
+    gen = torch.Generator().manual_seed(seed)
+    w1, w2 = (to_bf16(make_weight(fmt, E, out, inp, gen)).with_scale_range() for out, inp in ((2 * I, D), (D, I)))
+    x = torch.randn(T, D, generator=gen).to(DEV, torch.bfloat16)
+    ids = make_ids(kind, T, E, A, gen).to(DEV)
+    weights = torch.softmax(torch.randn(T, A, generator=gen), dim=-1).to(DEV)
+    return x, weights, ids, w1, w2, 20.0 if fmt == "bytes" else 7.0
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(INTERPRET, reason="TRITON_INTERPRET=1: a bf16 tl.dot is wrong in the interpreter")
 @pytest.mark.parametrize("mode", ["default", "arith", "dot_scaled", "dot_scaled_swap", "dense"])
