@@ -635,11 +635,11 @@ def moe_experts_triton(x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor
     s_aq, s_ah = act_strides(mode, I)
     w, s, ws = _weight_args(w1, mode)
     t1 = cfg.gemm1
-    grid_m = triton.cdiv(P, t1.block_m) + min(E, P)
     if wgmma:  # act in natural rows, as dot_scaled's GEMM 2 reads it
         moe_gluon_wgmma.gemm1(x, order, bounds, w1, act, A, limit, alpha, t1.block_m, t1.block_k, t1.group_m,
                               t1.num_warps, t1.num_stages)
     else:
+        grid_m = triton.cdiv(P, t1.block_m) + min(E, P)
         _moe_gemm1_kernel[_grid(grid_m, triton.cdiv(2 * I, t1.block_n), t1.group_m)](
             x, order, bounds, w, s, w1.bias, act, x.stride(0), x.stride(1), *ws,
             w1.bias.stride(0), w1.bias.stride(1), act.stride(0), s_aq, s_ah, float(limit), float(alpha), grid_m,
