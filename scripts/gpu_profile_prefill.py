@@ -10,6 +10,7 @@ Run: PYTHONPATH=.:scripts python scripts/gpu_profile_prefill.py --preset gpt-oss
 from __future__ import annotations
 
 import argparse
+import collections
 import random
 import time
 
@@ -20,6 +21,41 @@ from oss_engine.bench.engine_bench import _drain, _prompts, _submit
 from oss_engine.kernels.triton import launch
 
 
+def idle_gaps(one_step, top: int) -> None:
+    """Profiles one step (host and GPU) and prints where the GPU sits idle: before its first kernel, between
+    kernels (the longest gaps, with the kernels around them and the host ops running then), after its last."""
+    acts = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=acts) as prof:
+        t0 = time.perf_counter()
+        one_step()
+        torch.cuda.synchronize()
+        wall_us = 1e6 * (time.perf_counter() - t0)
+    events = prof.events()
+    gpu = sorted((e.time_range.start, e.time_range.end, e.name) for e in events
+                 if e.device_type == torch.autograd.DeviceType.CUDA and e.device_time > 0)
+    cpu = sorted((e.time_range.start, e.time_range.end, e.name) for e in events
+                 if e.device_type == torch.autograd.DeviceType.CPU)
+    start = min(c[0] for c in cpu)
+    end = max(max(c[1] for c in cpu), gpu[-1][1])
+    busy, gaps, reach = 0.0, [], gpu[0][0]
+    for a, b, name in gpu:
+        if a > reach:
+            gaps.append((a - reach, reach, name))
+        busy += max(0.0, b - max(a, reach))
+        reach = max(reach, b)
+    print(f"step: {wall_us / 1e3:.2f} ms wall, profiled span {(end - start) / 1e3:.2f} ms, GPU busy {busy / 1e3:.2f} ms; "
+          f"idle before the first kernel {(gpu[0][0] - start) / 1e3:.2f} ms, after the last {(end - reach) / 1e3:.2f} ms, "
+          f"between kernels {sum(g[0] for g in gaps) / 1e3:.2f} ms in {len(gaps)} gaps")
+    print(f"{'gap us':>9} {'at ms':>8}  next kernel | host ops running then")
+    for gap, at, name in sorted(gaps, reverse=True)[:top]:
+        host = [c[2] for c in cpu if c[0] <= at <= c[1]][-3:]
+        print(f"{gap:9.1f} {(at - start) / 1e3:8.2f}  {short(name)} | {' > '.join(host)}")
+    first = [c for c in cpu if c[0] < gpu[0][0]]
+    names = collections.Counter(c[2] for c in first)
+    print("host ops before the first kernel (most frequent):", names.most_common(12))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--preset", default="gpt-oss-20b")
@@ -28,8 +64,10 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--util", type=float, default=0.5)
+    ap.add_argument("--gaps", action="store_true", help="PDL on; where the GPU idles in a step instead")
     args = ap.parse_args()
-    launch.use_pdl = lambda device: False  # before anything is compiled or launched
+    if not args.gaps:
+        launch.use_pdl = lambda device: False  # before anything is compiled or launched
     llm = build(args.preset, args.prompts, args.len, args.util)
     engine, rng, vocab = llm.engine, random.Random(0), llm.config.model.vocab_size
 
@@ -45,6 +83,19 @@ def main() -> None:
     torch.cuda.synchronize()
     ms = 1e3 * (time.perf_counter() - t0) / args.steps
     tokens = args.prompts * args.len
+    if args.gaps:
+        idle_gaps(one_step, args.top)
+        import cProfile
+        import pstats
+
+        pr = cProfile.Profile()
+        pr.enable()
+        one_step()
+        torch.cuda.synchronize()
+        pr.disable()
+        pstats.Stats(pr).sort_stats("cumulative").print_stats(args.top)
+        llm.close()
+        return
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
         one_step()
         torch.cuda.synchronize()
