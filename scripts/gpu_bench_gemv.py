@@ -2,10 +2,12 @@
 cuBLAS (F.linear), at the qkv, o_proj, router and lm_head shapes, bf16. Checks against F.linear in float32,
 then times CUDA-graph replays after a read-only L2 flush (median us) and prints GB/s.
 
-Run: PYTHONPATH=. python scripts/gpu_bench_gemv.py
+Run: PYTHONPATH=. python scripts/gpu_bench_gemv.py [SHAPE ...]  (names from SHAPES, e.g. "router 20b"; all by default)
 """
 
 from __future__ import annotations
+
+import sys
 
 import torch
 import torch.nn.functional as F
@@ -22,14 +24,18 @@ TILES = [GemvTiles(8, 512, 4, 2), GemvTiles(2, 512, 4, 3),  # the defaults (Trit
          GemvTiles(2, 512, 4, 1, 3), GemvTiles(8, 256, 2, 1, 3),
          GemvTiles(16, 512, 8, 1, 2), GemvTiles(4, 1024, 4, 1, 2)]
 SMALL_N_TILES = [GemvTiles(8, 512, 4, 2), GemvTiles(4, 512, 4, 2), GemvTiles(2, 512, 4, 2), GemvTiles(1, 512, 4, 2),
-                 GemvTiles(1, 1024, 4, 2), GemvTiles(1, 256, 2, 2), GemvTiles(2, 256, 2, 3), GemvTiles(1, 512, 2, 3)]
+                 GemvTiles(1, 1024, 4, 2), GemvTiles(1, 256, 2, 2), GemvTiles(2, 256, 2, 3), GemvTiles(1, 512, 2, 3),
+                 # the whole row in one step (every weight load before the PDL wait)
+                 GemvTiles(1, 4096, 4, 1), GemvTiles(1, 4096, 8, 1), GemvTiles(2, 4096, 8, 1),
+                 GemvTiles(1, 2048, 4, 2)]
 
 
 def main() -> None:
     dev = torch.device("cuda")
     flush = read_fn(torch.empty(256 << 20, dtype=torch.uint8, device=dev), 256 << 10)
     print(torch.cuda.get_device_name())
-    for name, (N, K) in SHAPES.items():
+    names = sys.argv[1:] or list(SHAPES)
+    for name, (N, K) in ((n, SHAPES[n]) for n in names):
         w = torch.randn(N, K, device=dev, dtype=torch.bfloat16)
         b = torch.randn(N, device=dev, dtype=torch.bfloat16)
         x = torch.randn(1, K, device=dev, dtype=torch.bfloat16)
