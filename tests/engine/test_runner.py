@@ -50,7 +50,8 @@ def check(seqs: list[ScheduledSeq], prev: list[int] | None = None) -> None:
         meta = batch.attention[g]
         assert meta.query_start_loc.tolist() == want["qsl"] and meta.query_start_loc.dtype == torch.int32
         assert meta.seq_lens.tolist() == want["lens"] and meta.seq_lens.dtype == torch.int32
-        assert meta.block_tables.dtype == torch.int32 and meta.block_tables.shape == (len(seqs), len(want["tables"][g][0]) if seqs else 0)
+        width = len(want["tables"][g][0]) if seqs else 0
+        assert meta.block_tables.dtype == torch.int32 and meta.block_tables.shape == (len(seqs), width)
         assert meta.block_tables.tolist() == want["tables"][g]
         assert meta.slot_mapping.tolist() == want["slots"][g] and meta.slot_mapping.dtype == torch.int64
         assert meta.max_query_len == max((s.num_new for s in seqs), default=0)

@@ -14,7 +14,7 @@ from oss_engine.kernels.triton import moe as moe_mod
 from oss_engine.kernels.triton import moe_gluon_wgmma as W
 from oss_engine.kernels.triton.moe import GemmTiles, MoeTritonConfig, moe_experts_triton
 from test_triton_moe import ALPHA, bf16_case
-from triton_cases import INTERPRET, rel_l2, run_compile_check
+from triton_cases import DEV, INTERPRET, rel_l2, run_compile_check
 
 
 @pytest.mark.parametrize("block_k", [64, 128])
@@ -27,6 +27,18 @@ def test_stored_k_is_a_permutation_of_each_step(block_k):
     assert all(ks[2 * j + 1] == ks[2 * j] + 4 and ks[2 * j] % 8 < 4 for j in range(block_k // 2))
     perm = W.x_permutation(3 * block_k, block_k, torch.device("cpu"))
     assert perm.tolist() == [k0 + k for k0 in (0, block_k, 2 * block_k) for k in ks]
+
+
+@pytest.mark.parametrize("T,K", [(1, 64), (45, 640), (33, 300)])
+def test_gather_columns_matches_indexing(T, K):
+    """`gather_columns` (GEMM 1's permutation of x) equals torch's x[:, perm]: rows and columns past whole
+    tiles, a row stride wider than K, and the real permutation as well as a random one."""
+    dtype = torch.float32 if INTERPRET else torch.bfloat16
+    x = torch.randn(T, K + 7, device=DEV, dtype=dtype)[:, :K]
+    for perm in (torch.randperm(K, device=DEV), W.x_permutation(K, 64, torch.device(DEV)) if K % 64 == 0 else None):
+        if perm is not None:
+            got = W.gather_columns(x, perm)
+            assert got.is_contiguous() and torch.equal(got, x[:, perm])
 
 
 def test_compiles_for_sm90():
