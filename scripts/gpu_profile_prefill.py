@@ -46,7 +46,8 @@ def idle_gaps(one_step, top: int) -> None:
         reach = max(reach, b)
     print(f"step: {wall_us / 1e3:.2f} ms wall, profiled span {(end - start) / 1e3:.2f} ms, "
           f"GPU busy {busy / 1e3:.2f} ms; idle before the first kernel {(gpu[0][0] - start) / 1e3:.2f} ms, "
-          f"after the last {(end - reach) / 1e3:.2f} ms, between kernels {sum(g[0] for g in gaps) / 1e3:.2f} ms in {len(gaps)} gaps")
+          f"after the last {(end - reach) / 1e3:.2f} ms, "
+          f"between kernels {sum(g[0] for g in gaps) / 1e3:.2f} ms in {len(gaps)} gaps")
     print(f"{'gap us':>9} {'at ms':>8}  next kernel | host ops running then")
     for gap, at, name in sorted(gaps, reverse=True)[:top]:
         host = [c[2] for c in cpu if c[0] <= at <= c[1]][-3:]
