@@ -1,16 +1,20 @@
 """GPU machine: where a prefill step's time goes. Builds the engine on a preset with random weights (as
-`oss-engine bench` does), then runs steps that each prefill N prompts of L tokens (N x L <= the step's 8192
-tokens, the bench's prefill steps): times `steps` of them (tok/s), then profiles one more with torch.profiler
+`oss-engine bench` does), then runs steps that each prefill N prompts of L tokens (N x L <= the step's token
+budget: 16,384 on an H100 or H200): times `steps` of them (tok/s), then profiles one more with torch.profiler
 and prints per kernel name: launches, mean us, us in the step, with PDL forced off so that the kernel times
-add up (with PDL a kernel's time includes its wait on the one before).
+add up (with PDL a kernel's time includes its wait on the one before). With --gaps (PDL on, as the bench runs)
+it prints instead where the GPU idles in a step (`idle_gaps`) and a cProfile of the host's work in one.
 
-Run: PYTHONPATH=.:scripts python scripts/gpu_profile_prefill.py --preset gpt-oss-20b [--prompts 4 --len 2048]
+Run: PYTHONPATH=.:scripts python scripts/gpu_profile_prefill.py --preset gpt-oss-20b [--prompts 8 --len 2048]
+     [--gaps]
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import cProfile
+import pstats
 import random
 import time
 
@@ -86,9 +90,6 @@ def main() -> None:
     tokens = args.prompts * args.len
     if args.gaps:
         idle_gaps(one_step, args.top)
-        import cProfile
-        import pstats
-
         pr = cProfile.Profile()
         pr.enable()
         one_step()

@@ -104,6 +104,7 @@ class ModelRunner:
 
     def prepare(self, seqs: list[ScheduledSeq], prev_tokens: torch.Tensor | None = None
                 ) -> tuple[ForwardBatch, list[tuple[int, int]]]:
+        """An eager step's batch: `build_forward_batch` on this runner's cache groups and device."""
         return build_forward_batch(seqs, self.groups, self.block_size, self.device, prev_tokens)
 
 
