@@ -47,18 +47,18 @@ def kernel_rows(prof, steps: int) -> list[tuple[float, float, float, str]]:
     return sorted(((sum(v) / steps, len(v) / steps, sum(v) / len(v), k) for k, v in agg.items()), reverse=True)
 
 
-def host_profile(engine, steps: int, top: int) -> None:
-    """cProfile of `steps` engine steps: the host's share (Python work, launches, the wait for the GPU)."""
+def host_profile(run, top: int, sort: str = "tottime") -> None:
+    """cProfile of `run()` and the GPU work it queued: the host's share (Python work, launches, the wait for
+    the GPU), the `top` entries by `sort`."""
     import cProfile
     import pstats
 
     pr = cProfile.Profile()
     pr.enable()
-    for _ in range(steps):
-        engine.step()
+    run()
     torch.cuda.synchronize()
     pr.disable()
-    pstats.Stats(pr).sort_stats("tottime").print_stats(top)
+    pstats.Stats(pr).sort_stats(sort).print_stats(top)
 
 
 def profile_batch(llm: LLM, batch: int, context: int, steps: int, prof_steps: int, top: int,
@@ -83,7 +83,7 @@ def profile_batch(llm: LLM, batch: int, context: int, steps: int, prof_steps: in
             engine.step()
         torch.cuda.synchronize()
     if host:
-        host_profile(engine, 20, 16)
+        host_profile(lambda: [engine.step() for _ in range(20)], 16)
     for rid in rids:
         engine.abort(rid)
     rows = kernel_rows(prof, prof_steps)

@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import argparse
 import collections
-import cProfile
-import pstats
 import random
 import time
 
 import torch
 
-from gpu_profile_decode import build, kernel_rows, short
+from gpu_profile_decode import build, host_profile, kernel_rows, short
 from oss_engine.bench.engine_bench import _drain, _prompts, _submit
 from oss_engine.kernels.triton import launch
 
@@ -90,12 +88,7 @@ def main() -> None:
     tokens = args.prompts * args.len
     if args.gaps:
         idle_gaps(one_step, args.top)
-        pr = cProfile.Profile()
-        pr.enable()
-        one_step()
-        torch.cuda.synchronize()
-        pr.disable()
-        pstats.Stats(pr).sort_stats("cumulative").print_stats(args.top)
+        host_profile(one_step, args.top, "cumulative")
         llm.close()
         return
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:

@@ -158,6 +158,7 @@ def build_forward_batch(seqs: list[ScheduledSeq], groups: list[str], block_size:
         input_ids[dst_d] = prev_tokens[src_d]
     qsl_d, lens_d = qsl_d.to(torch.int32), lens_d.to(torch.int32)
     at, attention = sum(sizes), {}
+    max_query_len = max((s.num_new for s in seqs), default=0)
     for g in groups:
         tables = staged.narrow(0, at, B * widths[g]).view(B, widths[g])  # [B, width] int64
         at += B * widths[g]
@@ -166,7 +167,7 @@ def build_forward_batch(seqs: list[ScheduledSeq], groups: list[str], block_size:
         slots = tables[owner_d, positions // block_size] * block_size + positions % block_size
         attention[g] = AttentionMetadata(query_start_loc=qsl_d, seq_lens=lens_d,
                                          block_tables=tables.to(torch.int32), slot_mapping=slots,
-                                         max_query_len=max((s.num_new for s in seqs), default=0))
+                                         max_query_len=max_query_len)
     return ForwardBatch(input_ids=input_ids, positions=positions, attention=attention,
                         logits_indices=logits_indices), rows
 
