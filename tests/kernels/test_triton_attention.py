@@ -15,6 +15,7 @@ pytest.importorskip("triton")
 
 from oss_engine.kernels.ref.attention import paged_attention_ref, store_kv_ref
 from oss_engine.kernels.triton.attention import (
+    SPAN_MIN_ROWS,
     paged_attention_triton,
     pick_config,
     store_kv_triton,
@@ -141,6 +142,31 @@ def test_decode_one_token_each(num_splits, window):
     # max_query_len = 1 with T = B (decode steps, their CUDA graphs): program b is sequence b, no search
     check(make_case([(300, 1), (517, 1), (20, 1), (0, 1), (33, 1)], 16, 16, 2, 64, window, True), window,
           num_splits=num_splits, max_query_len=1)
+
+
+@pytest.mark.parametrize("window", [None, 8, 128])
+@pytest.mark.parametrize("num_splits", [1, 3])
+def test_unmasked_spans_change_no_value(monkeypatch, window, num_splits):
+    """The whole tiles' unmasked steps (SPANS) give the same output as masking every tile, bit for bit in the
+    interpreter, with and without key splits (whose shares cut the spans), against the reference too."""
+    import oss_engine.kernels.triton.attention as attn_mod
+
+    case = make_case([(5, 70), (130, 33), (150, 1), (0, 1)], 4, 8, 1, 16, window, True)
+    q, k_cache, v_cache, sinks, meta, positions = case
+    outs = []
+    for rows in (1, 1 << 20):  # every q tile takes the spans; none does
+        monkeypatch.setattr(attn_mod, "SPAN_MIN_ROWS", rows)
+        check(case, window, num_splits=num_splits)
+        outs.append(paged_attention_triton(q, k_cache, v_cache, sinks, meta, positions, window, 0.125,
+                                           num_splits=num_splits))
+    assert torch.equal(outs[0], outs[1])
+
+
+def test_prefill_tiles_take_the_spans():
+    """The prefill tiles reach SPAN_MIN_ROWS on both targets; decode tiles stay below it (one masked loop)."""
+    for on_gpu in (True, False):
+        assert pick_config(2048, 1, 8, 8, 2048, None, 2048, 132, on_gpu).block_m >= SPAN_MIN_ROWS
+        assert pick_config(8, 8, 8, 8, 2048, None, 1, 132, on_gpu).block_m < SPAN_MIN_ROWS
 
 
 def test_split_kv_mixed_batch_and_max_query_len():
