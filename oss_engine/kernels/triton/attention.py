@@ -210,7 +210,7 @@ def _attn_kernel(
         while start < k_end:
             m_i, l_i, acc = _attn_tile(q, pos, row_ok, m_i, l_i, acc, start, lo_key, hi_key, window, qk_scale,
                                        kp, vp, bp, s_kn, s_ks, s_kd, s_vn, s_vs, s_vd, BLOCK_N, D, S, COMPUTE,
-                                       DOT_PRECISION, (start < a) | (start >= b_span))
+                                       DOT_PRECISION, (start < a) | (start >= b_span))  # (run time here)
             start += BLOCK_N
     else:  # for loops, which the compiler software-pipelines (num_stages); a while loop it would not
         for start in range(k_begin, a, BLOCK_N):
@@ -345,7 +345,8 @@ def pick_config(num_tokens: int, num_seqs: int, num_kv_heads: int, group: int, c
     if on_gpu and not decode_like and window is not None and window <= SHORT_WINDOW:
         # a short window's prefill: q tiles of 8 tokens, 32-key steps, 4 warps. H100, 8 prompts of 2,048, window
         # 128: 307.2 -> 257.7 us (one prompt 42.4 -> 36.0) against the full layers' 128-row tiles of 64-key
-        # steps; 64 x 16 tied (253.6), 4 warps at 128 rows or 3 stages lost (313.5-368.6), 2 warps 340-427
+        # steps; 64 x 16 tied (253.6); 3 stages 273.4, 64-key steps at 64 rows 368.1-377.7, 4 warps at 128 rows
+        # 313.5-359.3, 2 warps 340.7-427.0
         block_m, block_n = min(block_m, 64), 32
     num_warps = 8 if block_m >= 128 else 4
     return AttentionConfig(block_m, block_n, num_splits, num_warps, num_stages=3 if decode_like else 2)
