@@ -151,17 +151,15 @@ def build_forward_batch(seqs: list[ScheduledSeq], groups: list[str], block_size:
             buf.extend(table)
             buf.extend([0] * (widths[g] - len(table)))
     staged = _to_device(buf, device)
-    sizes = (T, T, T, R, B + 1, B, n, n)
-    input_ids, positions, owner_d, logits_indices, qsl_d, lens_d, dst_d, src_d = (
-        staged.narrow(0, at, size) for at, size in _spans(sizes))
+    input_ids, positions, owner_d, logits_indices, qsl_d, lens_d, dst_d, src_d, *flat_tables = staged.split(
+        [T, T, T, R, B + 1, B, n, n] + [B * widths[g] for g in groups])  # views
     if n:
         input_ids[dst_d] = prev_tokens[src_d]
     qsl_d, lens_d = qsl_d.to(torch.int32), lens_d.to(torch.int32)
-    at, attention = sum(sizes), {}
+    attention = {}
     max_query_len = max((s.num_new for s in seqs), default=0)
-    for g in groups:
-        tables = staged.narrow(0, at, B * widths[g]).view(B, widths[g])  # [B, width] int64
-        at += B * widths[g]
+    for g, flat in zip(groups, flat_tables):
+        tables = flat.view(B, widths[g])  # [B, width] int64
         # token t at position p lives in block tables[owner[t], p // S], row p % S; e.g. S = 16, p = 35 ->
         # block tables[b, 2], slot tables[b, 2] * 16 + 3
         slots = tables[owner_d, positions // block_size] * block_size + positions % block_size
@@ -178,12 +176,3 @@ def _to_device(buf: array, device: torch.device) -> torch.Tensor:
     if device.type == "cuda":
         return staged.pin_memory().to(device, non_blocking=True)
     return staged.clone()  # torch.frombuffer shares the array's memory
-
-
-def _spans(sizes) -> list[tuple[int, int]]:
-    """Consecutive (start, size) spans of the given sizes."""
-    spans, at = [], 0
-    for size in sizes:
-        spans.append((at, size))
-        at += size
-    return spans
