@@ -8,7 +8,8 @@ Pipeline, with no host synchronisation (every grid is sized from shapes):
   1. group    order [P] = stable argsort(ids.flat): sorted row r holds pair order[r], rows grouped by
               expert; bounds [E + 1] int32: bounds[e] = first sorted row of expert e. One Triton program
               up to 1024 pairs (`_group_small_kernel` at decode sizes, `_group_chunked_kernel` above),
-              else torch.sort + searchsorted (`group_path`).
+              then two launches of one program a chunk (count, place), or torch.sort + searchsorted
+              (`group_path`).
   2. GEMM 1   act[r] = swiglu(x[order[r] // A] @ W1[e]^T + b1[e])            act [P, I] (compute dtype)
   3. GEMM 2   y[order[r]] = weight[order[r]] * (act[r] @ W2[e]^T + b2[e])    y [P, D] float32
   4. combine  out[t] = sum over a of y[t * A + a]                            out [T, D] (x.dtype)
@@ -81,6 +82,7 @@ _TL_DTYPE = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float
 _MODES = {"dense": 0, "arith": 1, "dot_scaled": 2, "dot_scaled_swap": 3}
 _SMALL_GROUP = 256  # pairs up to which one Triton program groups them (`_group_small_kernel`)
 _CHUNKED_GROUP = 1024  # pairs up to which `_group_chunked_kernel` does (docs/performance.md: where it paid)
+_PARALLEL_READS = 1 << 21  # the parallel grouping's count reads (chunks^2 x E_PAD) up to which it runs, then torch
 
 
 @dataclass(frozen=True)
@@ -462,6 +464,51 @@ def _group_chunked_kernel(ids_ptr, order_ptr, bounds_ptr, P, E: tl.constexpr, E_
     tl.store(bounds_ptr + e, 0, mask=e == 0)
 
 
+@triton.jit
+def _group_count_kernel(ids_ptr, counts_ptr, P, E_PAD: tl.constexpr, CHUNK: tl.constexpr, PDL: tl.constexpr):
+    """Program c of the parallel grouping: counts[c, e] = the pairs of chunk c (pairs c CHUNK ..) routed to e."""
+    launch.wait_for_inputs(PDL)
+    c = tl.program_id(0)
+    q = c * CHUNK + tl.arange(0, CHUNK)
+    e = tl.arange(0, E_PAD)
+    e_q = tl.load(ids_ptr + q, mask=q < P, other=E_PAD).to(tl.int32)  # [CHUNK]; pads match no expert
+    tl.store(counts_ptr + c * E_PAD + e, tl.sum((e_q[:, None] == e[None, :]).to(tl.int32), axis=0))
+
+
+@triton.jit
+def _group_place_kernel(ids_ptr, counts_ptr, order_ptr, bounds_ptr, P, n_chunks, E: tl.constexpr,
+                        E_PAD: tl.constexpr, CHUNK: tl.constexpr, C_BLOCK: tl.constexpr, PDL: tl.constexpr):
+    """Program c of the parallel grouping places chunk c's pairs, as `_group_chunked_kernel` places a chunk:
+    expert e's rows start at bounds[e] (the counts of experts < e over all chunks), chunk c's first row of e
+    follows the rows of e in chunks before c, and within the chunk the pairs keep their order (a cumulative
+    sum down the one-hot tile). The counts [n_chunks, E_PAD] are read C_BLOCK chunks at a time. Program 0
+    writes bounds."""
+    launch.wait_for_inputs(PDL)
+    c = tl.program_id(0)
+    e = tl.arange(0, E_PAD)
+    cc = tl.arange(0, C_BLOCK)
+    totals = tl.zeros((E_PAD,), dtype=tl.int32)
+    before = tl.zeros((E_PAD,), dtype=tl.int32)
+    c0 = 0
+    while c0 < n_chunks:  # (while loops: the CPU interpreter cannot run `range` over a runtime bound)
+        rows = c0 + cc
+        cnt = tl.load(counts_ptr + rows[:, None] * E_PAD + e[None, :], mask=(rows < n_chunks)[:, None], other=0)
+        totals += tl.sum(cnt, axis=0)
+        before += tl.sum(tl.where((rows < c)[:, None], cnt, 0), axis=0)
+        c0 += C_BLOCK
+    ends = tl.cumsum(totals, axis=0)  # bounds[e + 1]
+    first = ends - totals + before  # [E_PAD] chunk c's first row of each expert
+    q = c * CHUNK + tl.arange(0, CHUNK)
+    e_q = tl.load(ids_ptr + q, mask=q < P, other=E_PAD).to(tl.int32)
+    hot = (e_q[:, None] == e[None, :]).to(tl.int32)  # [CHUNK, E_PAD]
+    seen = tl.cumsum(hot, axis=0)  # the expert's pairs of this chunk up to this one, inclusive
+    row = tl.sum(hot * (first[None, :] + seen - 1), axis=1)
+    tl.store(order_ptr + row, q.to(tl.int64), mask=q < P)
+    if c == 0:
+        tl.store(bounds_ptr + 1 + e, ends, mask=e < E)
+        tl.store(bounds_ptr + e, 0, mask=e == 0)
+
+
 # ------------------------------------------------------------------------------------------------- host code
 
 
@@ -513,12 +560,20 @@ def combine(y: torch.Tensor, out: torch.Tensor, rows_per_token: int, pdl: bool) 
 
 def group_path(num_pairs: int, num_experts: int) -> str:
     """Which grouping `group_by_expert` runs: "small" (`_group_small_kernel`) up to _SMALL_GROUP pairs while
-    its [P_PAD, E_PAD] tile fits, "chunked" (`_group_chunked_kernel`) up to _CHUNKED_GROUP pairs, else
-    "torch" (sort + searchsorted: ~35 us up to 2048 pairs on an H100; 7 launches at 1024 pairs, 24 at 8192)."""
+    its [P_PAD, E_PAD] tile fits, "chunked" (`_group_chunked_kernel`) up to _CHUNKED_GROUP pairs, "parallel"
+    (`_group_count_kernel` then `_group_place_kernel`, one program a chunk) while its place programs' reads of
+    the counts (each reads all of them: chunks^2 x E_PAD) stay within _PARALLEL_READS, else "torch" (sort +
+    searchsorted, 24 launches). On an H100 (scripts/gpu_bench_grouping.py, us, chunked / parallel / torch):
+    32 experts, 2048 pairs 15.8 / 5.7 / 24.5, 8192 pairs 60.6 / 5.7 / 50.4, 65536 pairs (2^21 reads) 477.9 /
+    11.2 / 48.0; 128 experts, 8192 pairs (2^19 reads) 229.1 / 11.8 / 51.0, 65536 pairs (2^25) 1,825.7 / 186.3 /
+    48.1."""
     e_pad = triton.next_power_of_2(num_experts)
     if num_pairs <= _SMALL_GROUP and max(16, triton.next_power_of_2(num_pairs)) * e_pad <= 8192:
         return "small"
-    return "chunked" if num_pairs <= _CHUNKED_GROUP else "torch"
+    if num_pairs <= _CHUNKED_GROUP:
+        return "chunked"
+    n_chunks = triton.cdiv(num_pairs, chunked_tiles(1 << 30, e_pad)[0])
+    return "parallel" if n_chunks * n_chunks * e_pad <= _PARALLEL_READS else "torch"
 
 
 def chunked_tiles(num_pairs: int, e_pad: int) -> tuple[int, int]:
@@ -530,6 +585,22 @@ def chunked_tiles(num_pairs: int, e_pad: int) -> tuple[int, int]:
     return (max(16, triton.next_power_of_2(num_pairs)) if num_pairs <= chunk else chunk), warps
 
 
+def _group_parallel(flat: torch.Tensor, order: torch.Tensor, bounds: torch.Tensor, num_experts: int,
+                    pdl: bool) -> None:
+    """The "parallel" grouping: `_group_count_kernel` then `_group_place_kernel`, one program a chunk of the
+    chunked kernel's tile (2048 one-hot elements a warp); counts [n_chunks, E_PAD] int32."""
+    P = flat.numel()
+    e_pad = triton.next_power_of_2(num_experts)
+    chunk, warps = chunked_tiles(1 << 30, e_pad)
+    n_chunks = triton.cdiv(P, chunk)
+    counts = _empty((n_chunks, e_pad), torch.int32, flat.device)
+    _group_count_kernel[(n_chunks,)](flat, counts, P, E_PAD=e_pad, CHUNK=chunk, PDL=pdl, num_warps=warps,
+                                     launch_pdl=pdl)
+    _group_place_kernel[(n_chunks,)](flat, counts, order, bounds, P, n_chunks, E=num_experts, E_PAD=e_pad,
+                                     CHUNK=chunk, C_BLOCK=max(1, chunk // 4), PDL=pdl, num_warps=warps,
+                                     launch_pdl=pdl)
+
+
 def group_by_expert(ids: torch.Tensor, num_experts: int) -> tuple[torch.Tensor, torch.Tensor]:
     """ids [T, A] -> (order [P] int64: sorted row -> pair t*A + a, bounds [E + 1] int32). No host sync.
 
@@ -538,18 +609,20 @@ def group_by_expert(ids: torch.Tensor, num_experts: int) -> tuple[torch.Tensor, 
     P = flat.numel()
     e_pad = triton.next_power_of_2(num_experts)
     path = group_path(P, num_experts)
-    if path != "torch":  # one launch
+    if path != "torch":
         order = _empty((P,), torch.int64, ids.device)
         bounds = _empty((num_experts + 1,), torch.int32, ids.device)
         pdl = launch.use_pdl(ids.device)
-        if path == "small":
+        if path == "small":  # one launch
             p_pad = max(16, triton.next_power_of_2(P))
             _group_small_kernel[(1,)](flat, order, bounds, P, E=num_experts, E_PAD=e_pad, P_PAD=p_pad,
                                       CHUNK=min(p_pad, 32), PDL=pdl, num_warps=8, launch_pdl=pdl)
-        else:
+        elif path == "chunked":  # one launch
             chunk, warps = chunked_tiles(P, e_pad)
             _group_chunked_kernel[(1,)](flat, order, bounds, P, E=num_experts, E_PAD=e_pad, CHUNK=chunk,
                                         ONE=P <= chunk, PDL=pdl, num_warps=warps, launch_pdl=pdl)
+        else:  # "parallel": two launches of one program a chunk
+            _group_parallel(flat, order, bounds, num_experts, pdl)
         return order, bounds
     sorted_ids, order = torch.sort(flat, stable=True)  # [P] each
     experts = torch.arange(num_experts + 1, device=ids.device, dtype=sorted_ids.dtype)  # [E + 1]
