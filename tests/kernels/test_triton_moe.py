@@ -157,7 +157,8 @@ def test_worked_example_blocks(poisoned):
 
 
 def test_bf16_input(poisoned):
-    """bf16 x and biases in, bf16 out (float32 compute): one bf16 rounding apart from the reference."""
+    """bf16 x and biases in, bf16 out (float32 compute): the pair rows and the output rounded to bf16, apart
+    from the float32 reference."""
     gen = torch.Generator().manual_seed(3)
     w1, w2 = make_weight("mxfp4", 8, 128, 64, gen), make_weight("mxfp4", 8, 64, 64, gen)
     w1 = ExpertWeight(w1.bias.to(torch.bfloat16), blocks=w1.blocks, scales=w1.scales)
@@ -167,6 +168,26 @@ def test_bf16_input(poisoned):
     out = moe_experts_triton(x, weights, ids, w1, w2, 0.6, ALPHA, compute_dtype=torch.float32)
     ref = moe_experts_ref(x, weights, ids, w1, w2, 0.6, ALPHA)
     assert out.dtype == torch.bfloat16 and rel_l2(out, ref) < 1e-2
+
+
+@pytest.mark.parametrize("y_dtype,out_dtype", [(torch.float32, torch.float32), (torch.float32, torch.bfloat16),
+                                               (torch.bfloat16, torch.bfloat16)])
+def test_combine_sums_each_tokens_rows_in_order(y_dtype, out_dtype):
+    """The combine: out[t] = the float32 sum, in order, of y's rows t * A .. t * A + A - 1, cast once to out's
+    dtype; bf16 rows (the grouped paths' pair rows in a bf16 model) are summed in float32 too."""
+    def cast(v):  # float32 -> out_dtype as the kernel casts: the interpreter (Triton 3.6) truncates to bf16
+        if out_dtype == torch.bfloat16 and INTERPRET:
+            return (v.view(torch.int32) & -65536).view(torch.float32).to(out_dtype)
+        return v.to(out_dtype)
+
+    gen = torch.Generator().manual_seed(0)
+    T, A, D = 19, 8, 200
+    y = (torch.randn(T * A, D, generator=gen) * 100).to(DEV, y_dtype)  # [T * A, D]
+    out = moe_mod.combine(y, torch.empty(T, D, dtype=out_dtype, device=DEV), A, False)
+    want = torch.zeros(T, D, device=DEV)
+    for a in range(A):
+        want += y[a::A].float()
+    assert out.dtype == out_dtype and torch.equal(out, cast(want))
 
 
 GROUP_PATHS = {"small": (256, 0, 0), "chunked": (0, 1 << 30, 0), "parallel": (0, 0, 1 << 30),

@@ -11,10 +11,14 @@ Pipeline, with no host synchronisation (every grid is sized from shapes):
               then two launches of one program a chunk (count, place), or torch.sort + searchsorted
               (`group_path`).
   2. GEMM 1   act[r] = swiglu(x[order[r] // A] @ W1[e]^T + b1[e])            act [P, I] (compute dtype)
-  3. GEMM 2   y[order[r]] = weight[order[r]] * (act[r] @ W2[e]^T + b2[e])    y [P, D] float32
+  3. GEMM 2   y[order[r]] = weight[order[r]] * (act[r] @ W2[e]^T + b2[e])    y [P, D] (x.dtype)
   4. combine  out[t] = sum over a of y[t * A + a]                            out [T, D] (x.dtype)
-The combine writes each pair's row once and sums the A rows in a fixed order: deterministic, unlike atomics
-into out, for a [P, D] float32 round trip (negligible at decode; ~190 MB, ~60 us at T = 2048 on an H100).
+GEMM 2 writes each pair's row once and the combine sums the A rows in float32 in a fixed order: deterministic,
+unlike atomics into out. The grouped paths' pair rows are in x.dtype: in bf16 each weighted expert output is
+rounded once before the sum, as the reference model's bf16 path rounds it, and the [P, D] round trip is half
+that of float32 rows (755 MB a layer of a 16,384-token prefill step, 358 us of combine on an H100). The decode
+path (moe_decode.py) keeps float32 rows: its GEMM 2 splits its sum, and at a few rows the traffic is nothing.
+So in bf16 a pair row is rounded on the grouped paths and not on the decode path; in float32 no path rounds.
 
 Blocks. Expert e owns ceil(count_e / BM) consecutive blocks of BM sorted rows (the last one padded, pad rows
 masked). Each GEMM derives its own blocks from `bounds` inside the kernel (`_expert_block`), so the two
@@ -380,20 +384,22 @@ def _moe_gemm2_kernel(
     bias = tl.load(b_ptr + expert * s_be + cols * s_bn, mask=nmask, other=0.0).to(tl.float32)
     route_w = tl.load(route_w_ptr + pair, mask=rmask, other=0.0).to(tl.float32)
     y = (acc + bias[None, :]) * route_w[:, None]
-    tl.store(y_ptr + pair[:, None].to(tl.int64) * s_yp + cols[None, :], y, mask=rmask[:, None] & nmask[None, :])
+    tl.store(y_ptr + pair[:, None].to(tl.int64) * s_yp + cols[None, :], y.to(y_ptr.dtype.element_ty),
+             mask=rmask[:, None] & nmask[None, :])
 
 
 @triton.jit
 def _combine_kernel(y_ptr, out_ptr, T, D, s_yp, s_ot, A: tl.constexpr, BLOCK_T: tl.constexpr,
                     BLOCK_D: tl.constexpr, PDL: tl.constexpr):
-    """out[t, d] = sum over a (in order) of y[t * A + a, d], cast to out's dtype."""
+    """out[t, d] = sum over a (in order, float32) of y[t * A + a, d], cast to out's dtype."""
     launch.wait_for_inputs(PDL)
     t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
     d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     mask = (t < T)[:, None] & (d < D)[None, :]
     acc = tl.zeros((BLOCK_T, BLOCK_D), dtype=tl.float32)
     for a in tl.static_range(A):
-        acc += tl.load(y_ptr + (t * A + a)[:, None].to(tl.int64) * s_yp + d[None, :], mask=mask, other=0.0)
+        acc += tl.load(y_ptr + (t * A + a)[:, None].to(tl.int64) * s_yp + d[None, :], mask=mask,
+                       other=0.0).to(tl.float32)
     tl.store(out_ptr + t[:, None].to(tl.int64) * s_ot + d[None, :], acc.to(out_ptr.dtype.element_ty), mask=mask)
 
 
@@ -548,8 +554,8 @@ def act_strides(mode: str, I: int) -> tuple[int, int]:
 
 
 def combine(y: torch.Tensor, out: torch.Tensor, rows_per_token: int, pdl: bool) -> torch.Tensor:
-    """Step 4, `_combine_kernel`: out[t] = the sum, in order, of y's rows t * rows_per_token .. (cast to out's
-    dtype); the grouped paths' A slots, the decode path's A slots times GEMM 2's splits."""
+    """Step 4, `_combine_kernel`: out[t] = the float32 sum, in order, of y's rows t * rows_per_token .. (cast to
+    out's dtype); the grouped paths' A slots, the decode path's A slots times GEMM 2's splits."""
     T, D = out.shape
     block_t, block_d = 16, 128
     _combine_kernel[(triton.cdiv(T, block_t), triton.cdiv(D, block_d))](
@@ -652,7 +658,7 @@ def _experts_gluon(x: torch.Tensor, weights: torch.Tensor, w1: ExpertWeight, w2:
         x.view(torch.int32), order, bounds, w.view(torch.int32), s, w1.bias, act, x.stride(0), ws[0], ws[1],
         *ws[3:], w1.bias.stride(0), act.stride(0), float(limit), float(alpha), K=D, A=A, BN=t.block_n,
         **moe_gluon.launch_options(t.block_k, t.num_warps, t.num_stages), launch_pdl=pdl, **common)
-    y = _empty((P, D), torch.float32, x.device)
+    y = _empty((P, D), x.dtype, x.device)  # pair rows in x.dtype (module docstring)
     w, s, ws = _weight_args(w2, "dot_scaled")
     t = cfg.gemm2
     moe_gluon._group_gemm2_gluon[(grid_m, D // t.block_n)](
@@ -719,7 +725,7 @@ def moe_experts_triton(x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor
             K=D, N=2 * I, A=A, BLOCK_M=t1.block_m, BLOCK_N=t1.block_n, BLOCK_K=t1.block_k,
             num_warps=t1.num_warps, num_stages=t1.num_stages, launch_pdl=pdl, GROUP_M=t1.group_m, **common)
 
-    y = _empty((P, D), torch.float32, x.device)  # [P, D] pair rows, p = t * A + a
+    y = _empty((P, D), x.dtype, x.device)  # [P, D] pair rows, p = t * A + a, in x.dtype (module docstring)
     w, s, ws = _weight_args(w2, mode)
     t2 = cfg.gemm2
     grid_m = triton.cdiv(P, t2.block_m) + min(E, P)

@@ -552,8 +552,9 @@ def _group_gemm2_gluon(act_ptr, order_ptr, bounds_ptr, w_ptr, s_ptr, b_ptr, rout
             pair = gl.load(order_ptr + r, mask=r < end, other=0)
             rw = gl.load(route_w_ptr + pair, mask=r < end, other=0.0).to(gl.float32)
             out = y_ptr + pair.to(gl.int64) * s_yp
-            gl.store(out + col, (sums[4 * (c // 2) + c % 2] + b_even) * rw, mask=live)
-            gl.store(out + col + 1, (sums[4 * (c // 2) + 2 + c % 2] + b_odd) * rw, mask=live)
+            gl.store(out + col, ((sums[4 * (c // 2) + c % 2] + b_even) * rw).to(y_ptr.dtype.element_ty), mask=live)
+            gl.store(out + col + 1, ((sums[4 * (c // 2) + 2 + c % 2] + b_odd) * rw).to(y_ptr.dtype.element_ty),
+                     mask=live)
 
 
 def fits(n: int, k: int, block_n: int, block_k: int, num_warps: int) -> bool:
