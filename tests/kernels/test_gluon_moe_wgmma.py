@@ -83,14 +83,14 @@ print("ok")
 def test_default_config_takes_wgmma_above_32_rows_on_sm90(monkeypatch):
     """GEMM 1 by wgmma from 33 rows an expert, on sm_90 only; GEMM 2 keeps the dot_scaled tiles."""
     cuda = torch.device("cuda")
-    monkeypatch.setattr(moe_mod, "_is_sm90", lambda index: True)
+    monkeypatch.setattr(moe_mod.launch, "is_sm90", lambda device: True)
     assert moe_mod.default_config(4 * 256, 32, cuda).mxfp4_decode == "dot_scaled"  # 32 rows an expert
     assert moe_mod.default_config(4 * 264, 32, cuda).mxfp4_decode == "wgmma"  # 33
     cfg = moe_mod.default_config(4 * 520, 32, cuda)
     assert cfg.mxfp4_decode == "wgmma" and cfg.gemm1 == moe_mod.WGMMA_GEMM1
     assert cfg.gemm2 == moe_mod.triton_config(4 * 520, 32, cuda).gemm2
     assert moe_mod.default_config(4 * 520, 32, torch.device("cpu")).mxfp4_decode == "arith"
-    monkeypatch.setattr(moe_mod, "_is_sm90", lambda index: False)  # e.g. sm_100: dot_scaled
+    monkeypatch.setattr(moe_mod.launch, "is_sm90", lambda device: False)  # e.g. sm_100: dot_scaled
     assert moe_mod.default_config(4 * 520, 32, cuda) == moe_mod.triton_config(4 * 520, 32, cuda)
 
 

@@ -27,6 +27,15 @@ def test_off_under_the_interpreter(monkeypatch):
     assert launch.use_pdl(torch.device("cuda")) is False
 
 
+def test_is_sm90_only_for_hopper(monkeypatch):
+    """The wgmma kernels' gate (moe.default_config and moe_gluon_wgmma.takes both ask it)."""
+    assert launch.is_sm90(torch.device("cpu")) is False
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for cap, want in (((9, 0), True), ((8, 0), False), ((9, 1), False), ((10, 0), False)):
+        monkeypatch.setattr(launch, "capability", lambda device, cap=cap: cap)
+        assert launch.is_sm90(torch.device("cuda")) is want
+
+
 def test_wrappers_ask_at_call_time(monkeypatch):
     """Scripts A/B PDL by replacing `launch.use_pdl`; a wrapper must look it up when it launches."""
     asked = []

@@ -31,6 +31,11 @@ def use_pdl(device: torch.device) -> bool:
     return capability(device)[0] >= 9
 
 
+def is_sm90(device: torch.device) -> bool:
+    """Whether `device` is a CUDA sm_90 (Hopper) GPU, the target of the wgmma kernels; False without CUDA."""
+    return device.type == "cuda" and torch.cuda.is_available() and capability(device) == (9, 0)
+
+
 def capability(device: torch.device) -> tuple[int, int]:
     """The compute capability of CUDA `device` (the current device when it has no index), looked up once."""
     return _capability(device.index if device.index is not None else torch.cuda.current_device())

@@ -114,11 +114,6 @@ WGMMA_MIN_ROWS = 32  # mean rows an expert above which GEMM 1 defaults to moe_gl
 WGMMA_GEMM1 = GemmTiles(128, 128, 64, 8, 3, group_m=8)  # its tiles: BT 128, two warpgroups, 3 slots
 
 
-def _is_sm90(device: torch.device) -> bool:
-    """Whether CUDA `device` is sm_90 (False without CUDA)."""
-    return torch.cuda.is_available() and launch.capability(device) == (9, 0)
-
-
 def default_config(num_pairs: int, num_experts: int, device: torch.device) -> MoeTritonConfig:
     """Up to GLUON_MAX_ROWS rows an expert on CUDA: moe_gluon.py's kernels, falling back to `triton_config`
     for calls they do not take; otherwise `triton_config`. Measured on an H200 at the gpt-oss-20b expert
@@ -139,7 +134,7 @@ def default_config(num_pairs: int, num_experts: int, device: torch.device) -> Mo
         return MoeTritonConfig(t, t, "gluon")
     base = triton_config(num_pairs, num_experts, device)
     if (device.type == "cuda" and moe_gluon_wgmma is not None and rows_per_expert > WGMMA_MIN_ROWS
-            and _is_sm90(device)):
+            and launch.is_sm90(device)):
         return MoeTritonConfig(WGMMA_GEMM1, base.gemm2, "wgmma")
     return base
 

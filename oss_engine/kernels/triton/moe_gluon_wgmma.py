@@ -261,7 +261,7 @@ def takes(x: torch.Tensor, w1: ExpertWeight, block_k: int, num_warps: int) -> bo
     whole 16 NW-row tiles and whole BK steps."""
     if not (x.is_cuda and x.dtype == torch.bfloat16 and w1.blocks is not None):
         return False
-    if launch.capability(x.device) != (9, 0):
+    if not launch.is_sm90(x.device):
         return False
     E, n, groups, _ = w1.blocks.shape
     return n % (ROWS_PER_WARP * num_warps) == 0 and (groups * 32) % block_k == 0 and in_exact_range(w1.scale_range)
