@@ -1,9 +1,11 @@
 """GPU machine: moe.py's grouping by expert (`group_by_expert`) on each of its paths, forced whatever the size:
 the chunked one-program kernel, the two-launch parallel kernels and torch.sort + searchsorted. Each point is
 checked against a stable torch.sort first, then timed as 20 calls captured in one CUDA graph (PDL as the
-engine runs it), the graph replayed 10 times; us a call. Routing ids uniform over E experts, A = 4.
+engine runs it), the graph replayed 10 times (`gpu_bench_small_kernels.graph_us`); us a call. Routing ids
+uniform over E experts, A = 4.
 
-Run: PYTHONPATH=. python scripts/gpu_bench_grouping.py [--pairs 1024,2048,8192,32768,65536] [--experts 32,128]
+Run: PYTHONPATH=.:scripts python scripts/gpu_bench_grouping.py [--pairs 1024,2048,8192,32768,65536]
+     [--experts 32,128]
 """
 
 from __future__ import annotations
@@ -13,28 +15,9 @@ import argparse
 import torch
 
 import oss_engine.kernels.triton.moe as moe_mod
+from gpu_bench_small_kernels import graph_us  # 20 calls in one CUDA graph, replayed 10 times
 
 PATHS = {"chunked": (0, 1 << 30, 0), "parallel": (0, 0, 1 << 30), "torch": (0, 0, 0)}  # forced thresholds
-
-
-def timed(fn, calls: int = 20, replays: int = 10) -> float:
-    stream = torch.cuda.Stream()
-    with torch.cuda.stream(stream):
-        fn()  # compile, warm up
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph, stream=stream):
-        for _ in range(calls):
-            fn()
-    graph.replay()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(replays):
-        graph.replay()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) * 1e3 / (calls * replays)
 
 
 def main() -> None:
@@ -54,7 +37,7 @@ def main() -> None:
                 moe_mod._SMALL_GROUP, moe_mod._CHUNKED_GROUP, moe_mod._PARALLEL_READS = small, chunked, parallel
                 order, bounds = moe_mod.group_by_expert(ids, E)
                 ok = torch.equal(order, want) and torch.equal(bounds, bounds_want)
-                us = timed(lambda: moe_mod.group_by_expert(ids, E))
+                us = graph_us(lambda: moe_mod.group_by_expert(ids, E))
                 cells.append(f"{name} {us:7.1f}" + ("" if ok else " ERR"))
             print(f"E={E:<4} pairs={P:<6} " + " | ".join(cells), flush=True)
 

@@ -573,7 +573,7 @@ def group_path(num_pairs: int, num_experts: int) -> str:
         return "small"
     if num_pairs <= _CHUNKED_GROUP:
         return "chunked"
-    n_chunks = triton.cdiv(num_pairs, chunked_tiles(1 << 30, e_pad)[0])
+    n_chunks = parallel_tiles(num_pairs, e_pad)[2]
     return "parallel" if n_chunks * n_chunks * e_pad <= _PARALLEL_READS else "torch"
 
 
@@ -586,14 +586,20 @@ def chunked_tiles(num_pairs: int, e_pad: int) -> tuple[int, int]:
     return (max(16, triton.next_power_of_2(num_pairs)) if num_pairs <= chunk else chunk), warps
 
 
+def parallel_tiles(num_pairs: int, e_pad: int) -> tuple[int, int, int]:
+    """(CHUNK, num_warps, chunks) of the "parallel" grouping: one program a chunk of the chunked kernel's full
+    tile (2048 one-hot elements a warp, `chunked_tiles`)."""
+    chunk, warps = chunked_tiles(1 << 30, e_pad)
+    return chunk, warps, triton.cdiv(num_pairs, chunk)
+
+
 def _group_parallel(flat: torch.Tensor, order: torch.Tensor, bounds: torch.Tensor, num_experts: int,
                     pdl: bool) -> None:
-    """The "parallel" grouping: `_group_count_kernel` then `_group_place_kernel`, one program a chunk of the
-    chunked kernel's tile (2048 one-hot elements a warp); counts [n_chunks, E_PAD] int32."""
+    """The "parallel" grouping: `_group_count_kernel` then `_group_place_kernel`, one program a chunk
+    (`parallel_tiles`); counts [n_chunks, E_PAD] int32."""
     P = flat.numel()
     e_pad = triton.next_power_of_2(num_experts)
-    chunk, warps = chunked_tiles(1 << 30, e_pad)
-    n_chunks = triton.cdiv(P, chunk)
+    chunk, warps, n_chunks = parallel_tiles(P, e_pad)
     counts = _empty((n_chunks, e_pad), torch.int32, flat.device)
     _group_count_kernel[(n_chunks,)](flat, counts, P, E_PAD=e_pad, CHUNK=chunk, PDL=pdl, num_warps=warps,
                                      launch_pdl=pdl)
