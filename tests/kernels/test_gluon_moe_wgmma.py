@@ -45,8 +45,8 @@ def test_compiles_for_sm90():
     """At the 20b shapes and the default tiles (two warpgroups, 3 slots) the kernel compiles for sm_90 with
     its weights reaching wgmma's register A operand with no shared memory read and no shuffle on the way (the
     module docstring's layout argument; the few shuffles are the expert lookup's reductions), 4 wgmma a
-    64-wide step, no spills, and at most 128 registers: two programs an SM, which the measured speed rests on
-    (moe_gluon_wgmma's docstring)."""
+    64-wide step (in both the full blocks and the half-width tails: GemmTiles.half_tail), no spills, and at most
+    128 registers: two programs an SM, which the measured speed rests on (moe_gluon_wgmma's docstring)."""
     run_compile_check(r'''
 import os, re, subprocess, tempfile
 from triton.experimental.gluon._runtime import GluonASTSource
@@ -57,7 +57,7 @@ fn = W._group_gemm1_wgmma
 types = dict(xp_ptr="*bf16", order_ptr="*i64", bounds_ptr="*i32", w_ptr="*i32", s_ptr="*u8", b_ptr="*bf16",
              act_ptr="*bf16")
 consts = dict(K=2880, N=5760, A=4, E=32, E_PAD=32, BT=t.block_m, BK=t.block_k, GROUP_M=t.group_m,
-              W_L=W.words_layout(t.block_k, t.num_warps), STAGES=t.num_stages)
+              W_L=W.words_layout(t.block_k, t.num_warps), STAGES=t.num_stages, HALF_TAIL=t.half_tail)
 sig = {n: "constexpr" if n in consts else types.get(n, "fp32" if n in ("limit", "alpha") else "i32")
        for n in fn.arg_names}
 # pointers and integers divisible by 16, as the launch specializes them (every stride here is: rows of K)
@@ -67,13 +67,14 @@ k = triton.compile(GluonASTSource(fn, sig, consts, attrs=div), target=GPUTarget(
 ptx = k.asm["ptx"]
 assert "ld.shared" not in ptx and ptx.count("shfl") <= 6, (ptx.count("ld.shared"), ptx.count("shfl"))
 assert len(re.findall(r"wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16", ptx)) == 4
+assert t.half_tail and len(re.findall(r"wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16", ptx)) == 4
 nv = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
 with tempfile.TemporaryDirectory() as tmp:
     path = os.path.join(tmp, "k.cubin")
     open(path, "wb").write(k.asm["cubin"])
     sass = subprocess.run([os.path.join(nv, "cuobjdump"), "-sass", path], capture_output=True, text=True).stdout
     res = subprocess.run([os.path.join(nv, "cuobjdump"), "-res-usage", path], capture_output=True, text=True).stdout
-assert "STL" not in sass and sass.count("HGMMA") == 4
+assert "STL" not in sass and sass.count("HGMMA") == 8  # 4 a step, in the full blocks and the half ones
 regs = int(re.search(r"REG:(\d+)", res).group(1))
 assert regs <= 128, regs
 print("ok")
@@ -94,9 +95,10 @@ def test_default_config_takes_wgmma_above_32_rows_on_sm90(monkeypatch):
     assert moe_mod.default_config(4 * 520, 32, cuda) == moe_mod.triton_config(4 * 520, 32, cuda)
 
 
-def wgmma_config(block_t: int = 128, group_m: int = 8, num_warps: int = 8, stages: int = 3) -> MoeTritonConfig:
-    return MoeTritonConfig(GemmTiles(block_t, 16 * num_warps, 64, num_warps, stages, group_m),
-                           GemmTiles(128, 128, 64, 4, 3, group_m), "wgmma")
+def wgmma_config(block_t: int = 128, group_m: int = 8, num_warps: int = 8, stages: int = 3,
+                 half_tail: bool = False) -> MoeTritonConfig:
+    return MoeTritonConfig(GemmTiles(block_t, 16 * num_warps, 64, num_warps, stages, group_m, half_tail),
+                           GemmTiles(128, 128, 64, 4, 3, group_m, half_tail), "wgmma")
 
 
 @pytest.mark.gpu
@@ -123,6 +125,23 @@ def test_gpu_against_twins(fmt, T, kind, group_m, num_warps, stages):
     assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
     assert rel_l2(out, ref) < 2e-2
     assert rel_l2(out, twin) < 2e-3
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(INTERPRET, reason="inline PTX and wgmma: a GPU only")
+@pytest.mark.parametrize("T", [300, 400, 1100])
+def test_gpu_half_tail_blocks(T):
+    """GemmTiles.half_tail on both GEMMs (wgmma GEMM 1, dot_scaled GEMM 2): uniform routing over 8 experts
+    leaves tails of ~22 (T = 300), ~72 (T = 400: mostly full width) and ~38 (T = 1100, after 4 full blocks)
+    rows of 128. The same bits as the full-width blocks, and within 2e-2 of the float32 reference."""
+    dev = torch.device("cuda")
+    if torch.cuda.get_device_capability(dev) != (9, 0):
+        pytest.skip("wgmma: sm_90")
+    x, weights, ids, w1, w2, limit = bf16_case("mxfp4", "uniform", T, E=8, A=4, D=320, I=384, seed=T)
+    half = moe_experts_triton(x, weights, ids, w1, w2, limit, ALPHA, config=wgmma_config(half_tail=True))
+    full = moe_experts_triton(x, weights, ids, w1, w2, limit, ALPHA, config=wgmma_config())
+    assert torch.equal(half, full)
+    assert rel_l2(half, moe_experts_ref(x, weights, ids, w1, w2, limit, ALPHA)) < 2e-2
 
 
 @pytest.mark.gpu

@@ -127,6 +127,36 @@ def test_ragged_tails(poisoned, fmt):
     run_case(fmt, 4, 2, 96, 96, 5, "uniform", config=MoeTritonConfig(t, t))
 
 
+@pytest.mark.parametrize("fmt", ["mxfp4", "dense"])
+def test_half_tail_blocks(poisoned, fmt):
+    """GemmTiles.half_tail: an expert's last block of <= 16 of 32 rows runs at 16 rows. Counts [40, 50, 16, 0]
+    give half blocks of 8 rows after a full one (expert 0) and of 16 rows alone (expert 2), a full-width tail
+    of 18 rows (expert 1) and an empty expert; the result matches the reference and the full-width run."""
+    gen = torch.Generator().manual_seed(3)
+    ids = torch.tensor([0] * 40 + [1] * 50 + [2] * 16)[torch.randperm(106, generator=gen)][:, None].to(DEV)
+    x = torch.randn(106, 64, generator=gen).to(DEV)
+    weights = torch.ones(106, 1, device=DEV)
+    w1, w2 = make_weight(fmt, 4, 2 * 64, 64, gen), make_weight(fmt, 4, 64, 64, gen)
+    outs = {}
+    for half in (True, False):
+        t = GemmTiles(32, 32, 32, half_tail=half)
+        outs[half] = moe_experts_triton(x, weights, ids, w1, w2, 0.6, ALPHA, config=MoeTritonConfig(t, t),
+                                        compute_dtype=torch.float32)
+    assert rel_l2(outs[True], moe_experts_ref(x, weights, ids, w1, w2, 0.6, ALPHA)) < 1e-5
+    assert torch.equal(outs[True], outs[False])
+
+
+def test_half_tail_needs_32_rows():
+    """Half of a 16-row block would be no tensor-core tile: refused."""
+    t = GemmTiles(16, 32, 32, half_tail=True)
+    x = torch.randn(4, 32, device=DEV)
+    w = make_weight("dense", 2, 64, 32, torch.Generator().manual_seed(0))
+    w2 = make_weight("dense", 2, 32, 32, torch.Generator().manual_seed(1))
+    with pytest.raises(AssertionError, match="half_tail needs block_m >= 32"):
+        moe_experts_triton(x, torch.ones(4, 1, device=DEV), torch.zeros(4, 1, dtype=torch.long, device=DEV), w, w2,
+                           0.6, ALPHA, config=MoeTritonConfig(t, t), compute_dtype=torch.float32)
+
+
 @pytest.mark.filterwarnings("ignore:overflow encountered in exp")  # sigmoid of a large negative gate
 def test_every_code_and_scale(poisoned):
     """Random bytes: all 256 byte values (every e2m1 code, -0 included) under scales 120..130."""

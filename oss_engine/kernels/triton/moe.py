@@ -28,6 +28,16 @@ Worked example, E = 4, BM = 16, counts [20, 0, 3, 1]: bounds = [0, 20, 20, 23, 2
 nb = [2, 0, 1, 1], inclusive cumsum [2, 2, 3, 4], grid ceil(24 / 16) + 4 = 6. Program 1: experts with
 cumsum <= 1: none -> e = 0, rows [16, 20) (12 pad rows). Program 2: cumsum <= 2 for e = 0 and 1 -> e = 2
 (empty expert 1 skipped), rows [20, 23). Program 3 -> e = 3, rows [23, 24). Programs 4, 5 return.
+Half tails (GemmTiles.half_tail, the prefill tiles of 128 rows): a block of <= BM / 2 rows, which only an
+expert's last block can be, runs at BM / 2 rows (a runtime branch to the same code at half width). A padded
+block costs about what a full one does (the tensor cores and the activation loads work on every pad row, and
+the weights are decoded once a block either way), and an expert's last block holds on average half of BM:
+at 2048 tokens of gpt-oss-20b (256 rows an expert, uniform routing) 80 blocks of 128 served 64 blocks' rows,
+16 of them tails of <= 64 rows. On an H100 (experts only, us, the wgmma GEMM 1 and this GEMM 2 both with half
+tails; docs/performance.md): 1024 tokens 822-827 -> 775-779, 2048 tokens 1,228-1,398 -> 1,190-1,282 (in
+every round), 8192 and 16384 within the rounds' spread; 20b TTFT 39.6-39.7 -> 38.6-38.7 ms. A half block
+still costs more than half a full one: its weights are decoded as often. Same bits either way: a row's sum
+runs over k in the same order at any block width (GPU-tested).
 
 GEMM 1 tiles. A program owns BLOCK_N consecutive rows of W1, i.e. BLOCK_N / 2 (gate 2i, up 2i + 1) pairs: one
 accumulator [BM, BLOCK_N] (one tall dot keeps the tensor-core warps along the weight rows, so no warp decodes
@@ -68,6 +78,7 @@ prefetch) only from `bounds`, which the grouping writes, so nothing is read befo
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -97,6 +108,7 @@ class GemmTiles:
     num_warps: int = 4
     num_stages: int = 3
     group_m: int = 0  # Triton kernels: 0 = 2-D grid, row blocks fastest; G = 1-D grid, G row blocks a column sweep
+    half_tail: bool = False  # a block of <= block_m / 2 rows (an expert's last) runs at block_m / 2 rows (>= 32)
 
 
 @dataclass(frozen=True)
@@ -111,7 +123,7 @@ class MoeTritonConfig:
 
 GLUON_MAX_ROWS = 16  # mean rows an expert up to which the default is moe_gluon.py's grouped kernels
 WGMMA_MIN_ROWS = 32  # mean rows an expert above which GEMM 1 defaults to moe_gluon_wgmma.py on sm_90
-WGMMA_GEMM1 = GemmTiles(128, 128, 64, 8, 3, group_m=8)  # its tiles: BT 128, two warpgroups, 3 slots
+WGMMA_GEMM1 = GemmTiles(128, 128, 64, 8, 3, group_m=8, half_tail=True)  # BT 128, two warpgroups, 3 slots
 
 
 def default_config(num_pairs: int, num_experts: int, device: torch.device) -> MoeTritonConfig:
@@ -154,7 +166,9 @@ def triton_config(num_pairs: int, num_experts: int, device: torch.device) -> Moe
     1,562-1,722 -> 1,527-1,633. From 512 rows an expert GEMM 1 takes 256-row blocks of 8 warps: both GEMMs so
     gave 4,582-4,605 us at T = 8192 in the same call (but 1,670-1,723 at T = 2048, 256 rows) and 20b prefill of
     2k prompts 53,100-53,198 -> 55,461-55,661 tok/s; GEMM 1 alone so, in a later call, 4,495-4,502 against
-    4,599-4,673 for both (T = 4096: 2,520-2,556 against 2,601-2,611). docs/performance.md has the sweeps."""
+    4,599-4,673 for both (T = 4096: 2,520-2,556 against 2,601-2,611). GEMM 2's 128-row tiles run an expert's
+    last block at 64 rows when it holds no more (half tails: module docstring, "Blocks"), as WGMMA_GEMM1 does.
+    docs/performance.md has the sweeps."""
     if device.type != "cuda":  # the interpreter: few programs and steps keep the CPU tests fast
         t = GemmTiles(16, 64, 64, 4, 1)
         return MoeTritonConfig(t, t, "arith")
@@ -168,8 +182,10 @@ def triton_config(num_pairs: int, num_experts: int, device: torch.device) -> Moe
         t = GemmTiles(64, 128, 64, 4, 4)
     else:
         t = GemmTiles(128, 128, 64, 4, 3, group_m=8)
+        t2 = dataclasses.replace(t, half_tail=True)
         if rows_per_expert >= 512:  # GEMM 1 in 256-row blocks of 8 warps
-            return MoeTritonConfig(GemmTiles(256, 128, 64, 8, 3, group_m=8), t, mode)
+            return MoeTritonConfig(GemmTiles(256, 128, 64, 8, 3, group_m=8), t2, mode)
+        return MoeTritonConfig(t, t2, mode)
     return MoeTritonConfig(t, t, mode)
 
 
@@ -305,14 +321,32 @@ def _moe_gemm1_kernel(
     K: tl.constexpr, N: tl.constexpr, A: tl.constexpr, E: tl.constexpr, E_PAD: tl.constexpr,
     MODE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     COMPUTE: tl.constexpr, PRECISION: tl.constexpr, PDL: tl.constexpr, GROUP_M: tl.constexpr,
+    HALF_TAIL: tl.constexpr,
 ):
     """act[r, i] = swiglu(x[tok(r)] @ W1[e]^T + b1[e])[i] for the block's rows and BLOCK_N / 2 columns i
-    (W1 rows n0 .. n0 + BLOCK_N, N = 2I)."""
+    (W1 rows n0 .. n0 + BLOCK_N, N = 2I). HALF_TAIL: a block of <= BLOCK_M / 2 rows runs at half the rows
+    (module docstring, "Blocks")."""
     launch.wait_for_inputs(PDL)
     pid_m, pid_n = _tile(grid_m, (N + BLOCK_N - 1) // BLOCK_N, GROUP_M)
     expert, start, end, total = _expert_block(bounds_ptr, pid_m, E, E_PAD, BLOCK_M)
     if pid_m >= total:
         return
+    if HALF_TAIL and end - start <= BLOCK_M // 2:  # the block runs at BLOCK_M // 2 rows
+        _gemm1_block(x_ptr, order_ptr, w_ptr, s_ptr, b_ptr, act_ptr, s_xt, s_xk, s_we, s_wn, s_wk, s_se, s_sn, s_sg,
+                     s_be, s_bn, s_ar, s_aq, s_ah, limit, alpha, expert, start, end, pid_n,
+                     K, N, A, MODE, BLOCK_M // 2, BLOCK_N, BLOCK_K, COMPUTE, PRECISION)
+    else:
+        _gemm1_block(x_ptr, order_ptr, w_ptr, s_ptr, b_ptr, act_ptr, s_xt, s_xk, s_we, s_wn, s_wk, s_se, s_sn, s_sg,
+                     s_be, s_bn, s_ar, s_aq, s_ah, limit, alpha, expert, start, end, pid_n,
+                     K, N, A, MODE, BLOCK_M, BLOCK_N, BLOCK_K, COMPUTE, PRECISION)
+
+
+@triton.jit
+def _gemm1_block(x_ptr, order_ptr, w_ptr, s_ptr, b_ptr, act_ptr, s_xt, s_xk, s_we, s_wn, s_wk, s_se, s_sn, s_sg,
+                 s_be, s_bn, s_ar, s_aq, s_ah, limit, alpha, expert, start, end, pid_n,
+                 K: tl.constexpr, N: tl.constexpr, A: tl.constexpr, MODE: tl.constexpr, BLOCK_M: tl.constexpr,
+                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, COMPUTE: tl.constexpr, PRECISION: tl.constexpr):
+    """`_moe_gemm1_kernel`'s work for sorted rows [start, min(start + BLOCK_M, end)) of `expert`."""
     rows = start + tl.arange(0, BLOCK_M)  # [BM] sorted rows
     rmask = rows < end
     tok = tl.load(order_ptr + rows, mask=rmask, other=0) // A  # [BM] token of each row
@@ -351,14 +385,31 @@ def _moe_gemm2_kernel(
     s_ar, s_aq, s_ah, s_we, s_wn, s_wk, s_se, s_sn, s_sg, s_be, s_bn, s_yp, grid_m,
     K: tl.constexpr, N: tl.constexpr, E: tl.constexpr, E_PAD: tl.constexpr, MODE: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, COMPUTE: tl.constexpr, PRECISION: tl.constexpr,
-    PDL: tl.constexpr, GROUP_M: tl.constexpr,
+    PDL: tl.constexpr, GROUP_M: tl.constexpr, HALF_TAIL: tl.constexpr,
 ):
-    """y[order[r], n] = route_w[order[r]] * (act[r] @ W2[e]^T + b2[e])[n] for the block's rows, BLOCK_N n."""
+    """y[order[r], n] = route_w[order[r]] * (act[r] @ W2[e]^T + b2[e])[n] for the block's rows, BLOCK_N n.
+    HALF_TAIL as `_moe_gemm1_kernel`."""
     launch.wait_for_inputs(PDL)
     pid_m, pid_n = _tile(grid_m, (N + BLOCK_N - 1) // BLOCK_N, GROUP_M)
     expert, start, end, total = _expert_block(bounds_ptr, pid_m, E, E_PAD, BLOCK_M)
     if pid_m >= total:
         return
+    if HALF_TAIL and end - start <= BLOCK_M // 2:  # the block runs at BLOCK_M // 2 rows
+        _gemm2_block(act_ptr, order_ptr, w_ptr, s_ptr, b_ptr, route_w_ptr, y_ptr, s_ar, s_aq, s_ah, s_we, s_wn, s_wk,
+                     s_se, s_sn, s_sg, s_be, s_bn, s_yp, expert, start, end, pid_n,
+                     K, N, MODE, BLOCK_M // 2, BLOCK_N, BLOCK_K, COMPUTE, PRECISION)
+    else:
+        _gemm2_block(act_ptr, order_ptr, w_ptr, s_ptr, b_ptr, route_w_ptr, y_ptr, s_ar, s_aq, s_ah, s_we, s_wn, s_wk,
+                     s_se, s_sn, s_sg, s_be, s_bn, s_yp, expert, start, end, pid_n,
+                     K, N, MODE, BLOCK_M, BLOCK_N, BLOCK_K, COMPUTE, PRECISION)
+
+
+@triton.jit
+def _gemm2_block(act_ptr, order_ptr, w_ptr, s_ptr, b_ptr, route_w_ptr, y_ptr, s_ar, s_aq, s_ah, s_we, s_wn, s_wk,
+                 s_se, s_sn, s_sg, s_be, s_bn, s_yp, expert, start, end, pid_n,
+                 K: tl.constexpr, N: tl.constexpr, MODE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                 BLOCK_K: tl.constexpr, COMPUTE: tl.constexpr, PRECISION: tl.constexpr):
+    """`_moe_gemm2_kernel`'s work for sorted rows [start, min(start + BLOCK_M, end)) of `expert`."""
     rows = start + tl.arange(0, BLOCK_M)
     rmask = rows < end
     pair = tl.load(order_ptr + rows, mask=rmask, other=0)  # [BM] p = t * A + a
@@ -674,6 +725,13 @@ def _grid(grid_m: int, grid_n: int, group_m: int) -> tuple[int, ...]:
     return (grid_m, grid_n) if group_m == 0 else (grid_m * grid_n,)
 
 
+def _half_tail(t: GemmTiles) -> bool:
+    """t.half_tail, checked: the half blocks must still be tensor-core tiles (>= 16 rows; 32 keeps bf16 wgmma
+    shapes whole)."""
+    assert not t.half_tail or t.block_m >= 32, f"half_tail needs block_m >= 32, got {t.block_m}"
+    return t.half_tail
+
+
 def moe_experts_triton(x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor, w1: ExpertWeight,
                        w2: ExpertWeight, limit: float, alpha: float, config: MoeTritonConfig | None = None,
                        compute_dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -717,14 +775,15 @@ def moe_experts_triton(x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor
     t1 = cfg.gemm1
     if wgmma:  # act in natural rows, as dot_scaled's GEMM 2 reads it
         moe_gluon_wgmma.gemm1(x, order, bounds, w1, act, A, limit, alpha, t1.block_m, t1.block_k, t1.group_m,
-                              t1.num_warps, t1.num_stages)
+                              t1.num_warps, t1.num_stages, _half_tail(t1))
     else:
         grid_m = triton.cdiv(P, t1.block_m) + min(E, P)
         _moe_gemm1_kernel[_grid(grid_m, triton.cdiv(2 * I, t1.block_n), t1.group_m)](
             x, order, bounds, w, s, w1.bias, act, x.stride(0), x.stride(1), *ws,
             w1.bias.stride(0), w1.bias.stride(1), act.stride(0), s_aq, s_ah, float(limit), float(alpha), grid_m,
             K=D, N=2 * I, A=A, BLOCK_M=t1.block_m, BLOCK_N=t1.block_n, BLOCK_K=t1.block_k,
-            num_warps=t1.num_warps, num_stages=t1.num_stages, launch_pdl=pdl, GROUP_M=t1.group_m, **common)
+            num_warps=t1.num_warps, num_stages=t1.num_stages, launch_pdl=pdl, GROUP_M=t1.group_m,
+            HALF_TAIL=_half_tail(t1), **common)
 
     y = _empty((P, D), x.dtype, x.device)  # [P, D] pair rows, p = t * A + a, in x.dtype (module docstring)
     w, s, ws = _weight_args(w2, mode)
@@ -734,6 +793,6 @@ def moe_experts_triton(x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor
         act, order, bounds, w, s, w2.bias, route_w, y, act.stride(0), s_aq, s_ah, *ws,
         w2.bias.stride(0), w2.bias.stride(1), y.stride(0), grid_m, K=I, N=D,
         BLOCK_M=t2.block_m, BLOCK_N=t2.block_n, BLOCK_K=t2.block_k, num_warps=t2.num_warps,
-        num_stages=t2.num_stages, launch_pdl=pdl, GROUP_M=t2.group_m, **common)
+        num_stages=t2.num_stages, launch_pdl=pdl, GROUP_M=t2.group_m, HALF_TAIL=_half_tail(t2), **common)
 
     return combine(y, out, A, pdl)

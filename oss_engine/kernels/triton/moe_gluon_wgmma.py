@@ -18,6 +18,9 @@ So MMA k-slot s = 2j + h multiplies stored k `stored_k(s)` = 8 (t NC + c) + m + 
 permuted the same way within each BK step (`x_permutation`; `gemm1` gathers x[:, perm] once by
 `gather_columns`, 47 MB at 8192 tokens).
 
+Blocks: BT sorted rows of one expert (moe.py's "Blocks"); with HALF_TAIL (GemmTiles.half_tail, on in
+moe.WGMMA_GEMM1) a block of <= BT / 2 rows, an expert's last, runs the same code with wgmma N = BT / 2.
+
 Rows: fragment row 16w + g is weight row n0 + 2 (8w + g) (a gate), row 16w + g + 8 the next (its up), so the
 SwiGLU pairs in one lane as in moe_gluon.py. Scales: the factor 2**(s - 65) rides in the upcast's fma (exact
 for scale bytes 66..192, moe_gluon.in_exact_range); the accumulator is multiplied by 2**64 at the end.
@@ -226,14 +229,14 @@ def _group_gemm1_wgmma(xp_ptr, order_ptr, bounds_ptr, w_ptr, s_ptr, b_ptr, act_p
                        s_xt, s_we, s_wn, s_se, s_sn, s_sg, s_be, s_ar, limit, alpha,
                        K: gl.constexpr, N: gl.constexpr, A: gl.constexpr, E: gl.constexpr, E_PAD: gl.constexpr,
                        BT: gl.constexpr, BK: gl.constexpr, GROUP_M: gl.constexpr, W_L: gl.constexpr,
-                       STAGES: gl.constexpr):
+                       STAGES: gl.constexpr, HALF_TAIL: gl.constexpr):
     """act[r, i] = swiglu(x[tok(r)] @ W1[e]^T + b1[e])[i] for BT sorted rows and R / 2 columns i (R = 16 NW
     weight rows: one warpgroup of 64 rows each 4 warps); xp_ptr: the permuted activations (`x_permutation`),
     w_ptr: W1's bytes as int32 words [E, N, K / 8]. Tiles in moe.py's `_tile` order (groups of GROUP_M row
-    blocks)."""
+    blocks). HALF_TAIL: a block of <= BT / 2 rows (an expert's last) runs with wgmma N = BT / 2 (moe.py's
+    "Blocks")."""
     NW: gl.constexpr = gl.num_warps()
     R: gl.constexpr = 16 * NW
-    XL: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [NW, 1], [1, 0])
     GRID_N: gl.constexpr = N // R
     pid = gl.program_id(0)  # moe.py's `_tile`: groups of GROUP_M row blocks
     first = (pid // (GROUP_M * GRID_N)) * GROUP_M
@@ -243,17 +246,34 @@ def _group_gemm1_wgmma(xp_ptr, order_ptr, bounds_ptr, w_ptr, s_ptr, b_ptr, act_p
     expert, start, end, total = _expert_block(bounds_ptr, pid_m, E, E_PAD, BT, NW)
     if pid_m < total:
         n0 = pid_n * R
-        e = expert.to(gl.int64)
-        rho = gl.arange(0, R, layout=gl.SliceLayout(1, W_L))[:, None]  # fragment row
-        wrow = n0 + 2 * (8 * (rho // 16) + rho % 8) + (rho % 16) // 8  # its weight row: gate, up
-        word = gl.arange(0, BK // 8, layout=gl.SliceLayout(0, W_L))[None, :]
-        rows = start + gl.arange(0, BT, layout=gl.SliceLayout(1, XL))[:, None]  # sorted rows
-        kk = gl.arange(0, BK, layout=gl.SliceLayout(0, XL))[None, :]
-        rmask, _ = gl.broadcast(rows < end, kk)  # [BT, BK], constant along a row (whole 16-byte copies)
-        tok = (gl.load(order_ptr + rows, mask=rows < end, other=0) // A).to(gl.int64)
-        acc = _ring_mainloop(xp_ptr + tok * s_xt + kk, rmask, w_ptr + e * s_we, s_ptr + e * s_se, wrow, word,
-                             s_wn, s_sn, s_sg, K, BT, BK, STAGES)
-        _swiglu_store(acc, b_ptr + e * s_be + n0, act_ptr, n0 // 2, s_ar, start, end, limit, alpha, R, BT, NW)
+        if HALF_TAIL and end - start <= BT // 2:  # the block runs at BT // 2 rows
+            _gemm1_block(xp_ptr, order_ptr, w_ptr, s_ptr, b_ptr, act_ptr, expert, start, end, n0, s_xt, s_wn, s_se,
+                         s_sn, s_sg, s_be, s_we, s_ar, limit, alpha, K, A, BT // 2, BK, W_L, STAGES)
+        else:
+            _gemm1_block(xp_ptr, order_ptr, w_ptr, s_ptr, b_ptr, act_ptr, expert, start, end, n0, s_xt, s_wn, s_se,
+                         s_sn, s_sg, s_be, s_we, s_ar, limit, alpha, K, A, BT, BK, W_L, STAGES)
+
+
+@gluon.jit
+def _gemm1_block(xp_ptr, order_ptr, w_ptr, s_ptr, b_ptr, act_ptr, expert, start, end, n0, s_xt, s_wn, s_se, s_sn,
+                 s_sg, s_be, s_we, s_ar, limit, alpha, K: gl.constexpr, A: gl.constexpr, BT: gl.constexpr,
+                 BK: gl.constexpr, W_L: gl.constexpr, STAGES: gl.constexpr):
+    """`_group_gemm1_wgmma`'s work for sorted rows [start, min(start + BT, end)) of `expert` against weight
+    rows n0 .. n0 + R."""
+    NW: gl.constexpr = gl.num_warps()
+    R: gl.constexpr = 16 * NW
+    XL: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [NW, 1], [1, 0])
+    e = expert.to(gl.int64)
+    rho = gl.arange(0, R, layout=gl.SliceLayout(1, W_L))[:, None]  # fragment row
+    wrow = n0 + 2 * (8 * (rho // 16) + rho % 8) + (rho % 16) // 8  # its weight row: gate, up
+    word = gl.arange(0, BK // 8, layout=gl.SliceLayout(0, W_L))[None, :]
+    rows = start + gl.arange(0, BT, layout=gl.SliceLayout(1, XL))[:, None]  # sorted rows
+    kk = gl.arange(0, BK, layout=gl.SliceLayout(0, XL))[None, :]
+    rmask, _ = gl.broadcast(rows < end, kk)  # [BT, BK], constant along a row (whole 16-byte copies)
+    tok = (gl.load(order_ptr + rows, mask=rows < end, other=0) // A).to(gl.int64)
+    acc = _ring_mainloop(xp_ptr + tok * s_xt + kk, rmask, w_ptr + e * s_we, s_ptr + e * s_se, wrow, word,
+                         s_wn, s_sn, s_sg, K, BT, BK, STAGES)
+    _swiglu_store(acc, b_ptr + e * s_be + n0, act_ptr, n0 // 2, s_ar, start, end, limit, alpha, R, BT, NW)
 
 
 def takes(x: torch.Tensor, w1: ExpertWeight, block_k: int, num_warps: int) -> bool:
@@ -269,9 +289,10 @@ def takes(x: torch.Tensor, w1: ExpertWeight, block_k: int, num_warps: int) -> bo
 
 def gemm1(x: torch.Tensor, order: torch.Tensor, bounds: torch.Tensor, w1: ExpertWeight, act: torch.Tensor,
           num_experts_per_token: int, limit: float, alpha: float, block_t: int, block_k: int, group_m: int,
-          num_warps: int, stages: int) -> None:
+          num_warps: int, stages: int, half_tail: bool = False) -> None:
     """moe.py's GEMM 1 (act [P, I] bf16, rows in sorted order) by `_group_gemm1_wgmma`: BT = block_t rows a
-    block, 16 num_warps weight rows a program, `stages` (>= 3) activation slots; `takes` must hold."""
+    block, 16 num_warps weight rows a program, `stages` (>= 3) activation slots, blocks of <= BT / 2 rows at
+    half width if half_tail; `takes` must hold."""
     assert stages >= 3, "the ring refills the slot of the step before: 3 slots at least"
     P = order.numel()
     E, N, groups, _ = w1.blocks.shape
@@ -284,4 +305,5 @@ def gemm1(x: torch.Tensor, order: torch.Tensor, bounds: torch.Tensor, w1: Expert
         xp.stride(0), words.stride(0), words.stride(1), w1.scales.stride(0), w1.scales.stride(1),
         w1.scales.stride(2), w1.bias.stride(0), act.stride(0), float(limit), float(alpha),
         K=K, N=N, A=num_experts_per_token, E=E, E_PAD=triton.next_power_of_2(E), BT=block_t, BK=block_k,
-        GROUP_M=group_m, W_L=words_layout(block_k, num_warps), STAGES=stages, num_warps=num_warps)
+        GROUP_M=group_m, W_L=words_layout(block_k, num_warps), STAGES=stages, HALF_TAIL=half_tail,
+        num_warps=num_warps)
