@@ -128,12 +128,12 @@ import os, re, subprocess, tempfile
 from triton.experimental.gluon._runtime import GluonASTSource
 from oss_engine.kernels.triton import moe_gluon as G
 
-def build(fn, consts, ptrs, floats=()):
+def build(fn, consts, ptrs, floats=(), num_warps=2):
     sig = {n: "constexpr" if n in consts else ptrs.get(n, "fp32" if n in floats else "i32") for n in fn.arg_names}
     div = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(fn.arg_names)
            if sig[n] not in ("constexpr", "fp32")}
     k = triton.compile(GluonASTSource(fn, sig, consts, attrs=div), target=GPUTarget("cuda", 90, 32),
-                       options={"num_warps": 2})
+                       options={"num_warps": num_warps})
     ptx = k.asm["ptx"]
     assert "ld.shared" not in ptx and "st.shared" not in ptx, "shared memory used"
     assert "mma.sync.aligned.m16n8k16" in ptx and "griddepcontrol.wait" in ptx
@@ -165,14 +165,24 @@ ptx = build(G._pair_gemm2_gluon, dict(K=2880, S=2, K_SPLIT=1536, BN=32, PDL=True
             dict(act_ptr="*i32", ids_ptr="*i64", w_ptr="*i32", s_ptr="*u8", b_ptr="*bf16", route_w_ptr="*bf16",
                  y_ptr="*fp32"))
 assert loads_before_wait(ptx) > 3 and "ld.global.cg" in ptx
-ptx = build(G._group_gemm1_gluon, dict(K=2880, A=4, E=32, E_PAD=32, BM=8, BN=32, PDL=True, **opts(4)),
+ptx = build(G._group_gemm1_gluon, dict(K=2880, A=4, E=32, E_PAD=32, BM=8, BN=32, PDL=True, HALF_TAIL=False, **opts(4)),
             dict(x_ptr="*i32", order_ptr="*i64", bounds_ptr="*i32", w_ptr="*i32", s_ptr="*u8", b_ptr="*bf16",
                  act_ptr="*bf16"), floats=("limit", "alpha"))
 assert loads_before_wait(ptx) == 0
-ptx = build(G._group_gemm2_gluon, dict(K=2880, E=32, E_PAD=32, BM=8, BN=32, PDL=True, **opts(3)),
+ptx = build(G._group_gemm2_gluon, dict(K=2880, E=32, E_PAD=32, BM=8, BN=32, PDL=True, HALF_TAIL=False, **opts(3)),
             dict(act_ptr="*i32", order_ptr="*i64", bounds_ptr="*i32", w_ptr="*i32", s_ptr="*u8", b_ptr="*bf16",
                  route_w_ptr="*bf16", y_ptr="*fp32"))
 assert loads_before_wait(ptx) == 0
+# blocks of 16 with half tails at their default tiles (moe.default_config: 64-wide steps, 4 warps, 3 ahead):
+# one token tile or two, both compiled
+o16 = G.launch_options(64, 4, 3)
+o16.pop("num_warps")
+build(G._group_gemm1_gluon, dict(K=2880, A=4, E=32, E_PAD=32, BM=16, BN=64, PDL=True, HALF_TAIL=True, **o16),
+      dict(x_ptr="*i32", order_ptr="*i64", bounds_ptr="*i32", w_ptr="*i32", s_ptr="*u8", b_ptr="*bf16",
+           act_ptr="*bf16"), floats=("limit", "alpha"), num_warps=4)
+build(G._group_gemm2_gluon, dict(K=2880, E=32, E_PAD=32, BM=16, BN=64, PDL=True, HALF_TAIL=True, **o16),
+      dict(act_ptr="*i32", order_ptr="*i64", bounds_ptr="*i32", w_ptr="*i32", s_ptr="*u8", b_ptr="*bf16",
+           route_w_ptr="*bf16", y_ptr="*bf16"), num_warps=4)
 for stages in (2, 4):  # the decode GEMM 2's other depths' prologues (3 above)
     ptx = build(G._pair_gemm2_gluon, dict(K=2880, S=2, K_SPLIT=1536, BN=32, PDL=True, **opts(stages)),
                 dict(act_ptr="*i32", ids_ptr="*i64", w_ptr="*i32", s_ptr="*u8", b_ptr="*bf16",
@@ -270,12 +280,15 @@ GROUPED_WIDE = moe_mod.MoeTritonConfig(moe_mod.GemmTiles(8, 64, 64, 2, 2), moe_m
                                        "gluon")
 GROUPED_16 = moe_mod.MoeTritonConfig(moe_mod.GemmTiles(16, 32, 128, 2, 2), moe_mod.GemmTiles(16, 64, 64, 4, 4),
                                      "gluon")  # two token tiles a block; GEMM 2's weights 4 steps ahead
+GROUPED_16_HALF = moe_mod.MoeTritonConfig(replace(GROUPED_16.gemm1, half_tail=True),
+                                          replace(GROUPED_16.gemm2, half_tail=True), "gluon")  # tails of <= 8 rows
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(INTERPRET, reason="inline PTX: a GPU only")
 @pytest.mark.parametrize("fmt", ["mxfp4", "bytes"])
-@pytest.mark.parametrize("cfg", [GROUPED, GROUPED_WIDE, GROUPED_16], ids=["default", "wide", "bm16"])
+@pytest.mark.parametrize("cfg", [GROUPED, GROUPED_WIDE, GROUPED_16, GROUPED_16_HALF],
+                         ids=["default", "wide", "bm16", "bm16half"])
 @pytest.mark.parametrize("T,kind", [(3, "uniform"), (16, "uniform"), (16, "ragged"), (9, "one"), (21, "one")])
 def test_grouped_path_gluon(monkeypatch, fmt, cfg, T, kind):
     """The grouped path in "gluon" mode (blocks of 8 sorted rows), bf16: within 2e-2 of the float32
@@ -286,6 +299,26 @@ def test_grouped_path_gluon(monkeypatch, fmt, cfg, T, kind):
                         lambda *case: moe_mod.moe_experts_triton(*case, ALPHA, config=cfg),
                         lambda *case: moe_mod.moe_experts_triton(*case, ALPHA, config=moe_mod.triton_config(
                             T * 4, 16, torch.device("cuda"))))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(INTERPRET, reason="inline PTX: a GPU only")
+@pytest.mark.parametrize("T,kind", [(16, "uniform"), (40, "uniform"), (9, "one"), (21, "one")])
+def test_grouped_half_tail_same_bits(T, kind):
+    """Blocks of 16 whose last block of <= 8 rows runs one token tile (GemmTiles.half_tail) give the same bits
+    as two tiles: a tile's mma see the same operands in the same order either way. T = 16 and 40 over 16
+    experts leave tails of both kinds, "one" 9 rows (one full-width block) and 21 (16 + a half tail of 5)."""
+    x, weights, ids, w1, w2, limit = bf16_case("mxfp4", kind, T, E=16, A=4, D=320, I=320, seed=T)
+    half = moe_mod.moe_experts_triton(x, weights, ids, w1, w2, limit, ALPHA, config=GROUPED_16_HALF)
+    full = moe_mod.moe_experts_triton(x, weights, ids, w1, w2, limit, ALPHA, config=GROUPED_16)
+    assert torch.equal(half, full)
+
+
+def test_grouped_half_tail_needs_blocks_of_16():
+    """The Gluon kernels' half block is one 8-row token tile: half_tail on blocks of 8 is refused."""
+    cfg = moe_mod.MoeTritonConfig(replace(GROUPED.gemm1, half_tail=True), GROUPED.gemm2, "gluon")
+    with pytest.raises(AssertionError, match="needs blocks of 16"):
+        moe_mod._gluon_half_tail(cfg.gemm1)
 
 
 def test_default_config_picks_gluon_for_few_rows():

@@ -142,7 +142,7 @@ def default_config(num_pairs: int, num_experts: int, device: torch.device) -> Mo
     4,183-4,200; T = 16384 8,544-8,575 -> 7,963-8,011."""
     rows_per_expert = num_pairs / max(1, num_experts)
     if device.type == "cuda" and moe_gluon is not None and rows_per_expert <= GLUON_MAX_ROWS:
-        t = GemmTiles(8, 64, 128, 4, 4) if rows_per_expert <= 4 else GemmTiles(16, 64, 64, 4, 3)
+        t = GemmTiles(8, 64, 128, 4, 4) if rows_per_expert <= 4 else GemmTiles(16, 64, 64, 4, 3, half_tail=True)
         return MoeTritonConfig(t, t, "gluon")
     base = triton_config(num_pairs, num_experts, device)
     if (device.type == "cuda" and moe_gluon_wgmma is not None and rows_per_expert > WGMMA_MIN_ROWS
@@ -709,14 +709,16 @@ def _experts_gluon(x: torch.Tensor, weights: torch.Tensor, w1: ExpertWeight, w2:
     moe_gluon._group_gemm1_gluon[(grid_m, (2 * I) // t.block_n)](
         x.view(torch.int32), order, bounds, w.view(torch.int32), s, w1.bias, act, x.stride(0), ws[0], ws[1],
         *ws[3:], w1.bias.stride(0), act.stride(0), float(limit), float(alpha), K=D, A=A, BN=t.block_n,
-        **moe_gluon.launch_options(t.block_k, t.num_warps, t.num_stages), launch_pdl=pdl, **common)
+        HALF_TAIL=_gluon_half_tail(t), **moe_gluon.launch_options(t.block_k, t.num_warps, t.num_stages),
+        launch_pdl=pdl, **common)
     y = _empty((P, D), x.dtype, x.device)  # pair rows in x.dtype (module docstring)
     w, s, ws = _weight_args(w2, "dot_scaled")
     t = cfg.gemm2
     moe_gluon._group_gemm2_gluon[(grid_m, D // t.block_n)](
         act.view(torch.int32), order, bounds, w.view(torch.int32), s, w2.bias, weights.reshape(-1), y,
         act.stride(0), ws[0], ws[1], *ws[3:], w2.bias.stride(0), y.stride(0), K=I, BN=t.block_n,
-        **moe_gluon.launch_options(t.block_k, t.num_warps, t.num_stages), launch_pdl=pdl, **common)
+        HALF_TAIL=_gluon_half_tail(t), **moe_gluon.launch_options(t.block_k, t.num_warps, t.num_stages),
+        launch_pdl=pdl, **common)
     return combine(y, out, A, pdl)
 
 
@@ -729,6 +731,12 @@ def _half_tail(t: GemmTiles) -> bool:
     """t.half_tail, checked: the half blocks must still be tensor-core tiles (>= 16 rows; 32 keeps bf16 wgmma
     shapes whole)."""
     assert not t.half_tail or t.block_m >= 32, f"half_tail needs block_m >= 32, got {t.block_m}"
+    return t.half_tail
+
+
+def _gluon_half_tail(t: GemmTiles) -> bool:
+    """t.half_tail for moe_gluon.py's grouped kernels, checked: their half block is one 8-row token tile."""
+    assert not t.half_tail or t.block_m == 16, f"the Gluon kernels' half_tail needs blocks of 16, got {t.block_m}"
     return t.half_tail
 
 
