@@ -28,8 +28,9 @@ Worked example, E = 4, BM = 16, counts [20, 0, 3, 1]: bounds = [0, 20, 20, 23, 2
 nb = [2, 0, 1, 1], inclusive cumsum [2, 2, 3, 4], grid ceil(24 / 16) + 4 = 6. Program 1: experts with
 cumsum <= 1: none -> e = 0, rows [16, 20) (12 pad rows). Program 2: cumsum <= 2 for e = 0 and 1 -> e = 2
 (empty expert 1 skipped), rows [20, 23). Program 3 -> e = 3, rows [23, 24). Programs 4, 5 return.
-Half tails (GemmTiles.half_tail, the prefill tiles of 128 rows): a block of <= BM / 2 rows, which only an
-expert's last block can be, runs at BM / 2 rows (a runtime branch to the same code at half width). A padded
+Half tails (GemmTiles.half_tail, the prefill tiles of 128 rows and moe_gluon.py's blocks of 16): a block of
+<= BM / 2 rows, which only an expert's last block can be, runs at BM / 2 rows (a runtime branch to the same
+code at half width; in the Gluon kernels one mma token tile instead of two: 20b batch 64 +2%). A padded
 block costs about what a full one does (the tensor cores and the activation loads work on every pad row, and
 the weights are decoded once a block either way), and an expert's last block holds on average half of BM:
 at 2048 tokens of gpt-oss-20b (256 rows an expert, uniform routing) 80 blocks of 128 served 64 blocks' rows,
@@ -134,7 +135,7 @@ def default_config(num_pairs: int, num_experts: int, device: torch.device) -> Mo
     weights 4 steps ahead and the activations 1: T = 8 189 -> 125 us, T = 32 266 -> 189 (3 steps ahead for
     both: 135 and 201); up to 16 rows, blocks of 16 (two tiles share each decode) with 64 k a step, loads 3
     ahead: T = 64 272 -> 227, T = 128 367 -> 337 (blocks of 8 there: 248 and 429; the 4-ahead variant of
-    blocks of 16: 268 and 383).
+    blocks of 16: 268 and 383); their last block of <= 8 rows runs one tile (half tails: module docstring, "Blocks").
     Above WGMMA_MIN_ROWS rows an expert on sm_90, GEMM 1 by moe_gluon_wgmma.py (falling back to `triton_config`
     where it does not take the call). On an H100, experts only (scripts/gpu_bench_moe_wgmma.py, two rounds, us,
     dot_scaled -> wgmma): T = 256 (32 rows an expert) 451-460 -> 499-503, so not there; T = 512 669-680 ->
