@@ -273,6 +273,7 @@ def test_default_config_shapes(T):
     for t in (cfg.gemm1, cfg.gemm2):
         assert t.block_m >= 16 and t.block_k % 64 == 0 and t.block_n >= 16
         assert all(v & (v - 1) == 0 for v in (t.block_m, t.block_n, t.block_k, t.num_warps))
+        assert not t.half_tail or t.block_m >= 32  # a half block is still a tensor-core tile
     assert cfg.gemm1.block_n >= 32  # GEMM 1 splits its tile into gate and up halves of >= 16
 
 
