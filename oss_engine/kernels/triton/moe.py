@@ -109,7 +109,9 @@ class GemmTiles:
     num_warps: int = 4
     num_stages: int = 3
     group_m: int = 0  # Triton kernels: 0 = 2-D grid, row blocks fastest; G = 1-D grid, G row blocks a column sweep
-    half_tail: bool = False  # a block of <= block_m / 2 rows (an expert's last) runs at block_m / 2 rows (>= 32)
+    # a block of <= block_m / 2 rows (an expert's last) runs at block_m / 2 rows: Triton / wgmma tiles of >= 32
+    # rows (`_half_tail`), the Gluon kernels' blocks of 16 (`_gluon_half_tail`)
+    half_tail: bool = False
 
 
 @dataclass(frozen=True)
