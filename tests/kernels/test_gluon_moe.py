@@ -150,9 +150,9 @@ def build(fn, consts, ptrs, floats=(), num_warps=2):
 def loads_before_wait(ptx):  # global loads the PTX issues before its griddepcontrol.wait
     return ptx[:ptx.index("griddepcontrol.wait")].count("ld.global")
 
-def opts(stages):  # the launch keywords the wrappers pass (launch_options), num_warps 2 as `build` compiles
-    o = G.launch_options(128, 2, stages)
-    assert o.pop("num_warps") == 2
+def opts(stages, block_k=128, num_warps=2):  # the launch keywords the wrappers pass (launch_options), less
+    o = G.launch_options(block_k, num_warps, stages)  # num_warps, which `build` takes
+    assert o.pop("num_warps") == num_warps
     return o
 
 # GEMM 1 waits before any load (its routing is its predecessor's output); the decode GEMM 2 issues its ids
@@ -175,8 +175,7 @@ ptx = build(G._group_gemm2_gluon, dict(K=2880, E=32, E_PAD=32, BM=8, BN=32, PDL=
 assert loads_before_wait(ptx) == 0
 # blocks of 16 with half tails at their default tiles (moe.default_config: 64-wide steps, 4 warps, 3 ahead):
 # one token tile or two, both compiled
-o16 = G.launch_options(64, 4, 3)
-o16.pop("num_warps")
+o16 = opts(3, 64, 4)
 build(G._group_gemm1_gluon, dict(K=2880, A=4, E=32, E_PAD=32, BM=16, BN=64, PDL=True, HALF_TAIL=True, **o16),
       dict(x_ptr="*i32", order_ptr="*i64", bounds_ptr="*i32", w_ptr="*i32", s_ptr="*u8", b_ptr="*bf16",
            act_ptr="*bf16"), floats=("limit", "alpha"), num_warps=4)
@@ -316,9 +315,8 @@ def test_grouped_half_tail_same_bits(T, kind):
 
 def test_grouped_half_tail_needs_blocks_of_16():
     """The Gluon kernels' half block is one 8-row token tile: half_tail on blocks of 8 is refused."""
-    cfg = moe_mod.MoeTritonConfig(replace(GROUPED.gemm1, half_tail=True), GROUPED.gemm2, "gluon")
     with pytest.raises(AssertionError, match="needs blocks of 16"):
-        moe_mod._gluon_half_tail(cfg.gemm1)
+        moe_mod._gluon_half_tail(replace(GROUPED.gemm1, half_tail=True))
 
 
 def test_default_config_picks_gluon_for_few_rows():
