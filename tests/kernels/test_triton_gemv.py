@@ -27,7 +27,11 @@ def test_matches_reference(N, K, with_bias, tiles):
     got = gemv_triton(x, w, b, tiles)
     want = linear_ref(x, w, b)
     assert got.shape == want.shape and got.dtype == want.dtype
-    assert rel_l2(got, want) < 1e-6
+    # against float64: a float32 sum of K products in any order is within K * 2**-24 of sum |products|
+    # (a relative error alone fails where the terms cancel: one output row, N = 1, needs no luck)
+    exact = linear_ref(x.double(), w.double(), None if b is None else b.double())
+    scale = x.double().abs() @ w.double().abs().T + (0 if b is None else b.double().abs())
+    assert ((got.double() - exact).abs() <= (K + 1) * 2.0**-24 * scale).all()
 
 
 def test_default_tiles_few_rows():
