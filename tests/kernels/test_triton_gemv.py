@@ -13,7 +13,8 @@ from oss_engine.kernels.triton.gemv import GemvTiles, gemv_triton, linear_triton
 from triton_cases import DEV, INTERPRET, rel_l2
 
 SMALL = GemvTiles(8, 64, 4, 1)  # several row blocks and K steps at these sizes
-AHEAD = {"pipeliner": SMALL, "depth2": GemvTiles(8, 64, 4, 1, 2), "depth3": GemvTiles(4, 64, 4, 1, 3)}
+AHEAD = {"pipeliner": SMALL, "depth2": GemvTiles(8, 64, 4, 1, 2), "depth3": GemvTiles(4, 64, 4, 1, 3),
+         "pre64": GemvTiles(8, 32, 4, 2, pre_k=64), "pre128": GemvTiles(4, 64, 4, 1, pre_k=128)}
 
 
 @pytest.mark.parametrize("N,K", [(40, 96), (5, 1000), (33, 64), (1, 32)])
@@ -21,7 +22,8 @@ AHEAD = {"pipeliner": SMALL, "depth2": GemvTiles(8, 64, 4, 1, 2), "depth3": Gemv
 @pytest.mark.parametrize("tiles", list(AHEAD.values()), ids=list(AHEAD))
 def test_matches_reference(N, K, with_bias, tiles):
     """Row blocks and K steps with tails (N, K not multiples of 8 / 64), with and without bias; loads run by
-    Triton's pipeliner or 2-3 steps ahead in registers (rounds that run past K: K = 32, 64, 96)."""
+    Triton's pipeliner or 2-3 steps ahead in registers (rounds that run past K: K = 32, 64, 96), or the first
+    64 / 128 columns as one tile before the wait (wider than K at K = 32, 64, 96; no step after it there)."""
     x, w = torch.randn(1, K, device=DEV), torch.randn(N, K, device=DEV)
     b = torch.randn(N, device=DEV) if with_bias else None
     got = gemv_triton(x, w, b, tiles)

@@ -72,13 +72,17 @@ def before_wait(fn, consts, ptrs, **kw):
 
 gemv_ptrs = dict(x_ptr="*bf16", w_ptr="*bf16", b_ptr="*bf16", y_ptr="*bf16")
 gemv_div = ("x_ptr", "w_ptr", "b_ptr", "y_ptr", "s_wn")
-pre = before_wait(GV._gemv_kernel, dict(K=2880, HAS_BIAS=True, BLOCK_N=8, BLOCK_K=512, DEPTH=0, s_xk=1, s_wk=1,
-                                        s_yn=1), gemv_ptrs, divisible=gemv_div)
+pre = before_wait(GV._gemv_kernel, dict(K=2880, HAS_BIAS=True, BLOCK_N=8, BLOCK_K=512, DEPTH=0, PRE_K=0, s_xk=1,
+                                        s_wk=1, s_yn=1), gemv_ptrs, divisible=gemv_div)
 assert pre.count("ld.global") == 4 and pre.count("ld.global.v4.b32") == 4, pre.count("ld.global")
 # the lm_head's tiles: 3 steps of [4, 512] before the wait (two 16-byte loads a thread each)
-pre = before_wait(GV._gemv_kernel, dict(K=2880, HAS_BIAS=False, BLOCK_N=4, BLOCK_K=512, DEPTH=3, s_xk=1, s_wk=1,
-                                        s_yn=1), gemv_ptrs, divisible=gemv_div)
+pre = before_wait(GV._gemv_kernel, dict(K=2880, HAS_BIAS=False, BLOCK_N=4, BLOCK_K=512, DEPTH=3, PRE_K=0, s_xk=1,
+                                        s_wk=1, s_yn=1), gemv_ptrs, divisible=gemv_div)
 assert pre.count("ld.global") == 6 and pre.count("ld.global.v4.b32") == 6, pre.count("ld.global")
+# the tile option pre_k (not a default): columns 0-2047 of 8 rows before the wait, sixteen 16-byte loads a thread
+pre = before_wait(GV._gemv_kernel, dict(K=4096, HAS_BIAS=False, BLOCK_N=8, BLOCK_K=512, DEPTH=0, PRE_K=2048, s_xk=1,
+                                        s_wk=1, s_yn=1), gemv_ptrs, divisible=gemv_div)
+assert pre.count("ld.global") == 16 and pre.count("ld.global.v4.b32") == 16, pre.count("ld.global")
 before_wait(NO._add_rms_norm_kernel, dict(HAS_RESIDUAL=True, BLOCK_D=4096),
             dict(x_ptr="*bf16", res_ptr="*bf16", w_ptr="*bf16", out_ptr="*bf16", r_out_ptr="*bf16"), floats=("eps",))
 pre = before_wait(MD._pair_gemm1_kernel,

@@ -12,6 +12,10 @@ are exact in float32 and the sum is float32 in a fixed order: deterministic, as 
 
 PDL (`launch.py`): the first [BN, BK] weight tile is loaded before `gdc_wait()`, so the weight stream starts
 while the previous kernel finishes (weights never change during a forward pass); x and y only after it.
+The tile option `pre_k` loads columns [0, pre_k) as one [BN, pre_k] tile before the wait instead (held in
+registers: 8 rows x 2048 columns take 147 registers a thread at 4 warps, sm_90), so that a larger share of
+the stream could run beside a latency-bound kernel before it; it is not a default: with qkv, o_proj and the
+routers on it, a 20b batch-1 step was 3% slower on an H200 (docs/performance.md, "Thirteenth session").
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ class GemvTiles:
     num_warps: int = 4
     num_stages: int = 2  # Triton's pipeliner (depth 0)
     depth: int = 0  # 2 or 3: the weight loads run that many steps ahead in registers instead (num_stages 1)
+    pre_k: int = 0  # > 0 (a power of two <= K): columns [0, pre_k) load as one tile before the wait (depth 0)
 
 
 def default_tiles(N: int, K: int) -> GemvTiles:
@@ -67,9 +72,30 @@ def _x_tile(x_ptr, k0, K: tl.constexpr, s_xk, BLOCK_K: tl.constexpr):
 
 @triton.jit
 def _gemv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, N, s_xk, s_wn, s_wk, s_yn, K: tl.constexpr, HAS_BIAS: tl.constexpr,
-                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, DEPTH: tl.constexpr, PDL: tl.constexpr):
+                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, DEPTH: tl.constexpr, PRE_K: tl.constexpr,
+                 PDL: tl.constexpr):
     n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)  # [BN]
     nmask = n < N
+    if PRE_K > 0:  # columns [0, PRE_K) in one tile before the wait, the rest BK at a time after it
+        wp = _w_tile(w_ptr, n, nmask, 0, K, s_wn, s_wk, PRE_K)  # [BN, PRE_K]
+        launch.wait_for_inputs(PDL)  # x is the previous kernel's output
+        yp = tl.sum(wp.to(tl.float32) * _x_tile(x_ptr, 0, K, s_xk, PRE_K)[None, :], axis=1)  # [BN]
+        acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
+        for k0 in range(PRE_K, K, BLOCK_K):
+            w = _w_tile(w_ptr, n, nmask, k0, K, s_wn, s_wk, BLOCK_K)
+            acc += w.to(tl.float32) * _x_tile(x_ptr, k0, K, s_xk, BLOCK_K)[None, :]
+        y = yp + tl.sum(acc, axis=1)
+    else:
+        y = _gemv_streamed(x_ptr, w_ptr, n, nmask, s_xk, s_wn, s_wk, K, BLOCK_N, BLOCK_K, DEPTH, PDL)
+    if HAS_BIAS:
+        y += tl.load(b_ptr + n, mask=nmask, other=0.0).to(tl.float32)
+    tl.store(y_ptr + n * s_yn, y.to(y_ptr.dtype.element_ty), mask=nmask)
+
+
+@triton.jit
+def _gemv_streamed(x_ptr, w_ptr, n, nmask, s_xk, s_wn, s_wk, K: tl.constexpr, BLOCK_N: tl.constexpr,
+                   BLOCK_K: tl.constexpr, DEPTH: tl.constexpr, PDL: tl.constexpr):
+    """The row sums [BN] with one BK step (DEPTH 0) or DEPTH steps of weights loaded before the wait."""
     w = _w_tile(w_ptr, n, nmask, 0, K, s_wn, s_wk, BLOCK_K)  # step 0's weights: before the wait (see above)
     if DEPTH == 0:
         launch.wait_for_inputs(PDL)  # x is the previous kernel's output
@@ -94,10 +120,7 @@ def _gemv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, N, s_xk, s_wn, s_wk, s_yn, K: tl.co
                 w2 = n2
             w = n0
             w1 = n1
-    y = tl.sum(acc, axis=1)  # [BN]
-    if HAS_BIAS:
-        y += tl.load(b_ptr + n, mask=nmask, other=0.0).to(tl.float32)
-    tl.store(y_ptr + n * s_yn, y.to(y_ptr.dtype.element_ty), mask=nmask)
+    return tl.sum(acc, axis=1)  # [BN]
 
 
 def gemv_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
@@ -112,7 +135,8 @@ def gemv_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     pdl = launch.use_pdl(x.device)
     _gemv_kernel[(triton.cdiv(N, t.block_n),)](
         x, weight, bias if bias is not None else weight, y, N, x.stride(1), weight.stride(0), weight.stride(1),
-        y.stride(1), K=K, HAS_BIAS=bias is not None, BLOCK_N=t.block_n, BLOCK_K=t.block_k, DEPTH=t.depth, PDL=pdl,
+        y.stride(1), K=K, HAS_BIAS=bias is not None, BLOCK_N=t.block_n, BLOCK_K=t.block_k, DEPTH=t.depth,
+        PRE_K=t.pre_k, PDL=pdl,
         num_warps=t.num_warps, num_stages=1 if t.depth else t.num_stages, launch_pdl=pdl)
     return y
 
