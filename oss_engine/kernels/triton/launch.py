@@ -8,6 +8,12 @@ and calls `wait_for_inputs(PDL)` (below) before its first read of produced data 
 wrapper passes `PDL=pdl, launch_pdl=pdl` with `pdl = launch.use_pdl(device)`, looked up through the module
 at call time so a script can monkeypatch `launch.use_pdl` to compare both.
 
+The next kernel is let go only after this one's wait, so at most one kernel runs ahead of the last one still
+working; the decode GEMM 2 relies on that when it reads its routing ids before its wait. Letting it go first
+instead (kernels chaining ahead) crashed with every kernel doing so, and lost ~3% at batch 1 on an H200 with
+only the norm, RoPE, attention, its merge and the MoE combine doing so (docs/performance.md, "Thirteenth
+session").
+
 Off for CPU tensors, GPUs before sm_90 (no griddepcontrol) and the Triton interpreter (TRITON_INTERPRET=1,
 Triton's own variable: gdc_wait is inline PTX the interpreter cannot run). The interpreter ignores the
 `launch_pdl` keyword, so passing False is harmless there.
