@@ -23,7 +23,8 @@ AHEAD = {"pipeliner": SMALL, "depth2": GemvTiles(8, 64, 4, 1, 2), "depth3": Gemv
 def test_matches_reference(N, K, with_bias, tiles):
     """Row blocks and K steps with tails (N, K not multiples of 8 / 64), with and without bias; loads run by
     Triton's pipeliner or 2-3 steps ahead in registers (rounds that run past K: K = 32, 64, 96), or the first
-    64 / 128 columns as one tile before the wait (wider than K at K = 32, 64, 96; no step after it there)."""
+    64 / 128 columns as one tile before the wait (masked past K; 128 covers K = 32, 64 and 96 with no step
+    after it)."""
     x, w = torch.randn(1, K, device=DEV), torch.randn(N, K, device=DEV)
     b = torch.randn(N, device=DEV) if with_bias else None
     got = gemv_triton(x, w, b, tiles)
