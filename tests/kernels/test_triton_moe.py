@@ -131,7 +131,9 @@ def test_ragged_tails(poisoned, fmt):
 def test_half_tail_blocks(poisoned, fmt):
     """GemmTiles.half_tail: an expert's last block of <= 16 of 32 rows runs at 16 rows. Counts [40, 50, 16, 0]
     give half blocks of 8 rows after a full one (expert 0) and of 16 rows alone (expert 2), a full-width tail
-    of 18 rows (expert 1) and an empty expert; the result matches the reference and the full-width run."""
+    of 18 rows (expert 1) and an empty expert; the result matches the reference and the full-width run: the
+    same bits compiled; under the interpreter within 1e-7 (its tl.dot is numpy's float32 matmul, whose
+    summation order can depend on the block's rows: on a 2-core CPU without AVX-512 they differed by an ulp)."""
     gen = torch.Generator().manual_seed(3)
     ids = torch.tensor([0] * 40 + [1] * 50 + [2] * 16)[torch.randperm(106, generator=gen)][:, None].to(DEV)
     x = torch.randn(106, 64, generator=gen).to(DEV)
@@ -143,7 +145,10 @@ def test_half_tail_blocks(poisoned, fmt):
         outs[half] = moe_experts_triton(x, weights, ids, w1, w2, 0.6, ALPHA, config=MoeTritonConfig(t, t),
                                         compute_dtype=torch.float32)
     assert rel_l2(outs[True], moe_experts_ref(x, weights, ids, w1, w2, 0.6, ALPHA)) < 1e-5
-    assert torch.equal(outs[True], outs[False])
+    if INTERPRET:
+        assert rel_l2(outs[True], outs[False]) < 1e-7
+    else:
+        assert torch.equal(outs[True], outs[False])
 
 
 def test_half_tail_needs_32_rows():
