@@ -23,8 +23,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-async-scheduling", dest="async_scheduling", action="store_false",
                    help="read each step's sampled tokens before scheduling the next (default: a step later, "
                         "overlapping the host's work with the GPU's)")
-    par = p.add_argument_group("parallelism (one process per rank, started here or by torchrun; gloo on CPU, "
-                               "NCCL on CUDA)")
+    par = p.add_argument_group("parallelism (one process per rank, started here or by torchrun)")
     par.add_argument("--tensor-parallel-size", "-tp", type=int, default=1,
                      help="ranks splitting attention heads, the vocabulary and (without EP) the MoE")
     par.add_argument("--pipeline-parallel-size", "-pp", type=int, default=1, help="pipeline stages (layers)")
@@ -37,6 +36,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                      help="auto: external_launcher under torchrun (every rank runs this same command; rank 0 "
                           "serves, the others run the worker loop), else mp for several ranks and uni for one; "
                           "mp at world size 1 still runs the multi-process path (a process group of one)")
+    par.add_argument("--distributed-backend", default="auto", choices=["auto", "nccl", "gloo"],
+                     help="auto: NCCL on CUDA (a GPU a rank), gloo on CPU; gloo on CUDA lets tensor- and "
+                          "expert-parallel ranks share a GPU (a correctness check, not a fast path)")
 
 
 def _add_sampling_args(p: argparse.ArgumentParser, max_tokens: int) -> None:
@@ -116,7 +118,8 @@ def _llm(args: argparse.Namespace):
 def _parallel_kwargs(args: argparse.Namespace) -> dict:
     return dict(tensor_parallel_size=args.tensor_parallel_size, pipeline_parallel_size=args.pipeline_parallel_size,
                 data_parallel_size=args.data_parallel_size, enable_expert_parallel=args.enable_expert_parallel,
-                distributed_executor_backend=args.distributed_executor_backend)
+                distributed_executor_backend=args.distributed_executor_backend,
+                distributed_backend=args.distributed_backend)
 
 
 def _params(args: argparse.Namespace):
@@ -212,10 +215,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format=f"%(levelname)s {rank}%(name)s: %(message)s", stream=sys.stderr)
     try:
         if _torchrun_worker(args, env):
-            from .config import resolve_device
+            from .config import resolve_collective_backend, resolve_device
             from .parallel.torchrun import run_worker
 
-            return run_worker(env, resolve_device(args.device))
+            device = resolve_device(args.device)
+            return run_worker(env, device, resolve_collective_backend(args.distributed_backend, device))
         return COMMANDS[args.command](args)
     except (ValueError, OSError) as e:  # configuration, checkpoint and input errors: a clear line, no traceback
         print(f"oss-engine {args.command}: error: {e}", file=sys.stderr)

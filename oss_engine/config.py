@@ -62,8 +62,9 @@ class ParallelConfig:
     ranks; layers over `pipeline_parallel_size` stages; `data_parallel_size` replicas each own their requests
     and KV cache but step in lock-step, because the MoE of a pipeline stage spans its tp x dp ranks: split
     along the intermediate dimension (expert parallel off) or by whole experts (`enable_expert_parallel`).
-    `backend`: "gloo" (CPU) or "nccl" (CUDA), resolved from the device. `timeout_s` bounds every collective
-    inside a step (a worker that stops answering turns into an error, not a hang).
+    `backend`: "gloo" or "nccl" (`resolve_collective_backend`: NCCL on CUDA and gloo on CPU unless asked).
+    `timeout_s` bounds every collective inside a step (a worker that stops answering turns into an error, not a
+    hang).
     `distributed_executor_backend` (vLLM's names, "auto" resolved by `resolve_executor_backend`): "uni" one
     process, no process group; "mp" rank 0 starts ranks 1.. as subprocesses and they meet at
     master_addr:master_port (at world size 1 it still makes a process group of one, so every collective runs
@@ -204,6 +205,34 @@ def resolve_executor_backend(requested: str, world_size: int, env: LaunchEnv | N
         raise ConfigError(f"distributed_executor_backend must be 'auto' or one of {', '.join(EXECUTOR_BACKENDS)}, "
                           f"got {requested!r}")
     return requested
+
+
+def resolve_collective_backend(requested: str, device: str) -> str:
+    """"auto": NCCL on CUDA, gloo on CPU. gloo also runs on CUDA, where several ranks may share one GPU: a check
+    of the sharded model on a one-GPU machine, not a fast path (torch's gloo stages every CUDA collective
+    through host memory)."""
+    if requested == "auto":
+        return "nccl" if device.startswith("cuda") else "gloo"
+    if requested not in ("nccl", "gloo"):
+        raise ConfigError(f"distributed_backend must be 'auto', 'nccl' or 'gloo', got {requested!r}")
+    if requested == "nccl" and not device.startswith("cuda"):
+        raise ConfigError(f"distributed_backend 'nccl' needs a CUDA device, got {device!r}; use 'gloo' on CPU")
+    return requested
+
+
+def check_rank_devices(par: ParallelConfig, device: str, gpus: int) -> None:
+    """Refuse a layout the ranks' devices cannot run, before any process starts. NCCL wants a GPU of its own for
+    each rank, and "mp" puts this host's ranks on cuda:<rank mod gpus>. torch's gloo sends no CUDA tensor
+    point to point, which pipeline stages and data-parallel replicas' logits need."""
+    if not device.startswith("cuda") or par.world_size == 1:
+        return
+    if par.backend == "nccl" and par.distributed_executor_backend == "mp" and par.world_size > gpus:
+        raise ConfigError(f"tp x pp x dp = {par.world_size} ranks need {par.world_size} GPUs with NCCL, this host "
+                          f"has {gpus}; distributed_backend='gloo' lets ranks share a GPU (a correctness check, "
+                          "not a fast path)")
+    if par.backend == "gloo" and (par.pipeline_parallel_size > 1 or par.data_parallel_size > 1):
+        raise ConfigError("gloo on CUDA runs tensor and expert parallel only: pipeline stages and data-parallel "
+                          "replicas send CUDA tensors point to point, which torch's gloo cannot; use NCCL")
 
 
 def resolve_device(device: str) -> str:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from .config import (CacheConfig, ConfigError, EngineConfig, ModelConfig, ParallelConfig, SchedulerConfig,
-                     default_max_num_batched_tokens, generation_eos_ids, launch_env, resolve_device, resolve_dtype,
-                     resolve_executor_backend)
+                     check_rank_devices, default_max_num_batched_tokens, generation_eos_ids, launch_env,
+                     resolve_collective_backend, resolve_device, resolve_dtype, resolve_executor_backend)
 from .defaults import default_model_dir
 from .engine.kv_capacity import log_capacity, plan_kv_blocks
 from .engine.llm_engine import LLMEngine
@@ -41,7 +41,7 @@ class LLM:
                  enforce_eager: bool = False, load_format: str = "auto", tensor_parallel_size: int = 1,
                  pipeline_parallel_size: int = 1, data_parallel_size: int = 1, enable_expert_parallel: bool = False,
                  distributed_timeout_s: float = 300.0, distributed_executor_backend: str = "auto",
-                 async_scheduling: bool = True):
+                 distributed_backend: str = "auto", async_scheduling: bool = True):
         if model is None:
             model = str(default_model_dir())
         mcfg = ModelConfig.from_dir(model)
@@ -58,9 +58,14 @@ class LLM:
         if load_format not in ("auto", "dummy"):
             raise ConfigError(f"load_format must be 'auto' or 'dummy' (random weights), got {load_format!r}")
         par = ParallelConfig(tensor_parallel_size, pipeline_parallel_size, data_parallel_size, enable_expert_parallel,
-                             backend="nccl" if dev.startswith("cuda") else "gloo", timeout_s=distributed_timeout_s)
+                             backend=resolve_collective_backend(distributed_backend, dev),
+                             timeout_s=distributed_timeout_s)
         par = _with_executor_backend(par, distributed_executor_backend)
         par.validate(mcfg)
+        if dev.startswith("cuda"):
+            import torch
+
+            check_rank_devices(par, dev, torch.cuda.device_count())
         self.config = EngineConfig(model_dir=str(model), model=mcfg, device=dev, dtype=resolve_dtype(dtype, dev),
                                    cache=cache, scheduler=sched, kernels=resolve_kernels(kernels, dev),
                                    enforce_eager=enforce_eager, load_format=load_format,

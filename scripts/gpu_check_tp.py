@@ -1,9 +1,15 @@
-"""Multi-GPU correctness (issue 6): gpt-oss-120b shapes (or --preset), random weights made on the GPUs (the same
-weights under every layout, weights/dummy.py), greedy tokens of one GPU against TP = N and TP = N with expert
-parallel, bf16. A divergence is reported with the single-GPU run's top-2 logit gap at that step (a near-tie when
-small). Run on a kind with N GPUs: PYTHONPATH=. python scripts/gpu_check_tp.py --gpus N
+"""Tensor- and expert-parallel correctness on the GPU (issue 6): gpt-oss-120b shapes (or --preset), random weights
+made on the GPUs (the same weights under every layout, weights/dummy.py), greedy tokens of one GPU against TP = N
+and TP = N with expert parallel, bf16. A divergence is reported with the single-GPU run's top-2 logprob gap at
+that step (a near-tie when small).
 
-NVLink multicast stays off, as the device README requires."""
+    PYTHONPATH=. python scripts/gpu_check_tp.py --ranks 2 4 8
+
+On a machine with N GPUs the ranks meet over NCCL, a GPU each. With fewer GPUs than ranks (`--backend auto`
+picks this) they meet over gloo and share the GPUs: every sharded kernel shape and every collective of a step
+runs as on N GPUs, but each collective passes through host memory, so the timings printed say nothing about
+speed. Each rank holds its own KV cache of --kv-gib. NVLink multicast stays off, as the device README requires.
+Imports only the engine, model and parallel modules (the GPU image has no server stack)."""
 
 from __future__ import annotations
 
@@ -11,6 +17,7 @@ import argparse
 import gc
 import os
 import tempfile
+import time
 
 os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
 os.environ.setdefault("TORCH_SYMM_MEM_DISABLE_MULTICAST", "1")
@@ -22,11 +29,16 @@ from oss_engine import LLM, SamplingParams  # noqa: E402
 from oss_engine.presets import write_preset_config  # noqa: E402
 
 
-def run(model_dir: str, prompts, **kw) -> tuple[list[list[int]], list[list[float]]]:
-    params = SamplingParams(max_tokens=32, temperature=0.0, ignore_eos=True, logprobs=2)
+def run(model_dir: str, prompts, max_tokens: int, kv_gib: float, **kw) -> tuple[list[list[int]], list[list[float]]]:
+    """-> (greedy tokens per prompt, top-2 logprob gap at each step of each prompt)."""
+    params = SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True, logprobs=2)
+    t0 = time.perf_counter()
     with LLM(model_dir, device="cuda", skip_tokenizer_init=True, progress=False, load_format="dummy",
-             max_model_len=2048, max_num_seqs=16, kv_cache_memory_bytes=4 << 30, **kw) as llm:
+             max_model_len=2048, max_num_seqs=16, kv_cache_memory_bytes=int(kv_gib * (1 << 30)), **kw) as llm:
+        t1 = time.perf_counter()
         outs = llm.generate(prompt_token_ids=prompts, sampling_params=params)
+        t2 = time.perf_counter()
+    print(f"  ({kw or 'one GPU'}: start {t1 - t0:.0f} s, generate {t2 - t1:.1f} s)", flush=True)
     toks = [o.outputs[0].token_ids for o in outs]
     gaps = [[(lambda v: v[0] - v[1])(sorted(lp.values(), reverse=True)[:2]) for lp in o.outputs[0].logprobs]
             for o in outs]
@@ -35,24 +47,45 @@ def run(model_dir: str, prompts, **kw) -> tuple[list[list[int]], list[list[float
     return toks, gaps
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--gpus", type=int, default=torch.cuda.device_count())
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--ranks", type=int, nargs="+", default=[torch.cuda.device_count()])
     ap.add_argument("--preset", default="gpt-oss-120b")
+    ap.add_argument("--backend", default="auto", choices=["auto", "nccl", "gloo"],
+                    help="auto: NCCL when there is a GPU a rank, else gloo with the ranks sharing the GPUs")
+    ap.add_argument("--kv-gib", type=float, default=1.0, help="KV cache a rank")
+    ap.add_argument("--max-tokens", type=int, default=32)
+    ap.add_argument("--no-ep", action="store_true", help="tensor parallel only")
     args = ap.parse_args()
     g = torch.Generator().manual_seed(0)
     prompts = [torch.randint(0, 200000, (n,), generator=g).tolist() for n in (17, 64, 200, 512)]
+    print(f"{args.preset}, {torch.cuda.device_count()} x {torch.cuda.get_device_name()}, bf16, "
+          f"{len(prompts)} prompts of {[len(p) for p in prompts]} tokens, {args.max_tokens} greedy tokens each",
+          flush=True)
+    diverged = 0
     with tempfile.TemporaryDirectory() as d:
         write_preset_config(d, args.preset)
-        want, gaps = run(d, prompts)
-        for name, kw in ((f"TP {args.gpus}", dict(tensor_parallel_size=args.gpus)),
-                         (f"TP {args.gpus} + EP", dict(tensor_parallel_size=args.gpus, enable_expert_parallel=True))):
-            got, _ = run(d, prompts, **kw)
-            for i, (a, b) in enumerate(zip(want, got)):
-                first = next((j for j, (x, y) in enumerate(zip(a, b)) if x != y), None)
-                verdict = "equal" if first is None else f"diverges at token {first} (one-GPU top-2 gap {gaps[i][first]:.3f})"
-                print(f"{name:<12} prompt {i} ({len(prompts[i])} tokens): {verdict}", flush=True)
+        want, gaps = run(d, prompts, args.max_tokens, args.kv_gib)
+        for n in args.ranks:
+            backend = args.backend
+            if backend == "auto":
+                backend = "nccl" if torch.cuda.device_count() >= n else "gloo"
+            layouts = [(f"TP {n}", dict(tensor_parallel_size=n))]
+            if not args.no_ep:
+                layouts.append((f"TP {n} + EP", dict(tensor_parallel_size=n, enable_expert_parallel=True)))
+            for name, kw in layouts:
+                got, _ = run(d, prompts, args.max_tokens, args.kv_gib, distributed_backend=backend, **kw)
+                for i, (a, b) in enumerate(zip(want, got)):
+                    first = next((j for j, (x, y) in enumerate(zip(a, b)) if x != y), None)
+                    if first is None:
+                        verdict = "equal"
+                    else:
+                        diverged += 1
+                        verdict = f"diverges at token {first} (one-GPU top-2 gap {gaps[i][first]:.4f})"
+                    print(f"{name:<10} ({backend}) prompt {i} ({len(prompts[i])} tokens): {verdict}", flush=True)
+    print(f"{diverged} divergence(s)")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -48,6 +48,13 @@ def test_missing_model_is_a_clear_error(tmp_path):
     assert "no config.json" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_nccl_on_cpu_is_a_clear_error(tiny_with_tokenizer):
+    r = run("generate", "--model", str(tiny_with_tokenizer), "--device", "cpu", "-tp", "2",
+            "--distributed-backend", "nccl", "hi")
+    assert r.returncode == 2
+    assert "distributed_backend 'nccl' needs a CUDA device, got 'cpu'" in r.stderr and "Traceback" not in r.stderr
+
+
 def test_default_model_is_announced(tmp_path):
     r = run("generate", "--max-tokens", "3", "hi", env_extra={"OSS_ENGINE_CACHE_DIR": str(tmp_path)})
     assert r.returncode == 0, r.stderr

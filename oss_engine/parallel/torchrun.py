@@ -7,7 +7,8 @@ host or several, and the ranks meet at its rendezvous (init_method env://) inste
 Every rank runs the same command line. Rank 0 runs the command (scheduler, sampler, server) through
 `ParallelExecutor`, which calls `join_as_rank_0`; ranks > 0 never run the command: the CLI sends them to
 `run_worker`, the worker loop of worker.py. Rank 0 broadcasts the engine config as JSON before the groups are
-built, so the workers need only the device to pick the backend (`--device` must resolve alike on every host).
+built, so the workers need only the device and the collective backend (`--device` and `--distributed-backend`
+must resolve alike on every host).
 
 A rank that dies is torchrun's to handle: its agent stops every rank of the job (there is no watchdog of
 child processes here; `TorchrunWorkers` stands in for launch.WorkerGroup).
@@ -58,14 +59,14 @@ def join_as_rank_0(cfg: EngineConfig) -> ParallelState:
     return ParallelState.build(par, 0, cfg.device)
 
 
-def run_worker(env: LaunchEnv, device: str) -> int:
+def run_worker(env: LaunchEnv, device: str, backend: str) -> int:
     """A rank > 0 started by torchrun: join, receive the config, load this rank's shard and run steps until
-    rank 0 sends the shutdown message. `device` is the resolved --device ("cpu" or "cuda"). Until the
-    config arrives the default group has the default timeout (the CLI does not change it)."""
+    rank 0 sends the shutdown message. `device` is the resolved --device ("cpu" or "cuda"), `backend` the
+    resolved --distributed-backend. Until the config arrives the default group has the default timeout (the
+    CLI does not change it)."""
     if env.rank == 0:
         raise ConfigError("rank 0 runs the command itself, not the worker loop")
     dev = rank_device(device, env.local_rank)
-    backend = "nccl" if dev.startswith("cuda") else "gloo"
     join_world(backend, "env://", env.rank, env.world_size, ParallelConfig.timeout_s, dev)
     cfg = config_from_json(broadcast_text(None, dev))
     if cfg.parallel.backend != backend or cfg.parallel.world_size != env.world_size:

@@ -3,11 +3,13 @@ DP load balancing: pure, single-process checks (no process group)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
-from oss_engine.config import (ConfigError, LaunchEnv, ModelConfig, ParallelConfig, launch_env,
-                               resolve_executor_backend)
+from oss_engine.config import (ConfigError, LaunchEnv, ModelConfig, ParallelConfig, check_rank_devices, launch_env,
+                               resolve_collective_backend, resolve_executor_backend)
 from oss_engine.engine.dp_engine import DPEngine
 from oss_engine.engine.runner import ScheduledSeq
 from oss_engine.kernels import get_ops
@@ -84,6 +86,39 @@ def test_executor_backend_resolution():
         resolve_executor_backend("uni", 2, None)
     assert ParallelConfig(distributed_executor_backend="external_launcher").init_method == "env://"
     assert ParallelConfig(master_port=1234).init_method == "tcp://127.0.0.1:1234"
+
+
+def test_collective_backend_resolution():
+    assert resolve_collective_backend("auto", "cpu") == "gloo"
+    assert resolve_collective_backend("auto", "cuda") == "nccl"
+    assert resolve_collective_backend("auto", "cuda:1") == "nccl"
+    assert resolve_collective_backend("gloo", "cuda") == "gloo"  # ranks may share a GPU
+    assert resolve_collective_backend("nccl", "cuda") == "nccl"
+    with pytest.raises(ConfigError, match="'nccl' needs a CUDA device, got 'cpu'"):
+        resolve_collective_backend("nccl", "cpu")
+    with pytest.raises(ConfigError, match="must be 'auto', 'nccl' or 'gloo', got 'mpi'"):
+        resolve_collective_backend("mpi", "cuda")
+
+
+@pytest.mark.parametrize("layout, backend, launcher, gpus, refusal", [
+    (dict(tensor_parallel_size=2), "nccl", "mp", 1, "2 ranks need 2 GPUs with NCCL, this host has 1"),
+    (dict(tensor_parallel_size=2, data_parallel_size=2), "nccl", "mp", 2, "4 ranks need 4 GPUs"),
+    (dict(tensor_parallel_size=2), "nccl", "mp", 2, None),
+    (dict(tensor_parallel_size=4), "nccl", "external_launcher", 1, None),  # torchrun's world may span hosts
+    (dict(tensor_parallel_size=8, enable_expert_parallel=True), "gloo", "mp", 1, None),
+    (dict(tensor_parallel_size=2, pipeline_parallel_size=2), "gloo", "mp", 1, "tensor and expert parallel only"),
+    (dict(data_parallel_size=2), "gloo", "mp", 4, "tensor and expert parallel only"),
+    (dict(), "nccl", "mp", 0, None),  # the forced path at world size 1
+])
+def test_rank_devices_checked_before_any_process_starts(layout, backend, launcher, gpus, refusal):
+    par = ParallelConfig(**layout, backend=backend, distributed_executor_backend=launcher)
+    if refusal is None:
+        check_rank_devices(par, "cuda", gpus)
+        check_rank_devices(replace(par, backend="gloo"), "cpu", 0)
+    else:
+        with pytest.raises(ConfigError, match=refusal):
+            check_rank_devices(par, "cuda", gpus)
+        check_rank_devices(replace(par, backend="gloo"), "cpu", 0)  # CPU ranks share the CPU
 
 
 def test_launch_env_reads_torchrun_variables(monkeypatch):
