@@ -1,7 +1,10 @@
 """Tensor- and expert-parallel correctness on the GPU (issue 6): gpt-oss-120b shapes (or --preset), random weights
 made on the GPUs (the same weights under every layout, weights/dummy.py), greedy tokens of one GPU against TP = N
 and TP = N with expert parallel, bf16. A divergence is reported with the single-GPU run's top-2 logprob gap at
-that step (a near-tie when small).
+that step (a near-tie when small). Because a rounding difference can flip a router's top-4 choice, and random
+weights give flat output distributions, greedy tokens may part early without a fault; so every layout's logits at
+each position of one prompt are also compared with one GPU's, next to the rounding floor: one GPU against itself
+with that prompt prefilled in two steps instead of one (other kernels and summation orders, the same math).
 
     PYTHONPATH=. python scripts/gpu_check_tp.py --ranks 2 4 8
 
@@ -26,25 +29,46 @@ os.environ.setdefault("NVSHMEM_DISABLE_NVLS", "1")
 import torch  # noqa: E402
 
 from oss_engine import LLM, SamplingParams  # noqa: E402
+from oss_engine.engine.runner import ScheduledSeq  # noqa: E402
 from oss_engine.presets import write_preset_config  # noqa: E402
 
 
-def run(model_dir: str, prompts, max_tokens: int, kv_gib: float, **kw) -> tuple[list[list[int]], list[list[float]]]:
-    """-> (greedy tokens per prompt, top-2 logprob gap at each step of each prompt)."""
+def prompt_logits(llm: LLM, ids: list[int], chunks: int) -> torch.Tensor:
+    """Logits of every position of `ids`, prefilled in `chunks` steps (the later ones read the earlier ones' KV
+    cache) on blocks 0.. of a cache the finished generate left free: [len(ids), V] float32."""
+    runner = llm.engine.engines[0].runner if hasattr(llm.engine, "engines") else llm.engine.runner
+    blocks = {g: list(range(-(-len(ids) // 16))) for g in ("full_attention", "sliding_attention")}
+    cuts = [len(ids) * i // chunks for i in range(chunks + 1)]
+    return torch.cat([runner.execute([ScheduledSeq(ids, a, b - a, blocks, all_logits=True)]).logits.clone()
+                      for a, b in zip(cuts, cuts[1:])])
+
+
+def compare(a: torch.Tensor, b: torch.Tensor) -> str:
+    """Per position: relative L2 difference of the logits (median, max) and how often the argmax agrees."""
+    rel = (a - b).norm(dim=1) / b.norm(dim=1)
+    same = (a.argmax(1) == b.argmax(1)).float().mean()
+    return f"logits rel. difference median {rel.median():.2e}, max {rel.max():.2e}; argmax equal {same:.0%}"
+
+
+def run(model_dir: str, prompts, max_tokens: int, kv_gib: float, dtype: str,
+        **kw) -> tuple[list[list[int]], list[list[float]], list[torch.Tensor]]:
+    """-> (greedy tokens per prompt, top-2 logprob gap at each step of each prompt, the logits of every position
+    of prompt 1 prefilled in one step and (one GPU only) in two)."""
     params = SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True, logprobs=2)
     t0 = time.perf_counter()
-    with LLM(model_dir, device="cuda", skip_tokenizer_init=True, progress=False, load_format="dummy",
+    with LLM(model_dir, device="cuda", dtype=dtype, skip_tokenizer_init=True, progress=False, load_format="dummy",
              max_model_len=2048, max_num_seqs=16, kv_cache_memory_bytes=int(kv_gib * (1 << 30)), **kw) as llm:
         t1 = time.perf_counter()
         outs = llm.generate(prompt_token_ids=prompts, sampling_params=params)
         t2 = time.perf_counter()
-    print(f"  ({kw or 'one GPU'}: start {t1 - t0:.0f} s, generate {t2 - t1:.1f} s)", flush=True)
+        logits = [prompt_logits(llm, prompts[1], n) for n in ((1,) if kw else (1, 2))]
+    print(f"  ({dtype}, {kw or 'one GPU'}: start {t1 - t0:.0f} s, generate {t2 - t1:.1f} s)", flush=True)
     toks = [o.outputs[0].token_ids for o in outs]
     gaps = [[(lambda v: v[0] - v[1])(sorted(lp.values(), reverse=True)[:2]) for lp in o.outputs[0].logprobs]
             for o in outs]
     gc.collect()
     torch.cuda.empty_cache()
-    return toks, gaps
+    return toks, gaps, logits
 
 
 def main() -> int:
@@ -56,16 +80,27 @@ def main() -> int:
     ap.add_argument("--kv-gib", type=float, default=1.0, help="KV cache a rank")
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--no-ep", action="store_true", help="tensor parallel only")
+    ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--noise", action="store_true",
+                    help="also compare one GPU in float32 with one GPU in --dtype: how far rounding alone moves")
     args = ap.parse_args()
     g = torch.Generator().manual_seed(0)
     prompts = [torch.randint(0, 200000, (n,), generator=g).tolist() for n in (17, 64, 200, 512)]
-    print(f"{args.preset}, {torch.cuda.device_count()} x {torch.cuda.get_device_name()}, bf16, "
+    print(f"{args.preset}, {torch.cuda.device_count()} x {torch.cuda.get_device_name()}, {args.dtype}, "
           f"{len(prompts)} prompts of {[len(p) for p in prompts]} tokens, {args.max_tokens} greedy tokens each",
           flush=True)
     diverged = 0
     with tempfile.TemporaryDirectory() as d:
         write_preset_config(d, args.preset)
-        want, gaps = run(d, prompts, args.max_tokens, args.kv_gib)
+        want, gaps, (one, two) = run(d, prompts, args.max_tokens, args.kv_gib, args.dtype)
+        print(f"one GPU, prompt 1 prefilled in two steps against one (the rounding floor): {compare(two, one)}",
+              flush=True)
+        if args.noise:
+            exact, _, _ = run(d, prompts, args.max_tokens, args.kv_gib, "float32")
+            for i, (a, b) in enumerate(zip(want, exact)):
+                first = next((j for j, (x, y) in enumerate(zip(a, b)) if x != y), None)
+                where = "equal" if first is None else f"diverges at token {first} (top-2 gap {gaps[i][first]:.4f})"
+                print(f"one GPU, float32 against {args.dtype}: prompt {i}: {where}", flush=True)
         for n in args.ranks:
             backend = args.backend
             if backend == "auto":
@@ -74,7 +109,9 @@ def main() -> int:
             if not args.no_ep:
                 layouts.append((f"TP {n} + EP", dict(tensor_parallel_size=n, enable_expert_parallel=True)))
             for name, kw in layouts:
-                got, _ = run(d, prompts, args.max_tokens, args.kv_gib, distributed_backend=backend, **kw)
+                got, _, (mine,) = run(d, prompts, args.max_tokens, args.kv_gib, args.dtype,
+                                      distributed_backend=backend, **kw)
+                print(f"{name:<10} ({backend}) prompt 1, every position: {compare(mine, one)}", flush=True)
                 for i, (a, b) in enumerate(zip(want, got)):
                     first = next((j for j, (x, y) in enumerate(zip(a, b)) if x != y), None)
                     if first is None:
