@@ -8,19 +8,22 @@ with that prompt prefilled in two steps instead of one (other kernels and summat
 
     PYTHONPATH=. python scripts/gpu_check_tp.py --ranks 2 4 8
 
-On a machine with N GPUs the ranks meet over NCCL, a GPU each. With fewer GPUs than ranks (`--backend auto`
-picks this) they meet over gloo and share the GPUs: every sharded kernel shape and every collective of a step
-runs as on N GPUs, but each collective passes through host memory, so the timings printed say nothing about
-speed. Each rank holds its own KV cache of --kv-gib. NVLink multicast stays off, as the device README requires.
-Imports only the engine, model and parallel modules (the GPU image has no server stack)."""
+On a machine with N GPUs the ranks meet over NCCL, a GPU each. With fewer GPUs than ranks (`--backend auto` picks
+this) they meet over gloo and share the GPUs: every sharded kernel shape and every collective of a step runs as on
+N GPUs, but each collective passes through host memory, so the timings printed say nothing about speed. Each rank
+holds its own KV cache of --kv-gib. `--device cpu --dtype float32 --layers 2` runs the same checks on the reference
+kernels at the real widths (uneven intermediate splits included) on any machine. NVLink multicast stays off, as the
+device README requires. Imports only the engine, model and parallel modules (the GPU image has no server stack)."""
 
 from __future__ import annotations
 
 import argparse
 import gc
+import json
 import os
 import tempfile
 import time
+from pathlib import Path
 
 os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
 os.environ.setdefault("TORCH_SYMM_MEM_DISABLE_MULTICAST", "1")
@@ -50,30 +53,31 @@ def compare(a: torch.Tensor, b: torch.Tensor) -> str:
     return f"logits rel. difference median {rel.median():.2e}, max {rel.max():.2e}; argmax equal {same:.0%}"
 
 
-def run(model_dir: str, prompts, max_tokens: int, kv_gib: float, dtype: str,
+def run(model_dir: str, device: str, prompts, max_tokens: int, kv_gib: float, dtype: str,
         **kw) -> tuple[list[list[int]], list[list[float]], list[torch.Tensor]]:
     """-> (greedy tokens per prompt, top-2 logprob gap at each step of each prompt, the logits of every position
-    of prompt 1 prefilled in one step and (one GPU only) in two)."""
+    of prompt 1 prefilled in one step and (one process only) in two)."""
     params = SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True, logprobs=2)
     t0 = time.perf_counter()
-    with LLM(model_dir, device="cuda", dtype=dtype, skip_tokenizer_init=True, progress=False, load_format="dummy",
+    with LLM(model_dir, device=device, dtype=dtype, skip_tokenizer_init=True, progress=False, load_format="dummy",
              max_model_len=2048, max_num_seqs=16, kv_cache_memory_bytes=int(kv_gib * (1 << 30)), **kw) as llm:
         t1 = time.perf_counter()
         outs = llm.generate(prompt_token_ids=prompts, sampling_params=params)
         t2 = time.perf_counter()
         logits = [prompt_logits(llm, prompts[1], n) for n in ((1,) if kw else (1, 2))]
-    print(f"  ({dtype}, {kw or 'one GPU'}: start {t1 - t0:.0f} s, generate {t2 - t1:.1f} s)", flush=True)
+    print(f"  ({dtype}, {kw or 'one process'}: start {t1 - t0:.0f} s, generate {t2 - t1:.1f} s)", flush=True)
     toks = [o.outputs[0].token_ids for o in outs]
     gaps = [[(lambda v: v[0] - v[1])(sorted(lp.values(), reverse=True)[:2]) for lp in o.outputs[0].logprobs]
             for o in outs]
     gc.collect()
-    torch.cuda.empty_cache()
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
     return toks, gaps, logits
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--ranks", type=int, nargs="+", default=[torch.cuda.device_count()])
+    ap.add_argument("--ranks", type=int, nargs="+", default=[max(2, torch.cuda.device_count())])
     ap.add_argument("--preset", default="gpt-oss-120b")
     ap.add_argument("--backend", default="auto", choices=["auto", "nccl", "gloo"],
                     help="auto: NCCL when there is a GPU a rank, else gloo with the ranks sharing the GPUs")
@@ -81,35 +85,42 @@ def main() -> int:
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--no-ep", action="store_true", help="tensor parallel only")
     ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--device", default="cuda", help="cuda, or cpu (gloo, the reference kernels)")
+    ap.add_argument("--layers", type=int, default=0, help="keep only the first N layers (0: all)")
     ap.add_argument("--noise", action="store_true",
                     help="also compare one GPU in float32 with one GPU in --dtype: how far rounding alone moves")
     args = ap.parse_args()
     g = torch.Generator().manual_seed(0)
     prompts = [torch.randint(0, 200000, (n,), generator=g).tolist() for n in (17, 64, 200, 512)]
-    print(f"{args.preset}, {torch.cuda.device_count()} x {torch.cuda.get_device_name()}, {args.dtype}, "
+    where = f"{torch.cuda.device_count()} x {torch.cuda.get_device_name()}" if args.device == "cuda" else "CPU"
+    print(f"{args.preset}{f' cut to {args.layers} layers' if args.layers else ''}, {where}, {args.dtype}, "
           f"{len(prompts)} prompts of {[len(p) for p in prompts]} tokens, {args.max_tokens} greedy tokens each",
           flush=True)
     diverged = 0
     with tempfile.TemporaryDirectory() as d:
         write_preset_config(d, args.preset)
-        want, gaps, (one, two) = run(d, prompts, args.max_tokens, args.kv_gib, args.dtype)
-        print(f"one GPU, prompt 1 prefilled in two steps against one (the rounding floor): {compare(two, one)}",
+        if args.layers:
+            cfg = json.loads(Path(d, "config.json").read_text())
+            cfg["num_hidden_layers"], cfg["layer_types"] = args.layers, cfg["layer_types"][:args.layers]
+            Path(d, "config.json").write_text(json.dumps(cfg))
+        want, gaps, (one, two) = run(d, args.device, prompts, args.max_tokens, args.kv_gib, args.dtype)
+        print(f"one process, prompt 1 prefilled in two steps against one (the rounding floor): {compare(two, one)}",
               flush=True)
         if args.noise:
-            exact, _, _ = run(d, prompts, args.max_tokens, args.kv_gib, "float32")
+            exact, _, _ = run(d, args.device, prompts, args.max_tokens, args.kv_gib, "float32")
             for i, (a, b) in enumerate(zip(want, exact)):
                 first = next((j for j, (x, y) in enumerate(zip(a, b)) if x != y), None)
                 where = "equal" if first is None else f"diverges at token {first} (top-2 gap {gaps[i][first]:.4f})"
-                print(f"one GPU, float32 against {args.dtype}: prompt {i}: {where}", flush=True)
+                print(f"one process, float32 against {args.dtype}: prompt {i}: {where}", flush=True)
         for n in args.ranks:
             backend = args.backend
             if backend == "auto":
-                backend = "nccl" if torch.cuda.device_count() >= n else "gloo"
+                backend = "nccl" if args.device == "cuda" and torch.cuda.device_count() >= n else "gloo"
             layouts = [(f"TP {n}", dict(tensor_parallel_size=n))]
             if not args.no_ep:
                 layouts.append((f"TP {n} + EP", dict(tensor_parallel_size=n, enable_expert_parallel=True)))
             for name, kw in layouts:
-                got, _, (mine,) = run(d, prompts, args.max_tokens, args.kv_gib, args.dtype,
+                got, _, (mine,) = run(d, args.device, prompts, args.max_tokens, args.kv_gib, args.dtype,
                                       distributed_backend=backend, **kw)
                 print(f"{name:<10} ({backend}) prompt 1, every position: {compare(mine, one)}", flush=True)
                 for i, (a, b) in enumerate(zip(want, got)):
@@ -118,7 +129,7 @@ def main() -> int:
                         verdict = "equal"
                     else:
                         diverged += 1
-                        verdict = f"diverges at token {first} (one-GPU top-2 gap {gaps[i][first]:.4f})"
+                        verdict = f"diverges at token {first} (one-process top-2 gap {gaps[i][first]:.4f})"
                     print(f"{name:<10} ({backend}) prompt {i} ({len(prompts[i])} tokens): {verdict}", flush=True)
     print(f"{diverged} divergence(s)")
     return 0
