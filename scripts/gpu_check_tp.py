@@ -53,6 +53,10 @@ def compare(a: torch.Tensor, b: torch.Tensor) -> str:
     return f"logits rel. difference median {rel.median():.2e}, max {rel.max():.2e}; argmax equal {same:.0%}"
 
 
+def first_difference(a: list[int], b: list[int]) -> int | None:
+    return next((j for j, (x, y) in enumerate(zip(a, b)) if x != y), None)
+
+
 def run(model_dir: str, device: str, prompts, max_tokens: int, kv_gib: float, dtype: str,
         **kw) -> tuple[list[list[int]], list[list[float]], list[torch.Tensor]]:
     """-> (greedy tokens per prompt, top-2 logprob gap at each step of each prompt, the logits of every position
@@ -88,7 +92,7 @@ def main() -> int:
     ap.add_argument("--device", default="cuda", help="cuda, or cpu (gloo, the reference kernels)")
     ap.add_argument("--layers", type=int, default=0, help="keep only the first N layers (0: all)")
     ap.add_argument("--noise", action="store_true",
-                    help="also compare one GPU in float32 with one GPU in --dtype: how far rounding alone moves")
+                    help="also compare one process in float32 with one in --dtype: how far rounding alone moves")
     args = ap.parse_args()
     g = torch.Generator().manual_seed(0)
     prompts = [torch.randint(0, 200000, (n,), generator=g).tolist() for n in (17, 64, 200, 512)]
@@ -109,9 +113,9 @@ def main() -> int:
         if args.noise:
             exact, _, _ = run(d, args.device, prompts, args.max_tokens, args.kv_gib, "float32")
             for i, (a, b) in enumerate(zip(want, exact)):
-                first = next((j for j, (x, y) in enumerate(zip(a, b)) if x != y), None)
-                where = "equal" if first is None else f"diverges at token {first} (top-2 gap {gaps[i][first]:.4f})"
-                print(f"one process, float32 against {args.dtype}: prompt {i}: {where}", flush=True)
+                first = first_difference(a, b)
+                verdict = "equal" if first is None else f"diverges at token {first} (top-2 gap {gaps[i][first]:.4f})"
+                print(f"one process, float32 against {args.dtype}: prompt {i}: {verdict}", flush=True)
         for n in args.ranks:
             backend = args.backend
             if backend == "auto":
@@ -124,7 +128,7 @@ def main() -> int:
                                       distributed_backend=backend, **kw)
                 print(f"{name:<10} ({backend}) prompt 1, every position: {compare(mine, one)}", flush=True)
                 for i, (a, b) in enumerate(zip(want, got)):
-                    first = next((j for j, (x, y) in enumerate(zip(a, b)) if x != y), None)
+                    first = first_difference(a, b)
                     if first is None:
                         verdict = "equal"
                     else:
