@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,13 +22,8 @@ import httpx
 import psutil
 import torch
 
+from oss_engine.parallel.launch import free_port
 from oss_engine.tiny import make_tiny_checkpoint
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def main() -> int:
@@ -40,7 +34,7 @@ def main() -> int:
     args = ap.parse_args()
     cuda = args.device.startswith("cuda")
     backend = "nccl" if cuda and torch.cuda.device_count() >= args.tp else "gloo"
-    port = free_port()
+    port = free_port("127.0.0.1")
     with tempfile.TemporaryDirectory() as d:
         make_tiny_checkpoint(d, seed=0, num_layers=2)
         cmd = [sys.executable, "-m", "oss_engine", "serve", "--model", d, "--port", str(port), "--device", args.device,

@@ -22,6 +22,7 @@ SPEC = dict(num_layers=3, num_experts=8, experts_per_token=2, hidden_size=64, in
             num_attention_heads=8, num_key_value_heads=4, head_dim=16, vocab_size=1003, write_tokenizer=False)
 COMMON = dict(device="cpu", dtype="float32", skip_tokenizer_init=True, progress=False, num_kv_blocks=48,
               max_model_len=256, distributed_timeout_s=60)
+ON_GPU = {**COMMON, "device": "cuda"}
 GREEDY = SamplingParams(max_tokens=6, temperature=0.0, ignore_eos=True)
 CASES = {
     "tp2": dict(tensor_parallel_size=2),
@@ -95,7 +96,7 @@ def test_parallel_matches_one_process(reference, case):
 def gpu_reference(tmp_path_factory):
     path = tmp_path_factory.mktemp("par-gpu")
     make_tiny_checkpoint(path, seed=5, **SPEC)
-    with LLM(str(path), **{**COMMON, "device": "cuda"}) as llm:
+    with LLM(str(path), **ON_GPU) as llm:
         tokens = [o.outputs[0].token_ids for o in llm.generate(prompt_token_ids=prompts(), sampling_params=GREEDY)]
         logits = logits_every_position(llm, prompts()[2])
     return dict(path=path, tokens=tokens, logits=logits)
@@ -111,7 +112,7 @@ def test_ranks_sharing_one_gpu_over_gloo_match_one_process(gpu_reference, case):
     in all three cases, logits within 1e-5 for tp4 and tp2xep, but 5.06e-5 for tp2, while the same comparison
     under the Triton interpreter on CPU gives 4e-7. Where the GPU's float32 spread at tp2 comes from is not
     known yet; a wrong shard moves the logits by O(1)."""
-    with LLM(str(gpu_reference["path"]), **{**COMMON, "device": "cuda"}, distributed_backend="gloo",
+    with LLM(str(gpu_reference["path"]), **ON_GPU, distributed_backend="gloo",
              **CASES[case]) as llm:
         assert llm.executor is not None and len(llm.weight_memory()) == llm.config.parallel.world_size > 1
         tokens = [o.outputs[0].token_ids for o in llm.generate(prompt_token_ids=prompts(), sampling_params=GREEDY)]
