@@ -37,10 +37,11 @@ def main() -> int:
     port = free_port("127.0.0.1")
     with tempfile.TemporaryDirectory() as d:
         make_tiny_checkpoint(d, seed=0, num_layers=2)
-        cmd = [sys.executable, "-m", "oss_engine", "serve", "--model", d, "--port", str(port), "--device", args.device,
-               "--dtype", "bfloat16" if cuda else "float32", "--served-model-name", "tiny", "--tensor-parallel-size", str(args.tp),
-               "--distributed-backend", backend, "--max-model-len", "512", "--num-kv-blocks", "128",
-               "--shutdown-timeout", "10", *(["--enable-expert-parallel"] if args.ep else [])]
+        cmd = [sys.executable, "-m", "oss_engine", "serve", "--model", d, "--port", str(port),
+               "--device", args.device, "--dtype", "bfloat16" if cuda else "float32", "--served-model-name", "tiny",
+               "--tensor-parallel-size", str(args.tp), "--distributed-backend", backend, "--max-model-len", "512",
+               "--num-kv-blocks", "128", "--shutdown-timeout", "10",
+               *(["--enable-expert-parallel"] if args.ep else [])]
         log_path = os.path.join(d, "server.log")
         with open(log_path, "w") as log:
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
