@@ -57,14 +57,15 @@ def first_difference(a: list[int], b: list[int]) -> int | None:
     return next((j for j, (x, y) in enumerate(zip(a, b)) if x != y), None)
 
 
-def run(model_dir: str, device: str, prompts, max_tokens: int, kv_gib: float, dtype: str,
+def run(model_dir: str, device: str, prompts, max_tokens: int, kv_gib: float, dtype: str, kernels: str,
         **kw) -> tuple[list[list[int]], list[list[float]], list[torch.Tensor]]:
     """-> (greedy tokens per prompt, top-2 logprob gap at each step of each prompt, the logits of every position
     of prompt 1 prefilled in one step and (one process only) in two)."""
     params = SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True, logprobs=2)
     t0 = time.perf_counter()
     with LLM(model_dir, device=device, dtype=dtype, skip_tokenizer_init=True, progress=False, load_format="dummy",
-             max_model_len=2048, max_num_seqs=16, kv_cache_memory_bytes=int(kv_gib * (1 << 30)), **kw) as llm:
+             max_model_len=2048, max_num_seqs=16, kv_cache_memory_bytes=int(kv_gib * (1 << 30)), kernels=kernels,
+             enforce_eager=kernels == "ref", **kw) as llm:  # the reference MoE syncs with the host: no graphs
         t1 = time.perf_counter()
         outs = llm.generate(prompt_token_ids=prompts, sampling_params=params)
         t2 = time.perf_counter()
@@ -89,6 +90,9 @@ def main() -> int:
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--no-ep", action="store_true", help="tensor parallel only")
     ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--kernels", default="auto",
+                    help="auto (Triton on CUDA), or ref: the torch reference ops, eager, float32-exact on the GPU too "
+                         "(the Triton MoE takes bf16 operands on CUDA whatever --dtype)")
     ap.add_argument("--device", default="cuda", help="cuda, or cpu (gloo, the reference kernels)")
     ap.add_argument("--layers", type=int, default=0, help="keep only the first N layers (0: all)")
     ap.add_argument("--noise", action="store_true",
@@ -98,6 +102,7 @@ def main() -> int:
     prompts = [torch.randint(0, 200000, (n,), generator=g).tolist() for n in (17, 64, 200, 512)]
     where = f"{torch.cuda.device_count()} x {torch.cuda.get_device_name()}" if args.device == "cuda" else "CPU"
     print(f"{args.preset}{f' cut to {args.layers} layers' if args.layers else ''}, {where}, {args.dtype}, "
+          f"kernels {args.kernels}, "
           f"{len(prompts)} prompts of {[len(p) for p in prompts]} tokens, {args.max_tokens} greedy tokens each",
           flush=True)
     diverged = 0
@@ -107,11 +112,11 @@ def main() -> int:
             cfg = json.loads(Path(d, "config.json").read_text())
             cfg["num_hidden_layers"], cfg["layer_types"] = args.layers, cfg["layer_types"][:args.layers]
             Path(d, "config.json").write_text(json.dumps(cfg))
-        want, gaps, (one, two) = run(d, args.device, prompts, args.max_tokens, args.kv_gib, args.dtype)
+        want, gaps, (one, two) = run(d, args.device, prompts, args.max_tokens, args.kv_gib, args.dtype, args.kernels)
         print(f"one process, prompt 1 prefilled in two steps against one (the rounding floor): {compare(two, one)}",
               flush=True)
         if args.noise:
-            exact, _, _ = run(d, args.device, prompts, args.max_tokens, args.kv_gib, "float32")
+            exact, _, _ = run(d, args.device, prompts, args.max_tokens, args.kv_gib, "float32", args.kernels)
             for i, (a, b) in enumerate(zip(want, exact)):
                 first = first_difference(a, b)
                 verdict = "equal" if first is None else f"diverges at token {first} (top-2 gap {gaps[i][first]:.4f})"
@@ -125,7 +130,7 @@ def main() -> int:
                 layouts.append((f"TP {n} + EP", dict(tensor_parallel_size=n, enable_expert_parallel=True)))
             for name, kw in layouts:
                 got, _, (mine,) = run(d, args.device, prompts, args.max_tokens, args.kv_gib, args.dtype,
-                                      distributed_backend=backend, **kw)
+                                      args.kernels, distributed_backend=backend, **kw)
                 print(f"{name:<10} ({backend}) prompt 1, every position: {compare(mine, one)}", flush=True)
                 for i, (a, b) in enumerate(zip(want, got)):
                     first = first_difference(a, b)

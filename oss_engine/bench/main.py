@@ -44,6 +44,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="read sampled tokens before scheduling the next step")
     p.add_argument("--tensor-parallel-size", "-tp", type=int, default=1)
     p.add_argument("--enable-expert-parallel", action="store_true")
+    p.add_argument("--distributed-backend", default="auto", choices=["auto", "nccl", "gloo"],
+                   help="auto: NCCL on CUDA, gloo on CPU; gloo lets several ranks share one GPU (the figures then "
+                        "say nothing about speed)")
     p.add_argument("--kv-cache-memory-bytes", type=int, default=None,
                    help="KV budget per rank (needed with several CUDA ranks: profiling runs in one process)")
     p.add_argument("--gpu-memory-utilization", type=float, default=0.9)
@@ -100,7 +103,7 @@ def run(args) -> dict:
                   gpu_memory_utilization=args.gpu_memory_utilization,
                   max_num_batched_tokens=args.max_num_batched_tokens,
                   tensor_parallel_size=args.tensor_parallel_size, enable_expert_parallel=args.enable_expert_parallel,
-                  kv_cache_memory_bytes=args.kv_cache_memory_bytes)
+                  distributed_backend=args.distributed_backend, kv_cache_memory_bytes=args.kv_cache_memory_bytes)
         try:
             return _measure(args, llm, device, bw, mm, t0, batches, prefill_lens, rng)
         finally:
@@ -115,7 +118,7 @@ def _measure(args, llm, device, bw, mm, t0, batches, prefill_lens, rng) -> dict:
                  "kernels": llm.config.kernels,
                  "cuda_graphs": single and getattr(llm.engine.runner, "graphs", None) is not None,
                  "tensor_parallel_size": args.tensor_parallel_size,
-                 "expert_parallel": args.enable_expert_parallel,
+                 "expert_parallel": args.enable_expert_parallel, "collective_backend": llm.config.parallel.backend,
                  "load_seconds": time.perf_counter() - t0, "copy_bandwidth_GBs": bw / 1e9,
                  "matmul_TFLOPs": mm / 1e12}
     res["weight_bytes_per_rank"] = [r.param_bytes for r in llm.weight_memory()]

@@ -101,12 +101,20 @@ def test_preset_needs_random_weights():
         main(["bench", "--preset", "gpt-oss-20b", "--device", "cpu"])
 
 
+def test_cli_bench_refuses_nccl_on_cpu(capsys):
+    rc = main(["bench", "--device", "cpu", "-tp", "2", "--distributed-backend", "nccl", "--batch-sizes", "2",
+               "--context", "16", "--prefill-lens", "16", "--ttft-len", "8"])
+    assert rc == 2 and "use 'gloo' on CPU" in capsys.readouterr().err
+
+
 def test_cli_bench_tensor_parallel_2_on_cpu(tmp_path):
     out = tmp_path / "bench-tp2.json"
-    rc = main(["bench", "--device", "cpu", "--tensor-parallel-size", "2", "--batch-sizes", "2", "--context", "16",
+    rc = main(["bench", "--device", "cpu", "--tensor-parallel-size", "2", "--distributed-backend", "gloo",
+               "--batch-sizes", "2", "--context", "16",
                "--decode-steps", "2", "--decode-warmup", "1", "--prefill-lens", "16", "--prefill-tokens", "32",
                "--ttft-len", "8", "--json", str(out)])
     assert rc == 0
     res = json.loads(out.read_text())
     assert res["tensor_parallel_size"] == 2 and len(res["weight_bytes_per_rank"]) == 2
+    assert res["collective_backend"] == "gloo"
     assert res["decode"][0]["tok_s"] > 0 and res["prefill"][0]["tok_s"] > 0
