@@ -65,7 +65,7 @@ def run(model_dir: str, device: str, prompts, max_tokens: int, kv_gib: float, dt
     t0 = time.perf_counter()
     with LLM(model_dir, device=device, dtype=dtype, skip_tokenizer_init=True, progress=False, load_format="dummy",
              max_model_len=2048, max_num_seqs=16, kv_cache_memory_bytes=int(kv_gib * (1 << 30)), kernels=kernels,
-             enforce_eager=kernels == "ref", **kw) as llm:  # the reference MoE syncs with the host: no graphs
+             **kw) as llm:
         t1 = time.perf_counter()
         outs = llm.generate(prompt_token_ids=prompts, sampling_params=params)
         t2 = time.perf_counter()
@@ -91,7 +91,7 @@ def main() -> int:
     ap.add_argument("--no-ep", action="store_true", help="tensor parallel only")
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--kernels", default="auto",
-                    help="auto (Triton on CUDA), or ref: the torch reference ops, eager, float32-exact on the GPU too "
+                    help="auto (Triton on CUDA), or ref: the torch reference ops (eager), float32-exact on the GPU too "
                          "(the Triton MoE takes bf16 operands on CUDA whatever --dtype)")
     ap.add_argument("--device", default="cuda", help="cuda, or cpu (gloo, the reference kernels)")
     ap.add_argument("--layers", type=int, default=0, help="keep only the first N layers (0: all)")

@@ -1,10 +1,11 @@
 """The engine's GPU path (Triton op table, decode CUDA graphs) against the float32 CPU reference.
 
-In float32 (the Triton kernels use "ieee" dots) greedy tokens equal the CPU reference's except at near-ties,
-where the few-ulp differences of another device's summation order may flip an argmax or an expert choice
-(measured on an H200: 1 of 32 prompts, a lead of 5e-4). On the GPU itself nothing may change them: batching
-(32 prompts at once vs one at a time: padded graph buckets and prefill batches of every shape), preemption
-with a tiny pool, graphs on or off. Run on the GPU machine.
+In float32 greedy tokens equal the CPU reference's except at near-ties, where another device's summation order
+may flip an argmax or an expert choice (measured on an H200: 1 of 32 prompts, a lead of 5e-4); the Triton MoE
+multiplies bf16 operands into float32 sums on CUDA whatever the model's dtype, the other Triton kernels keep
+float32. The reference table on CUDA ("ref", float32 throughout, eager) is checked the same way. On the GPU
+itself nothing may change them: batching (32 prompts at once vs one at a time: padded graph buckets and prefill
+batches of every shape), preemption with a tiny pool, graphs on or off. Run on the GPU machine.
 """
 
 from __future__ import annotations
@@ -57,6 +58,13 @@ def test_gpu_path_is_the_triton_table_with_graphs(ckpt):
     llm = make(ckpt, "cuda", max_num_seqs=64)
     assert llm.config.kernels == "triton" and llm.model.layers[0].mlp.ops.name == "triton"
     assert llm.engine.runner.graphs is not None and llm.engine.runner.graphs.sizes[-1] == 64
+
+
+def test_reference_table_on_gpu_runs_eagerly(ckpt, cpu_ref):
+    llm = make(ckpt, "cuda", kernels="ref")
+    assert llm.model.layers[0].mlp.ops.name == "ref" and llm.engine.runner.graphs is None
+    ps = prompts(8, 1, 100, seed=2)
+    assert_reference_or_near_tie(cpu_ref, ps, tokens(llm.generate(prompt_token_ids=ps, sampling_params=GREEDY)))
 
 
 def assert_reference_or_near_tie(ref: LLM, ps, got):
