@@ -8,6 +8,11 @@ with that prompt prefilled in two steps instead of one (other kernels and summat
 
     PYTHONPATH=. python scripts/gpu_check_tp.py --ranks 2 4 8
 
+With random weights the bf16 model is chaotic: on one H100 the floor itself left the argmax equal at 39% (20b) and
+5% (120b) of the positions (2026-12-07), so bf16 runs show only that every layout runs. What tells a fault from
+rounding: `--dtype float32 --kernels ref` (float32 throughout: the floor ~1e-5, tokens equal) and `--dtype float32
+--layers 2` (the Triton kernels at the shard shapes; their MoE takes bf16 operands, the floor ~1e-3).
+
 On a machine with N GPUs the ranks meet over NCCL, a GPU each. With fewer GPUs than ranks (`--backend auto` picks
 this) they meet over gloo and share the GPUs: every sharded kernel shape and every collective of a step runs as on
 N GPUs, but each collective passes through host memory, so the timings printed say nothing about speed. Each rank
@@ -74,6 +79,7 @@ def run(model_dir: str, device: str, prompts, max_tokens: int, kv_gib: float, dt
     toks = [o.outputs[0].token_ids for o in outs]
     gaps = [[(lambda v: v[0] - v[1])(sorted(lp.values(), reverse=True)[:2]) for lp in o.outputs[0].logprobs]
             for o in outs]
+    del llm  # the model's memory goes back before the next layout starts (the parent holds no rank's weights)
     gc.collect()
     if device.startswith("cuda"):
         torch.cuda.empty_cache()

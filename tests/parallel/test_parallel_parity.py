@@ -110,8 +110,11 @@ def test_ranks_sharing_one_gpu_over_gloo_match_one_process(gpu_reference, case):
 
     The bound is the CPU cases' 1e-5 widened after one H200 run (2026-12-06, the bound then 1e-5): tokens equal
     in all three cases, logits within 1e-5 for tp4 and tp2xep, but 5.06e-5 for tp2, while the same comparison
-    under the Triton interpreter on CPU gives 4e-7. Where the GPU's float32 spread at tp2 comes from is not
-    known yet; a wrong shard moves the logits by O(1)."""
+    under the Triton interpreter on CPU gives 4e-7. The cause: on CUDA the Triton MoE multiplies bf16 operands
+    whatever the model's dtype (float32 under the interpreter), so a float32 difference of an ulp in x, from
+    another summation order, can round an operand to the next bf16. One process on an H100 against itself (a
+    prompt prefilled in two steps instead of one) differs by up to 2.9e-4 at a position (2026-12-07). A wrong
+    shard moves the logits by O(1)."""
     with LLM(str(gpu_reference["path"]), **ON_GPU, distributed_backend="gloo",
              **CASES[case]) as llm:
         assert llm.executor is not None and len(llm.weight_memory()) == llm.config.parallel.world_size > 1
