@@ -6,8 +6,8 @@ Each cache group ("full_attention", "sliding_attention") has its own block pool;
 [N_group + 1, S, K, hd], indexed by the block ids of its group's block tables. The extra last block is the
 pad block, never handed out by the KV manager: CUDA-graph padding rows write and read only it.
 
-On CUDA (unless `enforce_eager`, or the "ref" op table), decode steps replay CUDA graphs (engine/cuda_graphs.py);
-other steps run eagerly.
+On CUDA (unless `enforce_eager`, or an op table that syncs with the host: `Ops.graph_safe`), decode steps replay
+CUDA graphs (engine/cuda_graphs.py); other steps run eagerly.
 
 Device-resident input ids (async scheduling): a sequence may be scheduled for the token the previous step
 sampled before the host has read it (`ScheduledSeq.pending_row` >= 0, the token sits one past `token_ids`);
@@ -72,8 +72,7 @@ class ModelRunner:
             self.kv_caches.append((torch.zeros(shape, dtype=dtype, device=self.device),
                                    torch.zeros(shape, dtype=dtype, device=self.device)))
         self.graphs: DecodeGraphs | None = None
-        # the reference ops read routing and lengths on the host (no graph can hold them): eager with them
-        if self.device.type == "cuda" and not cfg.enforce_eager and capture_graphs and cfg.kernels != "ref":
+        if self.device.type == "cuda" and not cfg.enforce_eager and capture_graphs and model.ops.graph_safe:
             max_blocks = -(-cfg.max_model_len // self.block_size)
             self.graphs = DecodeGraphs(model, self.kv_caches, self.groups, self.pad_block, self.block_size,
                                        max_blocks, cfg.scheduler.max_num_seqs, self.device)

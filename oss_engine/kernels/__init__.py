@@ -22,6 +22,8 @@ class Ops:
     attention: Callable  # (q [T, H, hd], k_cache, v_cache, sinks [H], meta, positions [T], window, scale)
     route: Callable  # (router_logits [T, E], k) -> (weights [T, A], ids [T, A])
     moe_experts: Callable  # (x [T, D], weights [T, A], ids [T, A], w1, w2, limit, alpha) -> [T, D]
+    # no op syncs with the host, so a CUDA graph can hold a step (the reference MoE reads routing on the host)
+    graph_safe: bool
 
 
 def resolve_kernels(name: str, device: str) -> str:
@@ -54,7 +56,7 @@ def get_ops(name: str) -> Ops:
             return moe_experts_triton(x, weights, ids, w1, w2, limit, alpha)
 
         return Ops("triton", linear_triton, add_rms_norm_triton, rope_store_kv_triton, attention, route_triton,
-                   moe_experts)
+                   moe_experts, graph_safe=True)
     if name == "ref":
         from .ref.attention import paged_attention_ref
         from .ref.linear import linear_ref
@@ -63,5 +65,5 @@ def get_ops(name: str) -> Ops:
         from .ref.rope import rope_store_kv_ref
 
         return Ops("ref", linear_ref, add_rms_norm_ref, rope_store_kv_ref, paged_attention_ref, route_ref,
-                   moe_experts_ref)
+                   moe_experts_ref, graph_safe=False)
     raise ValueError(f"unknown kernel table {name!r} (available: 'ref', 'triton')")

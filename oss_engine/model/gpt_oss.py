@@ -68,7 +68,7 @@ class GptOssModel(nn.Module):
                  comms: ModelComms | None = None):
         super().__init__()
         shard, comms = shard or RankShard.full(cfg), comms or ModelComms()
-        self.cfg, self.shard = cfg, shard
+        self.cfg, self.shard, self.ops = cfg, shard, ops
         self.embed = _embedding(cfg, dtype, shard, comms) if shard.first_stage else None
         self.layers = nn.ModuleList(DecoderLayer(cfg, i, dtype, ops, shard, comms) if shard.holds_layer(i)
                                     else MissingLayer() for i in range(cfg.num_hidden_layers))
