@@ -7,7 +7,7 @@ import logging
 import sys
 from typing import Sequence
 
-from .config import LaunchEnv, launch_env
+from .config import COLLECTIVE_BACKENDS, LaunchEnv, launch_env
 from .parallel.launch import WorkerFailed
 
 
@@ -36,7 +36,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                      help="auto: external_launcher under torchrun (every rank runs this same command; rank 0 "
                           "serves, the others run the worker loop), else mp for several ranks and uni for one; "
                           "mp at world size 1 still runs the multi-process path (a process group of one)")
-    par.add_argument("--distributed-backend", default="auto", choices=["auto", "nccl", "gloo"],
+    par.add_argument("--distributed-backend", default="auto", choices=COLLECTIVE_BACKENDS,
                      help="auto: NCCL on CUDA (a GPU a rank), gloo on CPU; gloo on CUDA lets tensor- and "
                           "expert-parallel ranks share a GPU (a correctness check, not a fast path)")
 

@@ -207,13 +207,16 @@ def resolve_executor_backend(requested: str, world_size: int, env: LaunchEnv | N
     return requested
 
 
+COLLECTIVE_BACKENDS = ("auto", "nccl", "gloo")  # distributed_backend / --distributed-backend
+
+
 def resolve_collective_backend(requested: str, device: str) -> str:
     """"auto": NCCL on CUDA, gloo on CPU. gloo also runs on CUDA, where several ranks may share one GPU: a check
     of the sharded model on a one-GPU machine, not a fast path (torch's gloo stages every CUDA collective
     through host memory)."""
     if requested == "auto":
         return "nccl" if device.startswith("cuda") else "gloo"
-    if requested not in ("nccl", "gloo"):
+    if requested not in COLLECTIVE_BACKENDS:
         raise ConfigError(f"distributed_backend must be 'auto', 'nccl' or 'gloo', got {requested!r}")
     if requested == "nccl" and not device.startswith("cuda"):
         raise ConfigError(f"distributed_backend 'nccl' needs a CUDA device, got {device!r}; use 'gloo' on CPU")

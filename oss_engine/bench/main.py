@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from . import engine_bench, hardware, roofline
+from ..config import COLLECTIVE_BACKENDS
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -44,7 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="read sampled tokens before scheduling the next step")
     p.add_argument("--tensor-parallel-size", "-tp", type=int, default=1)
     p.add_argument("--enable-expert-parallel", action="store_true")
-    p.add_argument("--distributed-backend", default="auto", choices=["auto", "nccl", "gloo"],
+    p.add_argument("--distributed-backend", default="auto", choices=COLLECTIVE_BACKENDS,
                    help="auto: NCCL on CUDA, gloo on CPU; gloo lets several ranks share one GPU (the figures then "
                         "say nothing about speed)")
     p.add_argument("--kv-cache-memory-bytes", type=int, default=None,
