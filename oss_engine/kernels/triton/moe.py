@@ -67,6 +67,8 @@ reaches through shared memory byte by byte; see the report in the issue.)
                      by moe_gluon_wgmma.py (sm_90, prefill: the weights decoded straight into wgmma's register
                      operand) with GEMM 2 as "dot_scaled"; each falls back to these kernels where it does not
                      take the call.
+  "grouped_mm"       moe_grouped_mm.py (sm_90, large prefill steps): the experts dequantized to bf16 once a call,
+                     then torch._grouped_mm for both GEMMs; falls back to "wgmma" where it does not take the call.
 Scale byte 0 decodes as 2**-127 like the reference; byte 255 (NaN in the OCP spec, never produced) is not
 special-cased.
 A operand addressing: "arith" reads logical column k = 2q + h at q * s_aq + h * s_ah (x: s_aq = 2 s_xk,
@@ -87,7 +89,7 @@ import triton
 import triton.language as tl
 
 from ..types import ExpertWeight
-from . import launch
+from . import launch, moe_grouped_mm
 
 try:  # Gluon (triton.experimental) ships with Triton >= 3.4; without it the "gluon" and "wgmma" modes fall back
     from . import moe_gluon, moe_gluon_wgmma
@@ -120,7 +122,8 @@ class MoeTritonConfig:
     gemm2: GemmTiles
     # "arith" | "dot_scaled" | "dot_scaled_swap" (ignored for dense weights) | "gluon": both GEMMs by
     # moe_gluon.py | "wgmma": GEMM 1 by moe_gluon_wgmma.py (sm_90; gemm1: block_m rows, num_warps, num_stages
-    # activation slots), GEMM 2 by "dot_scaled"
+    # activation slots), GEMM 2 by "dot_scaled" | "grouped_mm": both by moe_grouped_mm.py (bf16 copies made per
+    # call, torch._grouped_mm), falling back to "wgmma" where it does not take the call
     mxfp4_decode: str = "arith"
 
 
@@ -142,7 +145,8 @@ def default_config(num_pairs: int, num_experts: int, device: torch.device) -> Mo
     where it does not take the call). On an H100, experts only (scripts/gpu_bench_moe_wgmma.py, two rounds, us,
     dot_scaled -> wgmma): T = 256 (32 rows an expert) 451-460 -> 499-503, so not there; T = 512 669-680 ->
     623-632; T = 1024 1,012-1,018 -> 895-903; T = 2048 1,562-1,582 -> 1,384-1,404; T = 8192 4,530-4,619 ->
-    4,183-4,200; T = 16384 8,544-8,575 -> 7,963-8,011."""
+    4,183-4,200; T = 16384 8,544-8,575 -> 7,963-8,011. From moe_grouped_mm.GROUPED_MM_MIN_ROWS rows an expert
+    on sm_90 with torch._grouped_mm, both GEMMs by moe_grouped_mm.py (its docstring has the figures)."""
     rows_per_expert = num_pairs / max(1, num_experts)
     if device.type == "cuda" and moe_gluon is not None and rows_per_expert <= GLUON_MAX_ROWS:
         t = GemmTiles(8, 64, 128, 4, 4) if rows_per_expert <= 4 else GemmTiles(16, 64, 64, 4, 3, half_tail=True)
@@ -150,7 +154,8 @@ def default_config(num_pairs: int, num_experts: int, device: torch.device) -> Mo
     base = triton_config(num_pairs, num_experts, device)
     if (device.type == "cuda" and moe_gluon_wgmma is not None and rows_per_expert > WGMMA_MIN_ROWS
             and launch.is_sm90(device)):
-        return MoeTritonConfig(WGMMA_GEMM1, base.gemm2, "wgmma")
+        grouped = rows_per_expert >= moe_grouped_mm.GROUPED_MM_MIN_ROWS and moe_grouped_mm.available(device)
+        return MoeTritonConfig(WGMMA_GEMM1, base.gemm2, "grouped_mm" if grouped else "wgmma")
     return base
 
 
@@ -762,6 +767,10 @@ def moe_experts_triton(x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor
     cfg = config or default_config(P, E, x.device)
     compute = compute_dtype or (torch.bfloat16 if x.is_cuda else torch.float32)
     order, bounds = group_by_expert(ids, E)
+    if cfg.mxfp4_decode == "grouped_mm":
+        if moe_grouped_mm.takes(x, w1, w2, compute):
+            return moe_grouped_mm.moe_experts_grouped_mm(x, weights, ids, w1, w2, limit, alpha, order, bounds, out)
+        cfg = MoeTritonConfig(cfg.gemm1, cfg.gemm2, "wgmma")
     if cfg.mxfp4_decode == "gluon":
         t1, t2 = cfg.gemm1, cfg.gemm2
         if moe_gluon is not None and t1.block_m == t2.block_m and moe_gluon.takes(
