@@ -10,7 +10,8 @@ on an H100 (docs/performance.md, "Sixteenth session"): `_grouped_mm` 2,827 + 1,5
 16,384 tokens (769 and 699 TFLOP/s; the bf16 8192^3 matmul 722) against 7,518 us for the engine's experts then;
 it refuses a float32 output ("Grouped gemm output dtype must match `mat_a` dtype").
 
-Run: PYTHONPATH=.:scripts python scripts/gpu_probe_prefill_grouped_mm.py [T,T,...]  (default 2048,4096,8192,16384)
+Run: PYTHONPATH=.:scripts python scripts/gpu_probe_prefill_grouped_mm.py [T,T,...] [--dense]
+     (default 2048,4096,8192,16384; --dense: bf16 experts, as a bf16 checkpoint loads them)
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import torch
 
 from gpu_bench_moe import A, ALPHA, D, E, I, LIMIT, batch, mxfp4_weight, time_graph_flushed
 from oss_engine.kernels.triton.moe import default_config, group_by_expert, moe_experts_triton
+from oss_engine.kernels.types import ExpertWeight
 
 
 def rel(got: torch.Tensor, want: torch.Tensor) -> float:
@@ -73,5 +75,34 @@ def modes(Ts: list[int]) -> None:
               + f"; sum {sum(times.values()):,.1f}", flush=True)
 
 
+def dense(Ts: list[int]) -> None:
+    """bf16 checkpoints (dense experts, no dequantization on this path): the default config's kernels (the
+    Triton GEMMs' dense mode) against "grouped_mm" at each size."""
+    from oss_engine.kernels.ref.moe import moe_experts_ref
+    from oss_engine.kernels.triton.moe import MoeTritonConfig
+
+    gen = torch.Generator().manual_seed(0)
+    q1, q2 = mxfp4_weight(2 * I, D, gen), mxfp4_weight(D, I, gen)
+    w1, w2 = (ExpertWeight(w.bias, dense=torch.stack([w.expert(e, torch.bfloat16) for e in range(E)]))
+              for w in (q1, q2))
+    del q1, q2
+    print(f"\ndense bf16 experts ({torch.cuda.get_device_name()}): us, graph replays, L2 flushed", flush=True)
+    for T in Ts:
+        x, weights, ids = batch(T, gen)
+        P = T * A
+        want = moe_experts_ref(x, weights, ids, w1, w2, LIMIT, ALPHA).float()
+        base = default_config(P, E, torch.device("cuda"))
+        cells = []
+        for name, cfg in {"default": base, "grouped_mm": MoeTritonConfig(base.gemm1, base.gemm2, "grouped_mm")}.items():
+            fn = functools.partial(moe_experts_triton, x, weights, ids, w1, w2, LIMIT, ALPHA, config=cfg)
+            err = rel(fn(), want)
+            us = time_graph_flushed(fn, reps=10)
+            cells.append(f"{name} {us:,.1f} ({2 * P * 3 * I * D / us / 1e6:,.0f} TF/s, err {err:.1e})")
+        print(f"T={T:>5} ({P // E} rows an expert): " + " | ".join(cells) + f"; default {base.mxfp4_decode}",
+              flush=True)
+
+
 if __name__ == "__main__":
-    modes([int(v) for v in sys.argv[1].split(",")] if len(sys.argv) > 1 else [2048, 4096, 8192, 16384])
+    args = [a for a in sys.argv[1:] if a != "--dense"]
+    sizes = [int(v) for v in args[0].split(",")] if args else [2048, 4096, 8192, 16384]
+    (dense if "--dense" in sys.argv else modes)(sizes)

@@ -156,8 +156,8 @@ def test_takes_only_aligned_bf16_calls():
 
 
 def test_default_config_takes_grouped_mm_from_1024_rows_on_sm90(monkeypatch):
-    """sm_90 with torch._grouped_mm: "grouped_mm" from GROUPED_MM_MIN_ROWS rows an expert, "wgmma" below;
-    elsewhere never."""
+    """sm_90 with torch._grouped_mm: "grouped_mm" from GROUPED_MM_MIN_ROWS rows an expert (512 for bf16 weights),
+    "wgmma" below; elsewhere never."""
     if moe_mod.moe_gluon_wgmma is None:
         pytest.skip("no Gluon in this Triton")
     cuda = torch.device("cuda")
@@ -167,6 +167,9 @@ def test_default_config_takes_grouped_mm_from_1024_rows_on_sm90(monkeypatch):
     assert moe_mod.default_config(4 * 8184, 32, cuda).mxfp4_decode == "wgmma"  # 1023
     assert moe_mod.default_config(4 * 8192, 32, cuda).gemm1 == moe_mod.WGMMA_GEMM1  # its fallback's tiles
     assert moe_mod.default_config(4 * 8192, 32, torch.device("cpu")).mxfp4_decode == "arith"
+    assert moe_mod.default_config(4 * 4096, 32, cuda, dense=True).mxfp4_decode == "grouped_mm"  # 512 rows, bf16
+    assert moe_mod.default_config(4 * 4088, 32, cuda, dense=True).mxfp4_decode == "wgmma"  # 511
+    assert moe_mod.default_config(4 * 4096, 32, cuda).mxfp4_decode == "wgmma"  # 512 rows, MXFP4
     monkeypatch.setattr(moe_mod.launch, "is_sm90", lambda device: False)
     monkeypatch.setattr(gmm.launch, "is_sm90", lambda device: False)
     assert moe_mod.default_config(4 * 8192, 32, cuda).mxfp4_decode == "dot_scaled"

@@ -132,7 +132,7 @@ WGMMA_MIN_ROWS = 32  # mean rows an expert above which GEMM 1 defaults to moe_gl
 WGMMA_GEMM1 = GemmTiles(128, 128, 64, 8, 3, group_m=8, half_tail=True)  # BT 128, two warpgroups, 3 slots
 
 
-def default_config(num_pairs: int, num_experts: int, device: torch.device) -> MoeTritonConfig:
+def default_config(num_pairs: int, num_experts: int, device: torch.device, dense: bool = False) -> MoeTritonConfig:
     """Up to GLUON_MAX_ROWS rows an expert on CUDA: moe_gluon.py's kernels, falling back to `triton_config`
     for calls they do not take; otherwise `triton_config`. Measured on an H200 at the gpt-oss-20b expert
     shapes (scripts/gpu_bench_moe_gluon.py, experts only, L2 flushed), against the Triton kernels: up to 4
@@ -146,7 +146,8 @@ def default_config(num_pairs: int, num_experts: int, device: torch.device) -> Mo
     dot_scaled -> wgmma): T = 256 (32 rows an expert) 451-460 -> 499-503, so not there; T = 512 669-680 ->
     623-632; T = 1024 1,012-1,018 -> 895-903; T = 2048 1,562-1,582 -> 1,384-1,404; T = 8192 4,530-4,619 ->
     4,183-4,200; T = 16384 8,544-8,575 -> 7,963-8,011. From moe_grouped_mm.GROUPED_MM_MIN_ROWS rows an expert
-    on sm_90 with torch._grouped_mm, both GEMMs by moe_grouped_mm.py (its docstring has the figures)."""
+    on sm_90 with torch._grouped_mm (from GROUPED_MM_MIN_ROWS_DENSE for `dense` bf16 weights, which need no
+    dequantization there), both GEMMs by moe_grouped_mm.py (its docstring has the figures)."""
     rows_per_expert = num_pairs / max(1, num_experts)
     if device.type == "cuda" and moe_gluon is not None and rows_per_expert <= GLUON_MAX_ROWS:
         t = GemmTiles(8, 64, 128, 4, 4) if rows_per_expert <= 4 else GemmTiles(16, 64, 64, 4, 3, half_tail=True)
@@ -154,7 +155,8 @@ def default_config(num_pairs: int, num_experts: int, device: torch.device) -> Mo
     base = triton_config(num_pairs, num_experts, device)
     if (device.type == "cuda" and moe_gluon_wgmma is not None and rows_per_expert > WGMMA_MIN_ROWS
             and launch.is_sm90(device)):
-        grouped = rows_per_expert >= moe_grouped_mm.GROUPED_MM_MIN_ROWS and moe_grouped_mm.available(device)
+        least = moe_grouped_mm.GROUPED_MM_MIN_ROWS_DENSE if dense else moe_grouped_mm.GROUPED_MM_MIN_ROWS
+        grouped = rows_per_expert >= least and moe_grouped_mm.available(device)
         return MoeTritonConfig(WGMMA_GEMM1, base.gemm2, "grouped_mm" if grouped else "wgmma")
     return base
 
@@ -764,7 +766,7 @@ def moe_experts_triton(x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor
     out = _empty((T, D), x.dtype, x.device)
     if P == 0:
         return out.zero_()
-    cfg = config or default_config(P, E, x.device)
+    cfg = config or default_config(P, E, x.device, dense=not w1.is_mxfp4)
     compute = compute_dtype or (torch.bfloat16 if x.is_cuda else torch.float32)
     order, bounds = group_by_expert(ids, E)
     if cfg.mxfp4_decode == "grouped_mm":

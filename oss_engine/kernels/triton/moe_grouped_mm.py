@@ -13,6 +13,11 @@ replaced (scripts/gpu_probe_prefill_grouped_mm.py; docs/performance.md, "Sixteen
 with, at 16,384 tokens: dequantization 486 + 245, gather 274, GEMM 1 2,916, SwiGLU 528, GEMM 2 1,582, combine 189.
 The break-even is near 750 rows an expert; `default_config` takes this path from GROUPED_MM_MIN_ROWS = 1,024.
 End to end (20b prefill of 2k prompts in 16,384-token steps) 63.6k-64.0k -> 78.0k-78.2k tok/s.
+bf16 checkpoints' experts need no dequantization: against the Triton kernels' dense mode (same probe, --dense)
+  tokens (rows an expert)   512 (64)   1,024 (128)   2,048 (256)   4,096 (512)   6,144 (768)
+  Triton, dense mode        631.9      730.3         1,033.7       1,918.2       2,632.4
+  this path                 676.6      879.7         1,039.7       1,643.6       2,247.3
+so for them the path starts at GROUPED_MM_MIN_ROWS_DENSE = 512.
 
 Legend: T tokens, D hidden, I intermediate, E experts, A experts per token, P = T * A pairs, r a sorted row,
 p = t * A + a a pair.
@@ -47,6 +52,7 @@ from ..types import ExpertWeight
 from . import launch
 
 GROUPED_MM_MIN_ROWS = 1024  # mean rows an expert from which `default_config` takes this path on sm_90
+GROUPED_MM_MIN_ROWS_DENSE = 512  # the same for bf16 weights (no dequantization)
 
 
 def available(device: torch.device) -> bool:
