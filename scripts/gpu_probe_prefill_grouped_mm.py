@@ -30,6 +30,17 @@ def rel(got: torch.Tensor, want: torch.Tensor) -> float:
     return ((got.float() - want).norm() / want.norm()).item()
 
 
+def timed_configs(cfgs: dict, x, weights, ids, w1, w2, want: torch.Tensor) -> list[str]:
+    """One cell a config (name -> MoeTritonConfig): the experts' us and TFLOP/s, after their error against want."""
+    cells = []
+    for name, cfg in cfgs.items():
+        fn = functools.partial(moe_experts_triton, x, weights, ids, w1, w2, LIMIT, ALPHA, config=cfg)
+        err = rel(fn(), want)
+        us = time_graph_flushed(fn, reps=10)
+        cells.append(f"{name} {us:,.1f} ({2 * x.shape[0] * A * 3 * I * D / us / 1e6:,.0f} TF/s, err {err:.1e})")
+    return cells
+
+
 def modes(Ts: list[int]) -> None:
     """The engine's path (moe_grouped_mm.py, `default_config` from 1024 rows an expert) against the MXFP4 kernels
     it replaced ("wgmma": moe_gluon_wgmma.py's GEMM 1, dot_scaled GEMM 2), and its pieces at each size."""
@@ -47,12 +58,7 @@ def modes(Ts: list[int]) -> None:
         base = triton_config(P, E, torch.device("cuda"))
         cfgs = {"wgmma": MoeTritonConfig(WGMMA_GEMM1, base.gemm2, "wgmma"),
                 "grouped_mm": MoeTritonConfig(WGMMA_GEMM1, base.gemm2, "grouped_mm")}
-        cells = []
-        for name, cfg in cfgs.items():
-            fn = functools.partial(moe_experts_triton, x, weights, ids, w1, w2, LIMIT, ALPHA, config=cfg)
-            err = rel(fn(), want)
-            us = time_graph_flushed(fn, reps=10)
-            cells.append(f"{name} {us:,.1f} ({2 * P * 3 * I * D / us / 1e6:,.0f} TF/s, err {err:.1e})")
+        cells = timed_configs(cfgs, x, weights, ids, w1, w2, want)
         default = default_config(P, E, torch.device("cuda")).mxfp4_decode
         print(f"T={T:>5}: " + " | ".join(cells) + f"; default {default}", flush=True)
         order, bounds = group_by_expert(ids, E)
@@ -76,10 +82,10 @@ def modes(Ts: list[int]) -> None:
 
 
 def dense(Ts: list[int]) -> None:
-    """bf16 checkpoints (dense experts, no dequantization on this path): the default config's kernels (the
-    Triton GEMMs' dense mode) against "grouped_mm" at each size."""
+    """bf16 checkpoints (dense experts, no dequantization on this path): the Triton GEMMs' dense mode (what the
+    default ran for them below 1024 rows an expert when this was measured) against "grouped_mm" at each size."""
     from oss_engine.kernels.ref.moe import moe_experts_ref
-    from oss_engine.kernels.triton.moe import MoeTritonConfig
+    from oss_engine.kernels.triton.moe import MoeTritonConfig, triton_config
 
     gen = torch.Generator().manual_seed(0)
     q1, q2 = mxfp4_weight(2 * I, D, gen), mxfp4_weight(D, I, gen)
@@ -91,15 +97,11 @@ def dense(Ts: list[int]) -> None:
         x, weights, ids = batch(T, gen)
         P = T * A
         want = moe_experts_ref(x, weights, ids, w1, w2, LIMIT, ALPHA).float()
-        base = default_config(P, E, torch.device("cuda"))
-        cells = []
-        for name, cfg in {"default": base, "grouped_mm": MoeTritonConfig(base.gemm1, base.gemm2, "grouped_mm")}.items():
-            fn = functools.partial(moe_experts_triton, x, weights, ids, w1, w2, LIMIT, ALPHA, config=cfg)
-            err = rel(fn(), want)
-            us = time_graph_flushed(fn, reps=10)
-            cells.append(f"{name} {us:,.1f} ({2 * P * 3 * I * D / us / 1e6:,.0f} TF/s, err {err:.1e})")
-        print(f"T={T:>5} ({P // E} rows an expert): " + " | ".join(cells) + f"; default {base.mxfp4_decode}",
-              flush=True)
+        base = triton_config(P, E, torch.device("cuda"))  # dense weights: the Triton GEMMs' dense mode
+        cells = timed_configs({"triton": base, "grouped_mm": MoeTritonConfig(base.gemm1, base.gemm2, "grouped_mm")},
+                              x, weights, ids, w1, w2, want)
+        default = default_config(P, E, torch.device("cuda"), dense=True).mxfp4_decode
+        print(f"T={T:>5} ({P // E} rows an expert): " + " | ".join(cells) + f"; default {default}", flush=True)
 
 
 if __name__ == "__main__":
