@@ -64,6 +64,8 @@ def test_gather_rows(T, A, D):
     x = torch.randn(T, D).to(torch.bfloat16).to(DEV)
     order = torch.randperm(T * A).to(DEV)
     assert torch.equal(gmm.gather_rows(x, order, A), x[order // A])
+    wide = torch.randn(T, 2 * D).to(torch.bfloat16).to(DEV)[:, ::2]  # columns at stride 2
+    assert torch.equal(gmm.gather_rows(wide, order, A), wide[order // A])
 
 
 @pytest.mark.parametrize("P,I,E", [(7, 16, 3), (9, 520, 2)])

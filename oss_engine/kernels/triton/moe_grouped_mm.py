@@ -63,8 +63,7 @@ def available(device: torch.device) -> bool:
 def takes(x: torch.Tensor, w1: ExpertWeight, w2: ExpertWeight, compute: torch.dtype) -> bool:
     """Whether `moe_experts_grouped_mm` runs this call: bf16 activations and compute, MXFP4 or bf16 weights,
     and rows of 16-byte multiples (the grouped GEMM's alignment)."""
-    E, two_i = w1.bias.shape
-    D = w2.bias.shape[1]
+    two_i, D = w1.bias.shape[1], w2.bias.shape[1]
     dense_ok = all(w.is_mxfp4 or w.dense.dtype == torch.bfloat16 for w in (w1, w2))
     return (hasattr(torch, "_grouped_mm") and x.dtype == torch.bfloat16 and compute == torch.bfloat16
             and dense_ok and D % 8 == 0 and two_i % 16 == 0)
@@ -178,8 +177,9 @@ _DEQUANT_BLOCK = 4096  # bytes a program: 16 KB of bf16 pairs out
 
 @functools.lru_cache(maxsize=None)
 def pair_table(device: torch.device) -> torch.Tensor:
-    """int32 [512], a constant per device: [byte] the bf16 pair of its two codes at scale 1 (low nibble in the
-    low half), [256 + byte] 1 in each half whose code is nonzero (the multiplier of an exponent shift)."""
+    """int32 [512], a constant per device (built once, 2 KB, kept by the cache): [byte] the bf16 pair of its two
+    codes at scale 1 (low nibble in the low half), [256 + byte] 1 in each half whose code is nonzero (the
+    multiplier of an exponent shift)."""
     lut = torch.tensor(FP4_VALUES, dtype=torch.bfloat16).view(torch.int16).to(torch.int64) & 0xFFFF  # [16]
     byte = torch.arange(256)
     lo, hi = byte & 15, byte >> 4
@@ -205,6 +205,7 @@ def dequantize(w: ExpertWeight) -> torch.Tensor:
 
 def gather_rows(x: torch.Tensor, order: torch.Tensor, A: int) -> torch.Tensor:
     """x [T, D] -> xs [P, D]: xs[r] = x[order[r] // A] (the sorted pairs' token rows)."""
+    x = x.contiguous()  # the kernel reads columns at stride 1 (a no-op for the model's activations)
     P, D = order.numel(), x.shape[1]
     xs = torch.empty((P, D), dtype=x.dtype, device=x.device)
     block_r, block_d = 4, 1024
