@@ -2,7 +2,7 @@
 
 Budget (the runner's pad block per group included): `num_kv_blocks` (per group, an explicit override) else
 `kv_cache_memory_bytes`, else on CUDA `gpu_memory_utilization` x device memory minus the peak of a profiling
-pass (the weights plus the activations of a `max_num_batched_tokens` step), else on CPU 1 GiB.
+pass (the weights plus the activations of a `max_num_batched_tokens` step, `profile_lengths`), else on CPU 1 GiB.
 
 The main group is capped at MAX_BLOCKS (2^21, 33.5M tokens at block size 16: beyond any real model's need).
 
@@ -33,19 +33,39 @@ def sliding_blocks_needed(cfg: EngineConfig) -> int:
     return sc.max_num_seqs * per_seq + math.ceil(sc.max_num_batched_tokens / S)
 
 
-def profile_peak_bytes(cfg: EngineConfig, model) -> int:
-    """Peak CUDA memory of one step of `max_num_batched_tokens` tokens (one sequence) with a throwaway cache."""
-    n = min(cfg.scheduler.max_num_batched_tokens, cfg.max_model_len)
-    blocks = math.ceil(n / cfg.cache.block_size)
+def profile_lengths(cfg: EngineConfig) -> list[int]:
+    """The prompt lengths of the profiling step: the largest step the scheduler can form, `max_num_batched_tokens`
+    tokens (at most `max_num_seqs` sequences of at most `max_model_len`), in as few sequences as those allow.
+    Worked example: 16,384 tokens a step, max_model_len 8,196 -> [8196, 8188]."""
+    sc, L = cfg.scheduler, cfg.max_model_len
+    total = min(sc.max_num_batched_tokens, sc.max_num_seqs * L)
+    return [L] * (total // L) + ([total % L] if total % L else [])
+
+
+def run_profile_step(cfg: EngineConfig, model, before_step=lambda: None):
+    """Run the largest step (`profile_lengths`, random prompt ids) on a throwaway runner and cache; before_step()
+    runs once they exist, just before the step. Returns the step's output."""
+    S = cfg.cache.block_size
+    lens = profile_lengths(cfg)
+    blocks = [math.ceil(n / S) for n in lens]
     groups = set(cfg.model.layer_types)
-    runner = ModelRunner(cfg, model, {g: blocks for g in groups}, capture_graphs=False)
-    torch.cuda.reset_peak_memory_stats(cfg.device)
-    ids = torch.randint(0, cfg.model.vocab_size, (n,)).tolist()  # never profile on zeros
-    runner.execute([ScheduledSeq(ids, 0, n, {g: list(range(blocks)) for g in groups})])
+    runner = ModelRunner(cfg, model, {g: sum(blocks) for g in groups}, capture_graphs=False)
+    seqs, first = [], 0
+    for n, b in zip(lens, blocks):
+        ids = torch.randint(0, cfg.model.vocab_size, (n,)).tolist()  # never profile on zeros
+        seqs.append(ScheduledSeq(ids, 0, n, {g: list(range(first, first + b)) for g in groups}))
+        first += b
+    before_step()
+    return runner.execute(seqs)
+
+
+def profile_peak_bytes(cfg: EngineConfig, model) -> int:
+    """Peak CUDA memory of the largest step (`run_profile_step`) with a throwaway cache: the activations of a step
+    grow with its tokens, whatever the number of sequences that bring them."""
+    run_profile_step(cfg, model, lambda: torch.cuda.reset_peak_memory_stats(cfg.device))
     torch.cuda.synchronize(cfg.device)
     peak = torch.cuda.max_memory_allocated(cfg.device)
-    del runner
-    torch.cuda.empty_cache()
+    torch.cuda.empty_cache()  # the throwaway runner and cache are gone with run_profile_step's frame
     return peak
 
 

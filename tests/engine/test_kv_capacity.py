@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 
@@ -9,7 +10,7 @@ import pytest
 
 from oss_engine import LLM
 from oss_engine.config import ConfigError
-from oss_engine.engine.kv_capacity import sliding_blocks_needed
+from oss_engine.engine.kv_capacity import profile_lengths, run_profile_step, sliding_blocks_needed
 from oss_engine.engine.runner import kv_bytes_per_block
 from oss_engine.tiny import make_tiny_checkpoint
 
@@ -49,3 +50,31 @@ def test_num_kv_blocks_override(ckpt):
     assert {g: llm.engine.kv.num_blocks(g) for g in llm.engine.kv.group_names()} == \
         {"full_attention": 50, "sliding_attention": 50}
     assert math.isclose(llm.engine.stats().kv_usage, 0.0)
+
+
+def with_limits(cfg, tokens: int, seqs: int, max_len: int):
+    return dataclasses.replace(cfg, scheduler=dataclasses.replace(
+        cfg.scheduler, max_num_batched_tokens=tokens, max_num_seqs=seqs, max_model_len=max_len))
+
+
+def test_profile_lengths_fill_the_largest_step(ckpt):
+    """The profiling step holds a whole step's tokens even where one sequence cannot (max_model_len below
+    max_num_batched_tokens), as few sequences as max_model_len allows, and no more than max_num_seqs."""
+    cfg = LLM(str(ckpt), device="cpu", skip_tokenizer_init=True, progress=False, num_kv_blocks=50).config
+    assert profile_lengths(with_limits(cfg, 16384, 256, 8196)) == [8196, 8188]  # the bench's 8k-prompt engine
+    assert profile_lengths(with_limits(cfg, 8192, 256, 8192)) == [8192]
+    assert profile_lengths(with_limits(cfg, 2048, 256, 4096)) == [2048]
+    assert profile_lengths(with_limits(cfg, 1000, 256, 300)) == [300, 300, 300, 100]
+    assert profile_lengths(with_limits(cfg, 1000, 2, 300)) == [300, 300]  # max_num_seqs caps the step
+
+
+def test_profile_step_runs_every_sequence(ckpt):
+    """The throwaway step (on the CPU here; on CUDA its peak memory sizes the KV cache) computes one logits row
+    for each of its sequences, and before_step runs once, before it."""
+    llm = LLM(str(ckpt), device="cpu", skip_tokenizer_init=True, progress=False, num_kv_blocks=50)
+    cfg = with_limits(llm.config, 96, 8, 40)
+    calls = []
+    out = run_profile_step(cfg, llm.engine.runner.model, lambda: calls.append(1))
+    assert calls == [1]
+    assert out.logits.shape == (3, cfg.model.vocab_size) and [b - a for a, b in out.rows] == [1, 1, 1]
+    assert bool(out.logits.isfinite().all())
