@@ -220,7 +220,9 @@ def swiglu_rows(u: torch.Tensor, order: torch.Tensor, ids: torch.Tensor, b1: tor
     P, two_i = u.shape
     I = two_i // 2
     act = torch.empty((P, I), dtype=torch.bfloat16, device=u.device)
-    block_r, block_i = 4, 512
+    # one row of 1,024 activations a program: on an H100 at P = 65,536, I = 2,880 434.9 us against 466.8 for
+    # 4 x 512 (same bits); 2 x 1024 442.5, 4 x 1024 498.9, 8 x 512 570.2, 16 x 256 820.1 (4 warps each)
+    block_r, block_i = 1, 1024
     _swiglu_kernel[(triton.cdiv(P, block_r), triton.cdiv(I, block_i))](
         u.view(torch.int32), order, ids.reshape(-1), b1, act, P, I, b1.stride(0), b1.stride(1), float(limit),
         float(alpha), BLOCK_R=block_r, BLOCK_I=block_i, num_warps=4)
