@@ -90,6 +90,7 @@ import triton.language as tl
 
 from ..types import ExpertWeight
 from . import launch, moe_grouped_mm
+from .swiglu import clamped_swiglu
 
 try:  # Gluon (triton.experimental) ships with Triton >= 3.4; without it the "gluon" and "wgmma" modes fall back
     from . import moe_gluon, moe_gluon_wgmma
@@ -377,9 +378,7 @@ def _gemm1_block(x_ptr, order_ptr, w_ptr, s_ptr, b_ptr, act_ptr, s_xt, s_xk, s_w
         acc = tl.trans(acc)
     acc += tl.load(b_ptr + expert * s_be + w_rows * s_bn, mask=nmask, other=0.0).to(tl.float32)[None, :]
     gate, up = tl.split(tl.reshape(acc, (BLOCK_M, BLOCK_N // 2, 2)))  # [BM, BN/2] each: columns 2i, 2i + 1
-    gate = tl.minimum(gate, limit)
-    up = tl.minimum(tl.maximum(up, -limit), limit)
-    act = gate * tl.sigmoid(alpha * gate) * (up + 1.0)  # [BM, BN/2]
+    act = clamped_swiglu(gate, up, limit, alpha)  # [BM, BN/2]
     cols = pid_n * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)  # activation columns
     if MODE == 1:  # split layout: column i at (i // 2) * s_aq + (i % 2) * s_ah
         col_off = (cols // 2) * s_aq + (cols % 2) * s_ah

@@ -43,6 +43,7 @@ from ..types import ExpertWeight
 from . import launch
 
 from .moe import _load_a, _mma_step, _weight_args, act_strides, combine, kernel_mode, moe_gluon  # None: no Gluon
+from .swiglu import clamped_swiglu
 
 MAX_DECODE_PAIRS = 8  # pairs up to which the op table takes this path (see use_decode_path)
 
@@ -108,9 +109,7 @@ def _pair_gemm1_kernel(
                         s_wn, s_wk, s_sn, s_sg, MODE, BLOCK_N, BLOCK_K, COMPUTE, PRECISION)
     acc += tl.load(b_ptr + expert * s_be + w_rows * s_bn, mask=nmask, other=0.0).to(tl.float32)[None, :]
     gate, up = tl.split(tl.reshape(acc, (16, BLOCK_N // 2, 2)))  # [16, BN/2] each: columns 2i, 2i + 1
-    gate = tl.minimum(gate, limit)
-    up = tl.minimum(tl.maximum(up, -limit), limit)
-    act = gate * tl.sigmoid(alpha * gate) * (up + 1.0)
+    act = clamped_swiglu(gate, up, limit, alpha)
     cols = tl.program_id(1) * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)
     if MODE == 1:  # split layout, as moe.py's GEMM 1 writes it for "arith"
         col_off = (cols // 2) * s_aq + (cols % 2) * s_ah

@@ -50,6 +50,7 @@ import triton.language as tl
 from ...weights.mxfp4 import FP4_VALUES
 from ..types import ExpertWeight
 from . import launch
+from .swiglu import clamped_swiglu
 
 GROUPED_MM_MIN_ROWS = 1024  # mean rows an expert from which `default_config` takes this path on sm_90
 GROUPED_MM_MIN_ROWS_DENSE = 512  # the same for bf16 weights (no dequantization)
@@ -143,10 +144,9 @@ def _swiglu_kernel(u_ptr, order_ptr, ids_ptr, b_ptr, act_ptr, P, I, s_be, s_bn, 
     gate = (pair << 16).to(tl.float32, bitcast=True)
     up = (pair & -65536).to(tl.float32, bitcast=True)
     bias = b_ptr + e[:, None] * s_be + (2 * i)[None, :] * s_bn
-    gate = tl.minimum(gate + tl.load(bias, mask=mask, other=0.0).to(tl.float32), limit)
-    up = up + tl.load(bias + s_bn, mask=mask, other=0.0).to(tl.float32)
-    up = tl.minimum(tl.maximum(up, -limit), limit)
-    y = gate * tl.sigmoid(alpha * gate) * (up + 1.0)
+    gate += tl.load(bias, mask=mask, other=0.0).to(tl.float32)
+    up += tl.load(bias + s_bn, mask=mask, other=0.0).to(tl.float32)
+    y = clamped_swiglu(gate, up, limit, alpha)
     tl.store(act_ptr + r[:, None].to(tl.int64) * I + i[None, :], y.to(tl.bfloat16), mask=mask)
 
 
