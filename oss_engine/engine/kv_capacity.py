@@ -42,9 +42,8 @@ def profile_lengths(cfg: EngineConfig) -> list[int]:
     return [L] * (total // L) + ([total % L] if total % L else [])
 
 
-def run_profile_step(cfg: EngineConfig, model, before_step=lambda: None):
-    """Run the largest step (`profile_lengths`, random prompt ids) on a throwaway runner and cache; before_step()
-    runs once they exist, just before the step. Returns the step's output."""
+def profile_step(cfg: EngineConfig, model) -> tuple[ModelRunner, list[ScheduledSeq]]:
+    """The largest step (`profile_lengths`, random prompt ids) on a throwaway runner and cache, ready to run."""
     S = cfg.cache.block_size
     lens = profile_lengths(cfg)
     blocks = [math.ceil(n / S) for n in lens]
@@ -55,17 +54,19 @@ def run_profile_step(cfg: EngineConfig, model, before_step=lambda: None):
         ids = torch.randint(0, cfg.model.vocab_size, (n,)).tolist()  # never profile on zeros
         seqs.append(ScheduledSeq(ids, 0, n, {g: list(range(first, first + b)) for g in groups}))
         first += b
-    before_step()
-    return runner.execute(seqs)
+    return runner, seqs
 
 
 def profile_peak_bytes(cfg: EngineConfig, model) -> int:
-    """Peak CUDA memory of the largest step (`run_profile_step`) with a throwaway cache: the activations of a step
+    """Peak CUDA memory of the largest step (`profile_step`) with a throwaway cache: the activations of a step
     grow with its tokens, whatever the number of sequences that bring them."""
-    run_profile_step(cfg, model, lambda: torch.cuda.reset_peak_memory_stats(cfg.device))
+    runner, seqs = profile_step(cfg, model)
+    torch.cuda.reset_peak_memory_stats(cfg.device)
+    runner.execute(seqs)
     torch.cuda.synchronize(cfg.device)
     peak = torch.cuda.max_memory_allocated(cfg.device)
-    torch.cuda.empty_cache()  # the throwaway runner and cache are gone with run_profile_step's frame
+    del runner
+    torch.cuda.empty_cache()
     return peak
 
 

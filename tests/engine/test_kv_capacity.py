@@ -10,7 +10,7 @@ import pytest
 
 from oss_engine import LLM
 from oss_engine.config import ConfigError
-from oss_engine.engine.kv_capacity import profile_lengths, run_profile_step, sliding_blocks_needed
+from oss_engine.engine.kv_capacity import profile_lengths, profile_step, sliding_blocks_needed
 from oss_engine.engine.runner import kv_bytes_per_block
 from oss_engine.tiny import make_tiny_checkpoint
 
@@ -69,12 +69,15 @@ def test_profile_lengths_fill_the_largest_step(ckpt):
 
 
 def test_profile_step_runs_every_sequence(ckpt):
-    """The throwaway step (on the CPU here; on CUDA its peak memory sizes the KV cache) computes one logits row
-    for each of its sequences, and before_step runs once, before it."""
+    """The throwaway step (on the CPU here; on CUDA its peak memory sizes the KV cache) holds the planned
+    prompts in blocks of their own and computes one logits row for each."""
     llm = LLM(str(ckpt), device="cpu", skip_tokenizer_init=True, progress=False, num_kv_blocks=50)
     cfg = with_limits(llm.config, 96, 8, 40)
-    calls = []
-    out = run_profile_step(cfg, llm.engine.runner.model, lambda: calls.append(1))
-    assert calls == [1]
+    runner, seqs = profile_step(cfg, llm.engine.runner.model)
+    assert [s.num_new for s in seqs] == profile_lengths(cfg) == [40, 40, 16]
+    for g in set(cfg.model.layer_types):
+        blocks = [b for s in seqs for b in s.block_tables[g]]
+        assert len(blocks) == len(set(blocks))  # no two prompts share a block
+    out = runner.execute(seqs)
     assert out.logits.shape == (3, cfg.model.vocab_size) and [b - a for a, b in out.rows] == [1, 1, 1]
     assert bool(out.logits.isfinite().all())
