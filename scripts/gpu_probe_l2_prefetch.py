@@ -1,0 +1,107 @@
+"""GPU machine: could a side branch of the decode graph stream o_proj's weights into L2 while the latency-bound
+kernels before it run (RoPE + KV store, attention, its merge: ~11 us at batch 1 on an H100 with HBM mostly idle),
+so that o_proj then reads L2 instead of HBM? The thirteenth session bounded it: o_proj with its weights free
+(from L1 / L2) took a 20b batch-1 step from 517 to 548 tok/s.
+
+Cases, each one CUDA graph replayed with L2 flushed before it, median us:
+  gemv            o_proj alone (gemv_triton, [2880, 4096] bf16, 23.6 MB), L2 cold
+  warm gemv       the prefetch kernel, then o_proj (serial: o_proj from L2 as far as it stays there)
+  prefetch        the prefetch kernel alone (one cp.async.bulk.prefetch.L2 per thread, CHUNK bytes each)
+  spin -> gemv    a one-program kernel that spins SPIN_US (attention's stand-in), then o_proj
+  spin || pf      the same with the prefetch on a side stream forked before the spin, joined after o_proj
+The gain is (spin -> gemv) - (spin || pf); o_proj's own share is what the step would save a layer.
+
+Run: PYTHONPATH=.:scripts python scripts/gpu_probe_l2_prefetch.py
+Prepared on the CPU machine (compiled for sm_90 there), not yet run on a GPU.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from oss_engine.bench.hardware import median_seconds
+from oss_engine.kernels.triton.gemv import gemv_triton
+
+D, O_IN = 2880, 4096
+
+
+@triton.jit
+def _prefetch_kernel(base, nbytes, CHUNK: tl.constexpr, THREADS: tl.constexpr):
+    """Each thread asks L2 for CHUNK bytes (16-byte aligned) of [base, base + nbytes)."""
+    off = (tl.program_id(0) * THREADS + tl.arange(0, THREADS)).to(tl.int64) * CHUNK
+    size = tl.minimum(nbytes - off, CHUNK).to(tl.int32)
+    tl.inline_asm_elementwise(
+        "{ .reg .pred p; setp.gt.s32 p, $2, 0; @p cp.async.bulk.prefetch.L2.global [$1], $2; mov.u32 $0, 0; }",
+        "=r,l,r", [base + off, size], dtype=tl.int32, is_pure=False, pack=1)
+
+
+def prefetch_l2(t: torch.Tensor, chunk: int = 16384, threads: int = 128) -> None:
+    nbytes = t.numel() * t.element_size()
+    grid = triton.cdiv(nbytes, chunk * threads)
+    _prefetch_kernel[(grid,)](t.data_ptr(), nbytes, CHUNK=chunk, THREADS=threads, num_warps=threads // 32)
+
+
+@triton.jit
+def _spin_kernel(out_ptr, ns):
+    t0 = tl.extra.cuda.globaltimer()
+    t = t0
+    while t - t0 < ns:
+        t = tl.extra.cuda.globaltimer()
+    tl.store(out_ptr, (t - t0).to(tl.int32))
+
+
+def main() -> None:
+    dev = torch.device("cuda")
+    torch.manual_seed(0)
+    w = (torch.randn(D, O_IN, device=dev) * O_IN ** -0.5).to(torch.bfloat16)
+    x = torch.randn(1, O_IN, device=dev).to(torch.bfloat16)
+    spun = torch.zeros(1, dtype=torch.int32, device=dev)
+    flush = torch.empty(256 << 20, dtype=torch.uint8, device=dev)
+    side = torch.cuda.Stream()
+    ref = gemv_triton(x, w, None)
+
+    def graph_us(fn) -> float:
+        fn()
+        torch.cuda.synchronize()
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            fn()
+        return 1e6 * median_seconds(g.replay, dev, 30, before=flush.zero_)
+
+    print(f"{torch.cuda.get_device_name()}: o_proj {w.numel() * 2 / 1e6:.1f} MB, us (graph replays, L2 flushed)")
+    for chunk in (4096, 16384, 65536):
+        t_pf = graph_us(lambda: prefetch_l2(w, chunk))
+        t_warm = graph_us(lambda: (prefetch_l2(w, chunk), gemv_triton(x, w, None)))
+        print(f"chunk {chunk:6d}: prefetch {t_pf:6.1f}, prefetch then gemv {t_warm:6.1f}", flush=True)
+    t_gemv = graph_us(lambda: gemv_triton(x, w, None))
+    print(f"gemv alone {t_gemv:6.1f}", flush=True)
+    for spin_us in (6, 11, 16):
+        ns = spin_us * 1000
+
+        def serial():
+            _spin_kernel[(1,)](spun, ns)
+            return gemv_triton(x, w, None)
+
+        def branched(chunk):
+            main_stream = torch.cuda.current_stream()
+            side.wait_stream(main_stream)
+            with torch.cuda.stream(side):
+                prefetch_l2(w, chunk)
+            _spin_kernel[(1,)](spun, ns)
+            y = gemv_triton(x, w, None)
+            main_stream.wait_stream(side)
+            return y
+
+        t_serial = graph_us(serial)
+        row = f"spin {spin_us:2d} us: spin -> gemv {t_serial:6.1f}"
+        for chunk in (16384, 65536):
+            t_br = graph_us(lambda: branched(chunk))
+            err = (branched(chunk).float() - ref.float()).abs().max().item()
+            row += f"; spin || prefetch {chunk}: {t_br:6.1f} (saves {t_serial - t_br:5.1f}, max err {err:.0e})"
+        print(row, flush=True)
+
+
+if __name__ == "__main__":
+    main()
