@@ -12,7 +12,10 @@ Cases, each one CUDA graph replayed with L2 flushed before it, median us:
 The gain is (spin -> gemv) - (spin || pf); o_proj's own share is what the step would save a layer.
 
 Run: PYTHONPATH=.:scripts python scripts/gpu_probe_l2_prefetch.py
-Prepared on the CPU machine (compiled for sm_90 there), not yet run on a GPU.
+Measured on an H100 (docs/performance.md, "Seventeenth session"; a replay carries ~7 us of its own): o_proj alone
+15.8 us; the prefetch then o_proj, serially, 17.8-44.3; behind a 6 / 11 / 16 us spin 23.2 / 28.2 / 33.1, with the
+prefetch (16 KB a thread) on the side stream 19.7 / 22.7 / 27.5 (3.5-5.5 saved), with 64 KB a thread 37.9 (worse).
+In the model (branch `wip/l2-prefetch-oproj`) 20b batch 1 went 513 / 514 -> 517 / 517 tok/s only.
 """
 
 from __future__ import annotations
