@@ -24,7 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from oss_engine.bench.hardware import median_seconds
+from oss_engine.bench.kernel_bench import graph_us
 from oss_engine.kernels.triton.gemv import gemv_triton
 
 D, O_IN = 2880, 4096
@@ -61,24 +61,18 @@ def main() -> None:
     w = (torch.randn(D, O_IN, device=dev) * O_IN ** -0.5).to(torch.bfloat16)
     x = torch.randn(1, O_IN, device=dev).to(torch.bfloat16)
     spun = torch.zeros(1, dtype=torch.int32, device=dev)
-    flush = torch.empty(256 << 20, dtype=torch.uint8, device=dev)
     side = torch.cuda.Stream()
     ref = gemv_triton(x, w, None)
 
-    def graph_us(fn) -> float:
-        fn()
-        torch.cuda.synchronize()
-        g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g):
-            fn()
-        return 1e6 * median_seconds(g.replay, dev, 30, before=flush.zero_)
+    def replay_us(fn) -> float:
+        return graph_us(fn, dev, reps=30)
 
     print(f"{torch.cuda.get_device_name()}: o_proj {w.numel() * 2 / 1e6:.1f} MB, us (graph replays, L2 flushed)")
     for chunk in (4096, 16384, 65536):
-        t_pf = graph_us(lambda: prefetch_l2(w, chunk))
-        t_warm = graph_us(lambda: (prefetch_l2(w, chunk), gemv_triton(x, w, None)))
+        t_pf = replay_us(lambda: prefetch_l2(w, chunk))
+        t_warm = replay_us(lambda: (prefetch_l2(w, chunk), gemv_triton(x, w, None)))
         print(f"chunk {chunk:6d}: prefetch {t_pf:6.1f}, prefetch then gemv {t_warm:6.1f}", flush=True)
-    t_gemv = graph_us(lambda: gemv_triton(x, w, None))
+    t_gemv = replay_us(lambda: gemv_triton(x, w, None))
     print(f"gemv alone {t_gemv:6.1f}", flush=True)
     for spin_us in (6, 11, 16):
         ns = spin_us * 1000
@@ -97,10 +91,10 @@ def main() -> None:
             main_stream.wait_stream(side)
             return y
 
-        t_serial = graph_us(serial)
+        t_serial = replay_us(serial)
         row = f"spin {spin_us:2d} us: spin -> gemv {t_serial:6.1f}"
         for chunk in (16384, 65536):
-            t_br = graph_us(lambda: branched(chunk))
+            t_br = replay_us(lambda: branched(chunk))
             err = (branched(chunk).float() - ref.float()).abs().max().item()
             row += f"; spin || prefetch {chunk}: {t_br:6.1f} (saves {t_serial - t_br:5.1f}, max err {err:.0e})"
         print(row, flush=True)
