@@ -22,12 +22,9 @@ import sys
 import torch
 
 from gpu_bench_moe import A, ALPHA, D, E, I, LIMIT, batch, mxfp4_weight, time_graph_flushed
+from gpu_bench_moe_decode import rel
 from oss_engine.kernels.triton.moe import default_config, group_by_expert, moe_experts_triton
 from oss_engine.kernels.types import ExpertWeight
-
-
-def rel(got: torch.Tensor, want: torch.Tensor) -> float:
-    return ((got.float() - want).norm() / want.norm()).item()
 
 
 def timed_configs(cfgs: dict, x, weights, ids, w1, w2, want: torch.Tensor) -> list[str]:
