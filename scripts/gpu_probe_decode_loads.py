@@ -1,0 +1,119 @@
+"""GPU machine: which loads bound the decode path's Gluon GEMMs at one token (gpt-oss-20b shapes, 4 pairs)?
+
+Timing-only copies of `moe_gluon.py`, made from its text in a temporary folder (never used by the engine):
+  base     the module as it is
+  noscale  every scale byte a runtime constant 120 (no scale-byte loads; a kernel argument, so that ptxas
+           cannot fold the factors)
+  noact    every activation pair a constant (no activation loads)
+  noboth   both; the weight words are still loaded
+GEMM 1 (32 x 128, 2 warps, 2 ahead) and GEMM 2 (split 2; 3 and 2 ahead), 8 launches a CUDA graph, per launch
+us: weights from HBM ("hbm": 8 expert sets, 280 MB) or L2 ("one": every pair reads expert 0). The outputs of
+the variants are wrong by design; a model run with them still reads 4 experts a layer at batch 1.
+`--module PATH` adds another copy of the module (e.g. a branch's) as a variant named after its file.
+Results: docs/performance.md, "Nineteenth session".
+
+Run: PYTHONPATH=.:scripts python scripts/gpu_probe_decode_loads.py [--module PATH ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import pathlib
+import sys
+import tempfile
+
+import torch
+
+from gpu_bench_moe import ALPHA, A, D, I, LIMIT, mxfp4_weight
+from oss_engine.bench.hardware import median_seconds
+from oss_engine.kernels.triton.moe import _weight_args
+
+MODULE = pathlib.Path(__file__).resolve().parent.parent / "oss_engine/kernels/triton/moe_gluon.py"
+SCALES = """    if not RAW:
+        se = _factor(se)"""  # in `_load_w`, just after the scale bytes' loads
+ACT = """    if TT == 2:
+        if MASKED:
+            a2 ="""  # in `_load_a`, just after the activations' load
+
+
+def variants(text: str) -> dict[str, str]:
+    """The module's text and its three timing-only variants (module docstring)."""
+    text = text.replace("from ..types import", "from oss_engine.kernels.types import")
+    noscale = "    se = (gl.full([BH, 4, 1], 0, gl.int32, L) + (s_sg + 119)).to(gl.uint8)\n    so = se\n"
+    noact = "    a = gl.full([1, 4, 4 * W], 0, gl.int32, LA) + k_end * 0 + 0x3F803F80\n"
+    if text.count(SCALES) != 1 or text.count(ACT) != 1:
+        sys.exit("moe_gluon.py no longer has the lines the variants patch: update SCALES / ACT")
+    return {"base": text, "noscale": text.replace(SCALES, noscale + SCALES),
+            "noact": text.replace(ACT, noact + ACT),
+            "noboth": text.replace(SCALES, noscale + SCALES).replace(ACT, noact + ACT)}
+
+
+def load(name: str, path: pathlib.Path):
+    spec = importlib.util.spec_from_file_location(f"moe_gluon_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def gemm1(G, x, ids, w1, act, depth):
+    w, s, ws = _weight_args(w1, "dot_scaled")
+    G._pair_gemm1_gluon[(ids.numel(), 2 * I // 32)](
+        x.view(torch.int32), ids, w.view(torch.int32), s, w1.bias, act, x.stride(0), ws[0], ws[1], *ws[3:],
+        w1.bias.stride(0), act.stride(0), LIMIT, ALPHA, K=D, A=A, BN=32, PDL=True, launch_pdl=True,
+        **G.launch_options(128, 2, depth))
+
+
+def gemm2(G, act, ids, w2, route_w, y, depth, split=2):
+    k_split = -(-(-(-I // split)) // 128) * 128
+    w, s, ws = _weight_args(w2, "dot_scaled")
+    G._pair_gemm2_gluon[(ids.numel(), D // 32, split)](
+        act.view(torch.int32), ids, w.view(torch.int32), s, w2.bias, route_w, y, act.stride(0), ws[0], ws[1],
+        *ws[3:], w2.bias.stride(0), y.stride(0), K=I, S=split, K_SPLIT=k_split, BN=32, PDL=True,
+        launch_pdl=True, **G.launch_options(128, 2, depth))
+
+
+def per_launch_us(fn, launches: int) -> float:
+    fn()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return 1e6 * median_seconds(graph.replay, torch.device("cuda"), 30) / launches
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--module", action="append", default=[], type=pathlib.Path)
+    args = parser.parse_args()
+    tmp = pathlib.Path(tempfile.mkdtemp())
+    texts = variants(MODULE.read_text())
+    texts.update({p.stem: p.read_text().replace("from ..types import", "from oss_engine.kernels.types import")
+                  for p in args.module})
+    mods = {}
+    for name, text in texts.items():
+        (tmp / f"{name}.py").write_text(text)
+        mods[name] = load(name, tmp / f"{name}.py")
+    gen = torch.Generator().manual_seed(0)
+    w1, w2 = mxfp4_weight(2 * I, D, gen), mxfp4_weight(D, I, gen)
+    x = torch.randn(1, D, generator=gen).to(torch.bfloat16).cuda()
+    act = torch.randn(A, I, generator=gen).to(torch.bfloat16).cuda()
+    route_w = torch.full((A,), 0.25, device="cuda")
+    y = torch.empty(2 * A, D, device="cuda")
+    sets = {"hbm": [torch.arange(4 * i, 4 * i + 4, device="cuda", dtype=torch.int32) for i in range(8)],
+            "one": [torch.zeros(4, device="cuda", dtype=torch.int32)] * 8}
+    print(torch.cuda.get_device_name(), "per launch us; GEMM 1 35.2 MB, GEMM 2 17.6 MB (4 experts)")
+    for rnd in range(2):
+        for name, G in mods.items():
+            cells = []
+            for where, id_sets in sets.items():
+                g1 = per_launch_us(lambda: [gemm1(G, x, ids, w1, act, 2) for ids in id_sets], len(id_sets))
+                g2 = [per_launch_us(lambda: [gemm2(G, act, ids, w2, route_w, y, d) for ids in id_sets],
+                                    len(id_sets)) for d in (3, 2)]
+                cells.append(f"{where}: g1 {g1:5.1f} g2 (3 ahead) {g2[0]:5.1f} (2 ahead) {g2[1]:5.1f}")
+            print(f"round {rnd} {name:8s} " + " | ".join(cells), flush=True)
+
+
+if __name__ == "__main__":
+    main()
