@@ -25,9 +25,8 @@ import tempfile
 
 import torch
 
-from gpu_bench_moe import ALPHA, A, D, I, LIMIT, mxfp4_weight
-from oss_engine.bench.hardware import median_seconds
-from oss_engine.kernels.triton.moe import _weight_args
+from gpu_bench_moe import A, D, I, mxfp4_weight
+from gpu_probe_moe_decode_limits import LAUNCHES, gemm1, gemm2, per_launch_us
 
 MODULE = pathlib.Path(__file__).resolve().parent.parent / "oss_engine/kernels/triton/moe_gluon.py"
 SCALES = """    if not RAW:
@@ -57,32 +56,6 @@ def load(name: str, path: pathlib.Path):
     return module
 
 
-def gemm1(G, x, ids, w1, act, depth):
-    w, s, ws = _weight_args(w1, "dot_scaled")
-    G._pair_gemm1_gluon[(ids.numel(), 2 * I // 32)](
-        x.view(torch.int32), ids, w.view(torch.int32), s, w1.bias, act, x.stride(0), ws[0], ws[1], *ws[3:],
-        w1.bias.stride(0), act.stride(0), LIMIT, ALPHA, K=D, A=A, BN=32, PDL=True, launch_pdl=True,
-        **G.launch_options(128, 2, depth))
-
-
-def gemm2(G, act, ids, w2, route_w, y, depth, split=2):
-    k_split = -(-(-(-I // split)) // 128) * 128
-    w, s, ws = _weight_args(w2, "dot_scaled")
-    G._pair_gemm2_gluon[(ids.numel(), D // 32, split)](
-        act.view(torch.int32), ids, w.view(torch.int32), s, w2.bias, route_w, y, act.stride(0), ws[0], ws[1],
-        *ws[3:], w2.bias.stride(0), y.stride(0), K=I, S=split, K_SPLIT=k_split, BN=32, PDL=True,
-        launch_pdl=True, **G.launch_options(128, 2, depth))
-
-
-def per_launch_us(fn, launches: int) -> float:
-    fn()
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    return 1e6 * median_seconds(graph.replay, torch.device("cuda"), 30) / launches
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--module", action="append", default=[], type=pathlib.Path)
@@ -101,16 +74,16 @@ def main() -> None:
     act = torch.randn(A, I, generator=gen).to(torch.bfloat16).cuda()
     route_w = torch.full((A,), 0.25, device="cuda")
     y = torch.empty(2 * A, D, device="cuda")
-    sets = {"hbm": [torch.arange(4 * i, 4 * i + 4, device="cuda", dtype=torch.int32) for i in range(8)],
-            "one": [torch.zeros(4, device="cuda", dtype=torch.int32)] * 8}
+    sets = {"hbm": [torch.arange(4 * i, 4 * i + 4, device="cuda", dtype=torch.int32) for i in range(LAUNCHES)],
+            "one": [torch.zeros(4, device="cuda", dtype=torch.int32)] * LAUNCHES}
     print(torch.cuda.get_device_name(), "per launch us; GEMM 1 35.2 MB, GEMM 2 17.6 MB (4 experts)")
     for rnd in range(2):
         for name, G in mods.items():
             cells = []
             for where, id_sets in sets.items():
-                g1 = per_launch_us(lambda: [gemm1(G, x, ids, w1, act, 2) for ids in id_sets], len(id_sets))
-                g2 = [per_launch_us(lambda: [gemm2(G, act, ids, w2, route_w, y, d) for ids in id_sets],
-                                    len(id_sets)) for d in (3, 2)]
+                g1 = per_launch_us(lambda: [gemm1(x, ids, w1, act, (32, 128, 2, 2), G=G) for ids in id_sets], 30)
+                g2 = [per_launch_us(lambda: [gemm2(act, ids, w2, route_w, y, (32, 128, 2, d), G=G)
+                                             for ids in id_sets], 30) for d in (3, 2)]
                 cells.append(f"{where}: g1 {g1:5.1f} g2 (3 ahead) {g2[0]:5.1f} (2 ahead) {g2[1]:5.1f}")
             print(f"round {rnd} {name:8s} " + " | ".join(cells), flush=True)
 

@@ -33,32 +33,35 @@ TILES = [(32, 128, 2, 3), (16, 128, 1, 3)]
 LAUNCHES = 8
 
 
-def gemm1(x, ids, w1, act, tiles, K=D):
+def gemm1(x, ids, w1, act, tiles, K=D, G=moe_gluon):
+    """GEMM 1 of the decode path from module G (moe_gluon, or a timing-only copy of it)."""
     bn, bk, nw, depth = tiles
     w, s, ws = _weight_args(w1, "dot_scaled")
-    moe_gluon._pair_gemm1_gluon[(ids.numel(), 2 * I // bn)](
+    G._pair_gemm1_gluon[(ids.numel(), 2 * I // bn)](
         x.view(torch.int32), ids, w.view(torch.int32), s, w1.bias, act, x.stride(0), ws[0], ws[1], *ws[3:],
         w1.bias.stride(0), act.stride(0), LIMIT, ALPHA, K=K, A=A, BN=bn, PDL=True, launch_pdl=True,
-        **moe_gluon.launch_options(bk, nw, depth))
+        **G.launch_options(bk, nw, depth))
 
 
-def gemm2(act, ids, w2, route_w, y, tiles, split=2):
+def gemm2(act, ids, w2, route_w, y, tiles, split=2, G=moe_gluon):
+    """GEMM 2 of the decode path from module G, as `gemm1`."""
     bn, bk, nw, depth = tiles
     k_split = -(-(-(-I // split)) // bk) * bk
     w, s, ws = _weight_args(w2, "dot_scaled")
-    moe_gluon._pair_gemm2_gluon[(ids.numel(), D // bn, split)](
+    G._pair_gemm2_gluon[(ids.numel(), D // bn, split)](
         act.view(torch.int32), ids, w.view(torch.int32), s, w2.bias, route_w, y, act.stride(0), ws[0], ws[1],
         *ws[3:], w2.bias.stride(0), y.stride(0), K=I, S=split, K_SPLIT=k_split, BN=bn, PDL=True,
-        launch_pdl=True, **moe_gluon.launch_options(bk, nw, depth))
+        launch_pdl=True, **G.launch_options(bk, nw, depth))
 
 
-def per_launch_us(fn) -> float:
+def per_launch_us(fn, reps: int = 20) -> float:
+    """fn (LAUNCHES launches) captured in a CUDA graph: us a launch, median of `reps` replays."""
     fn()
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         fn()
-    return 1e6 * median_seconds(graph.replay, torch.device("cuda"), 20) / LAUNCHES
+    return 1e6 * median_seconds(graph.replay, torch.device("cuda"), reps) / LAUNCHES
 
 
 def main() -> None:

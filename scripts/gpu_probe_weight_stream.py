@@ -9,7 +9,7 @@ docs/performance.md, "Nineteenth session") it says how much of the gap is the ac
 GEMM's own latency chain. Prepared in the nineteenth session and checked in the CPU interpreter (the xor of
 each program's bytes); not yet run on a GPU.
 
-Run: PYTHONPATH=. python scripts/gpu_probe_weight_stream.py
+Run: PYTHONPATH=.:scripts python scripts/gpu_probe_weight_stream.py
 """
 
 from __future__ import annotations
@@ -18,22 +18,23 @@ import torch
 import triton
 import triton.language as tl
 
-from oss_engine.bench.hardware import median_seconds
+from gpu_probe_moe_decode_limits import LAUNCHES, per_launch_us
 
 E, N, KB = 32, 5760, 1440  # experts, rows, bytes a row (gate_up of 20b)
 
 
 @triton.jit
-def _rows(w_ptr, ids_ptr, out_ptr, STEP: tl.constexpr, BN: tl.constexpr):
+def _rows(w_ptr, ids_ptr, out_ptr, N: tl.constexpr, WORDS: tl.constexpr, STEP: tl.constexpr,
+          BN: tl.constexpr):
     p = tl.program_id(0)
-    e = tl.load(ids_ptr + p // (5760 // BN)).to(tl.int64)
-    n0 = (p % (5760 // BN)) * BN
+    e = tl.load(ids_ptr + p // (N // BN)).to(tl.int64)
+    n0 = (p % (N // BN)) * BN
     r = tl.arange(0, BN)[:, None]
     c = tl.arange(0, STEP // 4)[None, :]
-    base = w_ptr + e * (5760 * 360) + (n0 + r) * 360  # int32 units
+    base = w_ptr + e * (N * WORDS) + (n0 + r) * WORDS  # int32 units
     acc = tl.zeros([BN, STEP // 4], tl.int32)
-    for k in tl.range(0, 360, STEP // 4, num_stages=3):
-        acc ^= tl.load(base + k + c, mask=k + c < 360, other=0)
+    for k in tl.range(0, WORDS, STEP // 4, num_stages=3):
+        acc ^= tl.load(base + k + c, mask=k + c < WORDS, other=0)
     tl.store(out_ptr + p, tl.reduce(tl.reshape(acc, [BN * STEP // 4]), 0, _xor))
 
 
@@ -43,38 +44,30 @@ def _xor(a, b):
 
 
 @triton.jit
-def _flat(w_ptr, ids_ptr, out_ptr, STEP: tl.constexpr, BN: tl.constexpr):
+def _flat(w_ptr, ids_ptr, out_ptr, N: tl.constexpr, WORDS: tl.constexpr, STEP: tl.constexpr,
+          BN: tl.constexpr):
     p = tl.program_id(0)
-    e = tl.load(ids_ptr + p // (5760 // BN)).to(tl.int64)
-    n0 = (p % (5760 // BN)) * BN
+    e = tl.load(ids_ptr + p // (N // BN)).to(tl.int64)
+    n0 = (p % (N // BN)) * BN
     c = tl.arange(0, BN * STEP // 4)
-    base = w_ptr + e * (5760 * 360) + n0 * 360
+    base = w_ptr + e * (N * WORDS) + n0 * WORDS
     acc = tl.zeros([BN * STEP // 4], tl.int32)
-    for k in tl.range(0, BN * 360, BN * STEP // 4, num_stages=3):
-        acc ^= tl.load(base + k + c, mask=k + c < BN * 360, other=0)
+    for k in tl.range(0, BN * WORDS, BN * STEP // 4, num_stages=3):
+        acc ^= tl.load(base + k + c, mask=k + c < BN * WORDS, other=0)
     tl.store(out_ptr + p, tl.reduce(acc, 0, _xor))
-
-
-def per_launch_us(fn, n=8):
-    fn()
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fn()
-    return 1e6 * median_seconds(g.replay, torch.device("cuda"), 30) / n
 
 
 def main():
     w = torch.randint(-2**31, 2**31 - 1, (E, N, KB // 4), dtype=torch.int32, device="cuda")
-    sets = [torch.arange(4 * i, 4 * i + 4, device="cuda", dtype=torch.int32) for i in range(8)]
+    sets = [torch.arange(4 * i, 4 * i + 4, device="cuda", dtype=torch.int32) for i in range(LAUNCHES)]
     out = torch.empty(4 * N // 16, dtype=torch.int32, device="cuda")
     print(torch.cuda.get_device_name(), "35.2 MB a launch; floor at 2.98 TB/s: 11.8 us", flush=True)
     for rnd in range(2):
         cells = []
         for name, k in (("rows", _rows), ("flat", _flat)):
             for step, bn, nw in ((64, 32, 2), (256, 32, 2), (256, 32, 4), (256, 16, 2), (512, 32, 4)):
-                us = per_launch_us(lambda: [k[(4 * N // bn,)](w, ids, out, STEP=step, BN=bn, num_warps=nw)
-                                            for ids in sets])
+                us = per_launch_us(lambda: [k[(4 * N // bn,)](w, ids, out, N=N, WORDS=KB // 4, STEP=step, BN=bn,
+                                                              num_warps=nw) for ids in sets], 30)
                 cells.append(f"{name} step {step} bn {bn} w {nw}: {us:5.1f}")
         print(f"round {rnd}: " + " | ".join(cells), flush=True)
 
