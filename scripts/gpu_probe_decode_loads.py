@@ -25,8 +25,7 @@ import tempfile
 
 import torch
 
-from gpu_bench_moe import A, D, I, mxfp4_weight
-from gpu_probe_moe_decode_limits import LAUNCHES, gemm1, gemm2, per_launch_us
+from gpu_probe_moe_decode_limits import gemm1, gemm2, operands, per_launch_us
 
 MODULE = pathlib.Path(__file__).resolve().parent.parent / "oss_engine/kernels/triton/moe_gluon.py"
 SCALES = """    if not RAW:
@@ -68,14 +67,8 @@ def main() -> None:
     for name, text in texts.items():
         (tmp / f"{name}.py").write_text(text)
         mods[name] = load(name, tmp / f"{name}.py")
-    gen = torch.Generator().manual_seed(0)
-    w1, w2 = mxfp4_weight(2 * I, D, gen), mxfp4_weight(D, I, gen)
-    x = torch.randn(1, D, generator=gen).to(torch.bfloat16).cuda()
-    act = torch.randn(A, I, generator=gen).to(torch.bfloat16).cuda()
-    route_w = torch.full((A,), 0.25, device="cuda")
-    y = torch.empty(2 * A, D, device="cuda")
-    sets = {"hbm": [torch.arange(4 * i, 4 * i + 4, device="cuda", dtype=torch.int32) for i in range(LAUNCHES)],
-            "one": [torch.zeros(4, device="cuda", dtype=torch.int32)] * LAUNCHES}
+    w1, w2, x, act, route_w, y, sets = operands()
+    sets = {where: sets[where] for where in ("hbm", "one")}
     print(torch.cuda.get_device_name(), "per launch us; GEMM 1 35.2 MB, GEMM 2 17.6 MB (4 experts)")
     for rnd in range(2):
         for name, G in mods.items():

@@ -64,19 +64,26 @@ def per_launch_us(fn, reps: int = 20) -> float:
     return 1e6 * median_seconds(graph.replay, torch.device("cuda"), reps) / LAUNCHES
 
 
-def main() -> None:
-    assert launch.use_pdl(torch.device("cuda"))
+def operands():
+    """The GEMMs' operands at one token (seed 0): w1, w2, x [1, D], act [A, I], route_w [A], y [2A, D] (split 2),
+    and the expert id sets a launch reads ("hbm", "l2", "one": the module docstring)."""
     gen = torch.Generator().manual_seed(0)
     w1, w2 = mxfp4_weight(2 * I, D, gen), mxfp4_weight(D, I, gen)
     x = torch.randn(1, D, generator=gen).to(torch.bfloat16).cuda()
     act = torch.randn(A, I, generator=gen).to(torch.bfloat16).cuda()
     route_w = torch.full((A,), 0.25, device="cuda")
     y = torch.empty(2 * A, D, device="cuda")
-    y8 = torch.empty(4 * A, D, device="cuda")
-    act8 = torch.empty(2 * A, I, dtype=torch.bfloat16, device="cuda")
     sets = {"hbm": [torch.arange(4 * i, 4 * i + 4, device="cuda", dtype=torch.int32) for i in range(LAUNCHES)],
             "l2": [torch.arange(4, device="cuda", dtype=torch.int32)] * LAUNCHES,
             "one": [torch.zeros(4, device="cuda", dtype=torch.int32)] * LAUNCHES}
+    return w1, w2, x, act, route_w, y, sets
+
+
+def main() -> None:
+    assert launch.use_pdl(torch.device("cuda"))
+    w1, w2, x, act, route_w, y, sets = operands()
+    y8 = torch.empty(4 * A, D, device="cuda")
+    act8 = torch.empty(2 * A, I, dtype=torch.bfloat16, device="cuda")
     if "--once" in sys.argv:  # for a profiler: each GEMM once at the engine's tiles, after one untimed warm-up
         t = GLUON_TILES
         for _ in range(2):
