@@ -48,6 +48,7 @@ def _hf_tensors(llm) -> Iterator[tuple[str, torch.Tensor]]:
         yield p + "mlp.router.weight", layer.mlp.router.weight
         yield p + "mlp.router.bias", layer.mlp.router.bias
         for hf_name, w in zip(("gate_up_proj", "down_proj"), layer.mlp.experts.weights()):
+            w = w.standard()  # the kernels' tiled bytes (weights/tiles.py) back in the checkpoint's layout
             dense = dequantize_mxfp4(w.blocks, w.scales, torch.bfloat16) if w.is_mxfp4 else w.dense  # [E, out, in]
             yield p + f"mlp.experts.{hf_name}", dense.transpose(1, 2)  # [E, in, out]
             del dense

@@ -24,6 +24,9 @@ class Ops:
     moe_experts: Callable  # (x [T, D], weights [T, A], ids [T, A], w1, w2, limit, alpha) -> [T, D]
     # no op syncs with the host, so a CUDA graph can hold a step (the reference MoE reads routing on the host)
     graph_safe: bool
+    # moe_experts reads MXFP4 experts fastest in the tiled layout (weights/tiles.py): the model re-lays them so
+    # once they are loaded (ExpertWeight.tiled says which layout a weight is in; every kernel takes both)
+    tiled_experts: bool = False
 
 
 def resolve_kernels(name: str, device: str) -> str:
@@ -56,7 +59,10 @@ def get_ops(name: str) -> Ops:
             return moe_experts_triton(x, weights, ids, w1, w2, limit, alpha)
 
         return Ops("triton", linear_triton, add_rms_norm_triton, rope_store_kv_triton, attention, route_triton,
-                   moe_experts, graph_safe=True)
+                   moe_experts, graph_safe=True,
+                   # off until the tiled kernels have run on a GPU: prepared in the twentieth session, where the
+                   # device time ran out first (docs/performance.md)
+                   tiled_experts=False)
     if name == "ref":
         from .ref.attention import paged_attention_ref
         from .ref.linear import linear_ref

@@ -7,6 +7,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from ..weights.mxfp4 import dequantize_mxfp4
+from ..weights.tiles import untile_rows
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,9 @@ class ExpertWeight:
     # MXFP4: (min, max) of the scale bytes when known (measured once, at load time: reading it costs a host
     # sync); kernels whose decode holds only for some scales (moe_gluon.py) run only when it is known
     scale_range: tuple[int, int] | None = None
+    # MXFP4: blocks in the tiled layout of weights/tiles.py (the GPU kernels' fastest read; every kernel that
+    # reads blocks takes it) instead of the standard one
+    tiled: bool = False
 
     @property
     def is_mxfp4(self) -> bool:
@@ -37,5 +41,11 @@ class ExpertWeight:
     def expert(self, e: int, dtype: torch.dtype) -> torch.Tensor:
         """Expert e's weight [out, in] in `dtype`, dequantized on the fly for MXFP4 (never kept)."""
         if self.blocks is not None:
-            return dequantize_mxfp4(self.blocks[e], self.scales[e], dtype=dtype)
+            blocks = untile_rows(self.blocks[e]) if self.tiled else self.blocks[e]
+            return dequantize_mxfp4(blocks, self.scales[e], dtype=dtype)
         return self.dense[e].to(dtype)
+
+    def standard(self) -> "ExpertWeight":
+        """This weight with its blocks in the standard layout (a copy where tiled; for readers outside the
+        kernels, e.g. transformers' comparison)."""
+        return replace(self, blocks=untile_rows(self.blocks), tiled=False) if self.tiled else self

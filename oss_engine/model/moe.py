@@ -23,6 +23,7 @@ from ..kernels import Ops
 from ..kernels.types import ExpertWeight
 from ..parallel.comm import MoEComm
 from ..parallel.shard import RankShard
+from ..weights.tiles import can_tile, tile_in_place
 from .layers import Linear
 
 
@@ -51,17 +52,27 @@ class MXFP4Experts(_Experts):
         self.w2_scales = _buffer(E, D, I // MXFP4_BLOCK, dtype=torch.uint8)
         self.w2_bias = _buffer(E, D, dtype=dtype)
         self.scale_ranges: tuple[tuple[int, int], tuple[int, int]] | None = None  # set by after_load
+        self.tiled = False  # blocks in weights/tiles.py's layout (set by after_load)
 
     def after_load(self) -> None:
-        """Called by the loader once the weights are in: note each projection's scale-byte range (see
-        ExpertWeight.scale_range)."""
+        """Called by the loader once the weights are in (every byte of the blocks freshly written, in the
+        standard layout): note each projection's scale-byte range (see ExpertWeight.scale_range) and, where
+        the op table reads them faster so (Ops.tiled_experts), re-lay the blocks tiled (weights/tiles.py)."""
+        self.tiled = False
         w1, w2 = self.weights()
         self.scale_ranges = (w1.with_scale_range().scale_range, w2.with_scale_range().scale_range)
+        if self.ops.tiled_experts and can_tile(self.w1_blocks) and can_tile(self.w2_blocks):
+            with torch.no_grad():
+                tile_in_place(self.w1_blocks)
+                tile_in_place(self.w2_blocks)
+            self.tiled = True
 
     def weights(self) -> tuple[ExpertWeight, ExpertWeight]:
         r1, r2 = self.scale_ranges or (None, None)
-        return (ExpertWeight(self.w1_bias, blocks=self.w1_blocks, scales=self.w1_scales, scale_range=r1),
-                ExpertWeight(self.w2_bias, blocks=self.w2_blocks, scales=self.w2_scales, scale_range=r2))
+        return (ExpertWeight(self.w1_bias, blocks=self.w1_blocks, scales=self.w1_scales, scale_range=r1,
+                             tiled=self.tiled),
+                ExpertWeight(self.w2_bias, blocks=self.w2_blocks, scales=self.w2_scales, scale_range=r2,
+                             tiled=self.tiled))
 
 
 class DenseExperts(_Experts):

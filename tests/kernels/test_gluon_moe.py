@@ -122,13 +122,15 @@ def test_compiles_for_sm90_without_shared_memory():
     for sm_90: no shared memory (the operands stay in registers) and at most the dot_scaled kernel's 168
     registers (at 168, six 2-warp programs fit an SM: the decode path's 720 GEMM 1 programs run in one wave).
     With PDL the grouped kernels and GEMM 1 load nothing before their wait, the decode GEMM 2 its ids and
-    first weights."""
+    first weights. With the weights tiled (weights/tiles.py) the same bounds hold and the words load in as many
+    instructions."""
     run_compile_check(r'''
 import os, re, subprocess, tempfile
 from triton.experimental.gluon._runtime import GluonASTSource
 from oss_engine.kernels.triton import moe_gluon as G
 
 def build(fn, consts, ptrs, floats=(), num_warps=2):
+    consts = {"TILED": False, **consts}  # a constexpr left out here would compile as a runtime argument
     sig = {n: "constexpr" if n in consts else ptrs.get(n, "fp32" if n in floats else "i32") for n in fn.arg_names}
     div = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(fn.arg_names)
            if sig[n] not in ("constexpr", "fp32")}
@@ -187,6 +189,24 @@ for stages in (2, 4):  # the decode GEMM 2's other depths' prologues (3 above)
                 dict(act_ptr="*i32", ids_ptr="*i64", w_ptr="*i32", s_ptr="*u8", b_ptr="*bf16",
                      route_w_ptr="*bf16", y_ptr="*fp32"))
     assert loads_before_wait(ptx) > 3, stages
+# the weights in weights/tiles.py's layout: the decode and grouped kernels at their default tiles compile within
+# the same bound and load their words in as many (16-byte) instructions as the standard layout
+pair1 = dict(x_ptr="*i32", ids_ptr="*i64", w_ptr="*i32", s_ptr="*u8", b_ptr="*bf16", act_ptr="*bf16")
+pair2 = dict(act_ptr="*i32", ids_ptr="*i64", w_ptr="*i32", s_ptr="*u8", b_ptr="*bf16", route_w_ptr="*bf16",
+             y_ptr="*fp32")
+grp1 = dict(x_ptr="*i32", order_ptr="*i64", bounds_ptr="*i32", w_ptr="*i32", s_ptr="*u8", b_ptr="*bf16",
+            act_ptr="*bf16")
+grp2 = dict(act_ptr="*i32", order_ptr="*i64", bounds_ptr="*i32", w_ptr="*i32", s_ptr="*u8", b_ptr="*bf16",
+            route_w_ptr="*bf16", y_ptr="*bf16")
+cases = [(G._pair_gemm1_gluon, dict(K=2880, A=4, BN=32, PDL=True, **opts(2)), pair1, ("limit", "alpha"), 2),
+         (G._pair_gemm2_gluon, dict(K=2880, S=2, K_SPLIT=1536, BN=32, PDL=True, **opts(3)), pair2, (), 2),
+         (G._group_gemm1_gluon, dict(K=2880, A=4, E=32, E_PAD=32, BM=8, BN=32, PDL=True, HALF_TAIL=False,
+                                     **opts(4)), grp1, ("limit", "alpha"), 2),
+         (G._group_gemm2_gluon, dict(K=2880, E=32, E_PAD=32, BM=16, BN=64, PDL=True, HALF_TAIL=True, **o16), grp2,
+          (), 4)]
+for fn, consts, ptrs, floats, nw in cases:
+    std, til = (build(fn, dict(consts, TILED=tl_), ptrs, floats, nw).count("ld.global") for tl_ in (False, True))
+    assert std == til, (fn.__name__, std, til)
 print("ok")
 ''')
 

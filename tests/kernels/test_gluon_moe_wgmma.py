@@ -46,7 +46,8 @@ def test_compiles_for_sm90():
     its weights reaching wgmma's register A operand with no shared memory read and no shuffle on the way (the
     module docstring's layout argument; the few shuffles are the expert lookup's reductions), 4 wgmma a
     64-wide step (in both the full blocks and the half-width tails: GemmTiles.half_tail), no spills, and at most
-    128 registers: two programs an SM, which the measured speed rests on (moe_gluon_wgmma's docstring)."""
+    128 registers: two programs an SM, which the measured speed rests on (moe_gluon_wgmma's docstring). The same
+    with the weights tiled (weights/tiles.py), whose words load in as many instructions."""
     run_compile_check(r'''
 import os, re, subprocess, tempfile
 from triton.experimental.gluon._runtime import GluonASTSource
@@ -56,27 +57,35 @@ from oss_engine.kernels.triton.moe import WGMMA_GEMM1 as t
 fn = W._group_gemm1_wgmma
 types = dict(xp_ptr="*bf16", order_ptr="*i64", bounds_ptr="*i32", w_ptr="*i32", s_ptr="*u8", b_ptr="*bf16",
              act_ptr="*bf16")
-consts = dict(K=2880, N=5760, A=4, E=32, E_PAD=32, BT=t.block_m, BK=t.block_k, GROUP_M=t.group_m,
-              W_L=W.words_layout(t.block_k, t.num_warps), STAGES=t.num_stages, HALF_TAIL=t.half_tail)
-sig = {n: "constexpr" if n in consts else types.get(n, "fp32" if n in ("limit", "alpha") else "i32")
-       for n in fn.arg_names}
-# pointers and integers divisible by 16, as the launch specializes them (every stride here is: rows of K)
-div = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(fn.arg_names) if sig[n] not in ("constexpr", "fp32")}
-k = triton.compile(GluonASTSource(fn, sig, consts, attrs=div), target=GPUTarget("cuda", 90, 32),
-                   options={"num_warps": t.num_warps})
-ptx = k.asm["ptx"]
-assert "ld.shared" not in ptx and ptx.count("shfl") <= 6, (ptx.count("ld.shared"), ptx.count("shfl"))
-assert len(re.findall(r"wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16", ptx)) == 4
-assert t.half_tail and len(re.findall(r"wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16", ptx)) == 4
-nv = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
-with tempfile.TemporaryDirectory() as tmp:
-    path = os.path.join(tmp, "k.cubin")
-    open(path, "wb").write(k.asm["cubin"])
-    sass = subprocess.run([os.path.join(nv, "cuobjdump"), "-sass", path], capture_output=True, text=True).stdout
-    res = subprocess.run([os.path.join(nv, "cuobjdump"), "-res-usage", path], capture_output=True, text=True).stdout
-assert "STL" not in sass and sass.count("HGMMA") == 8  # 4 a step, in the full blocks and the half ones
-regs = int(re.search(r"REG:(\d+)", res).group(1))
-assert regs <= 128, regs
+loads = {}
+for tiled in (False, True):  # the standard and weights/tiles.py's byte layouts
+    consts = dict(K=2880, N=5760, A=4, E=32, E_PAD=32, BT=t.block_m, BK=t.block_k, GROUP_M=t.group_m,
+                  W_L=W.words_layout(t.block_k, t.num_warps), STAGES=t.num_stages, HALF_TAIL=t.half_tail,
+                  TILED=tiled)
+    sig = {n: "constexpr" if n in consts else types.get(n, "fp32" if n in ("limit", "alpha") else "i32")
+           for n in fn.arg_names}
+    # pointers and integers divisible by 16, as the launch specializes them (every stride here is: rows of K)
+    div = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(fn.arg_names)
+           if sig[n] not in ("constexpr", "fp32")}
+    k = triton.compile(GluonASTSource(fn, sig, consts, attrs=div), target=GPUTarget("cuda", 90, 32),
+                       options={"num_warps": t.num_warps})
+    ptx = k.asm["ptx"]
+    assert "ld.shared" not in ptx and ptx.count("shfl") <= 6, (ptx.count("ld.shared"), ptx.count("shfl"))
+    assert len(re.findall(r"wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16", ptx)) == 4
+    assert t.half_tail and len(re.findall(r"wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16", ptx)) == 4
+    nv = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "k.cubin")
+        open(path, "wb").write(k.asm["cubin"])
+        sass = subprocess.run([os.path.join(nv, "cuobjdump"), "-sass", path], capture_output=True,
+                              text=True).stdout
+        res = subprocess.run([os.path.join(nv, "cuobjdump"), "-res-usage", path], capture_output=True,
+                             text=True).stdout
+    assert "STL" not in sass and sass.count("HGMMA") == 8  # 4 a step, in the full blocks and the half ones
+    regs = int(re.search(r"REG:(\d+)", res).group(1))
+    assert regs <= 128, regs
+    loads[tiled] = ptx.count("ld.global")
+assert loads[True] == loads[False], loads  # the tiled words still load as whole vectors
 print("ok")
 ''')
 

@@ -17,7 +17,7 @@ from oss_engine.kernels.triton import moe_grouped_mm as gmm
 from oss_engine.kernels.triton.moe import GemmTiles, MoeTritonConfig, moe_experts_triton
 from oss_engine.kernels.types import ExpertWeight
 from test_triton_moe import make_ids, make_weight
-from triton_cases import DEV, rel_l2
+from triton_cases import DEV, rel_l2, tiled
 
 ALPHA = 1.702
 GROUPED = MoeTritonConfig(GemmTiles(), GemmTiles(), "grouped_mm")
@@ -40,6 +40,15 @@ def test_dequantize_is_exact(fmt, E, out, inp):
     for e in range(E):
         want = w.expert(e, torch.bfloat16)
         assert torch.equal(d[e].view(torch.int16), want.view(torch.int16)), f"expert {e}"
+
+
+@pytest.mark.parametrize("E,out,inp", [(2, 16, 32), (3, 32, 96), (1, 48, 128)])
+def test_dequantize_reads_tiled_blocks(E, out, inp):
+    """Blocks in weights/tiles.py's layout (whole 32-byte chunks, and a 16-byte last one at 96 values a row)
+    dequantize to the same bits as the standard blocks."""
+    w = make_weight("bytes", E, out, inp, torch.Generator().manual_seed(out + inp))
+    want, got = gmm.dequantize(w), gmm.dequantize(tiled(w))
+    assert torch.equal(got.view(torch.int16), want.view(torch.int16))
 
 
 def test_dequantize_scale_extremes():

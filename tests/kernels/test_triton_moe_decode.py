@@ -6,6 +6,8 @@ cases run compiled and a bf16 variant runs too. Buffers the kernels allocate sta
 anything never written fails the comparison. Legend as in test_triton_moe.py.
 """
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -15,13 +17,15 @@ from oss_engine.kernels import get_ops
 from oss_engine.kernels.ref.moe import moe_experts_ref
 from oss_engine.kernels.triton import moe_decode as dec_mod
 from oss_engine.kernels.triton.moe_decode import (
+    GLUON_TILES,
     DecodeTiles,
     default_decode_tiles,
     moe_experts_decode_triton,
+    triton_decode_tiles,
     use_decode_path,
 )
-from test_triton_moe import ALPHA, make_ids, make_weight, to_bf16
-from triton_cases import DEV, INTERPRET, rel_l2
+from test_triton_moe import ALPHA, bf16_case, make_ids, make_weight, to_bf16
+from triton_cases import DEV, INTERPRET, rel_l2, tiled
 
 # several N tiles, K steps and GEMM 2 splits at these sizes; float32 tiles that fit registers on a GPU
 SMALL = DecodeTiles(32, 32, 4, 1, 32, 32, 3, 4, 1, "arith")
@@ -61,7 +65,7 @@ CASES = [
 
 
 @pytest.mark.filterwarnings("ignore:overflow encountered in exp")  # sigmoid of a large negative gate
-@pytest.mark.parametrize("fmt", ["mxfp4", "dense", "bytes"])
+@pytest.mark.parametrize("fmt", ["mxfp4", "dense", "bytes", "tiled"])
 @pytest.mark.parametrize("E,A,D,I,T,kind", CASES)
 @pytest.mark.parametrize("tiles", [SMALL, WIDE], ids=["small", "wide"])
 def test_matches_reference(poisoned, fmt, E, A, D, I, T, kind, tiles):
@@ -151,3 +155,19 @@ def test_gpu_bf16(fmt, T):
     ref = moe_experts_ref(x, weights, ids, w1, w2, 7.0, ALPHA)
     assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
     assert rel_l2(out, ref) < 2e-2
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(INTERPRET, reason="TRITON_INTERPRET=1: a bf16 tl.dot is wrong in the interpreter")
+@pytest.mark.parametrize("T", [1, 2, 4])
+@pytest.mark.parametrize("decode", ["gluon", "dot_scaled", "arith"])
+@pytest.mark.parametrize("fmt,D,I", [("mxfp4", 320, 320), ("bytes", 2880, 2880)])
+def test_gpu_tiled_same_bits(T, decode, fmt, D, I):
+    """The same weights tiled (weights/tiles.py) give the same bits as standard on the decode path: the Gluon
+    pair GEMMs (the default on CUDA) and the Triton kernels' modes."""
+    x, weights, ids, w1, w2, limit = bf16_case(fmt, "uniform", T, 32, 4, D, I, seed=T + D)
+    tiles = GLUON_TILES if decode == "gluon" else dataclasses.replace(triton_decode_tiles(), mxfp4_decode=decode)
+    want = moe_experts_decode_triton(x, weights, ids, w1, w2, limit, ALPHA, tiles=tiles)
+    got = moe_experts_decode_triton(x, weights, ids, tiled(w1), tiled(w2), limit, ALPHA, tiles=tiles)
+    assert torch.equal(got, want)
+    assert rel_l2(want, moe_experts_ref(x, weights, ids, w1, w2, limit, ALPHA)) < 2e-2

@@ -7,14 +7,23 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
+from oss_engine.kernels.types import ExpertWeight
+from oss_engine.weights.tiles import tile_rows
+
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 DEV = "cpu" if INTERPRET else "cuda"  # the interpreter takes CPU tensors; compiled kernels CUDA ones
 ROOT = Path(__file__).resolve().parents[2]  # the repository root
+
+
+def tiled(w: ExpertWeight) -> ExpertWeight:
+    """The MXFP4 weight w with its blocks re-laid in weights/tiles.py's layout (ExpertWeight.tiled)."""
+    return replace(w, blocks=tile_rows(w.blocks), tiled=True)
 
 
 def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -285,13 +285,27 @@ def _load_scales(s_ptr, rows, nmask, k0, K, s_sn, s_sg, BLOCK_K: tl.constexpr):
 
 
 @triton.jit
+def _w_offsets(rows, byte, s_wn, s_wk, TILED: tl.constexpr):
+    """Offsets of byte `byte` of weight rows `rows` (broadcast) from an expert's MXFP4 bytes: rows * s_wn +
+    byte * s_wk, or with TILED the layout of weights/tiles.py (16-row blocks of 32-byte chunks, the last chunk
+    of a row narrower when its s_wn bytes are not a multiple of 32; s_wk is then 1)."""
+    if TILED:
+        chunk = byte // 32
+        width = tl.minimum(s_wn - chunk * 32, 32)
+        return (rows // 16) * (16 * s_wn) + chunk * 512 + (rows % 16) * width + byte % 32
+    else:
+        return rows * s_wn + byte * s_wk
+
+
+@triton.jit
 def _mma_step(acc, a0, a1, w_ptr, s_ptr, rows, nmask, k0, K, s_wn, s_wk, s_sn, s_sg,
               MODE: tl.constexpr, BN: tl.constexpr, BLOCK_K: tl.constexpr, COMPUTE: tl.constexpr,
-              PRECISION: tl.constexpr):
+              PRECISION: tl.constexpr, TILED: tl.constexpr):
     """acc += A[:, k0:k0+BK] @ W[rows, k0:k0+BK]^T for one expert's weight (w_ptr, s_ptr at its base).
 
     acc is [BM, BN], or [BN, BM] in mode 3. Dense: w [out, in] with strides (s_wn, s_wk). MXFP4: w is the
-    byte view [out, in/2] (s_wk per byte = 2 values), scales [out, in/32] with strides (s_sn, s_sg).
+    byte view [out, in/2] (s_wk per byte = 2 values; TILED: weights/tiles.py's layout, `_w_offsets`), scales
+    [out, in/32] with strides (s_sn, s_sg).
     """
     if MODE == 0:
         k = k0 + tl.arange(0, BLOCK_K)
@@ -301,8 +315,8 @@ def _mma_step(acc, a0, a1, w_ptr, s_ptr, rows, nmask, k0, K, s_wn, s_wk, s_sn, s
     elif MODE == 1:
         scales, g, gmask = _load_scales(s_ptr, rows, nmask, k0, K, s_sn, s_sg, BLOCK_K)  # [BN, G]
         j = tl.arange(0, 16)
-        byte_off = (g[None, :, None] * 16 + j[None, None, :]) * s_wk  # [1, G, 16]
-        packed = tl.load(w_ptr + rows[:, None, None] * s_wn + byte_off, mask=gmask[:, :, None],
+        byte = g[None, :, None] * 16 + j[None, None, :]  # [1, G, 16]
+        packed = tl.load(w_ptr + _w_offsets(rows[:, None, None], byte, s_wn, s_wk, TILED), mask=gmask[:, :, None],
                          other=0).to(tl.int32)  # [BN, G, 16]: byte j of group g holds elements 2j, 2j+1
         factor = _e8m0_to_f32(scales)[:, :, None]  # [BN, G, 1]
         lo = tl.reshape((_e2m1_to_f32(packed & 15) * factor).to(COMPUTE), (BN, BLOCK_K // 2))  # elt k0 + 2q
@@ -312,13 +326,13 @@ def _mma_step(acc, a0, a1, w_ptr, s_ptr, rows, nmask, k0, K, s_wn, s_wk, s_sn, s
     elif MODE == 2:
         scales, g, gmask = _load_scales(s_ptr, rows, nmask, k0, K, s_sn, s_sg, BLOCK_K)
         q = k0 // 2 + tl.arange(0, BLOCK_K // 2)  # byte index along in/2
-        packed = tl.load(w_ptr + rows[None, :] * s_wn + q[:, None] * s_wk,
+        packed = tl.load(w_ptr + _w_offsets(rows[None, :], q[:, None], s_wn, s_wk, TILED),
                          mask=nmask[None, :] & (q < K // 2)[:, None], other=0)  # [BK/2, BN]
         acc = tl.dot_scaled(a0, None, "bf16", packed, scales, "e2m1", acc, fast_math=True)
     else:
         scales, g, gmask = _load_scales(s_ptr, rows, nmask, k0, K, s_sn, s_sg, BLOCK_K)
         q = k0 // 2 + tl.arange(0, BLOCK_K // 2)
-        packed = tl.load(w_ptr + rows[:, None] * s_wn + q[None, :] * s_wk,
+        packed = tl.load(w_ptr + _w_offsets(rows[:, None], q[None, :], s_wn, s_wk, TILED),
                          mask=nmask[:, None] & (q < K // 2)[None, :], other=0)  # [BN, BK/2]
         acc = tl.dot_scaled(packed, scales, "e2m1", tl.trans(a0), None, "bf16", acc, fast_math=True)
     return acc
@@ -332,11 +346,11 @@ def _moe_gemm1_kernel(
     K: tl.constexpr, N: tl.constexpr, A: tl.constexpr, E: tl.constexpr, E_PAD: tl.constexpr,
     MODE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     COMPUTE: tl.constexpr, PRECISION: tl.constexpr, PDL: tl.constexpr, GROUP_M: tl.constexpr,
-    HALF_TAIL: tl.constexpr,
+    HALF_TAIL: tl.constexpr, TILED: tl.constexpr,
 ):
     """act[r, i] = swiglu(x[tok(r)] @ W1[e]^T + b1[e])[i] for the block's rows and BLOCK_N / 2 columns i
     (W1 rows n0 .. n0 + BLOCK_N, N = 2I). HALF_TAIL: a block of <= BLOCK_M / 2 rows runs at half the rows
-    (module docstring, "Blocks")."""
+    (module docstring, "Blocks"). TILED: the MXFP4 bytes in weights/tiles.py's layout (`_w_offsets`)."""
     launch.wait_for_inputs(PDL)
     pid_m, pid_n = _tile(grid_m, (N + BLOCK_N - 1) // BLOCK_N, GROUP_M)
     expert, start, end, total = _expert_block(bounds_ptr, pid_m, E, E_PAD, BLOCK_M)
@@ -345,18 +359,19 @@ def _moe_gemm1_kernel(
     if HALF_TAIL and end - start <= BLOCK_M // 2:  # the block runs at BLOCK_M // 2 rows
         _gemm1_block(x_ptr, order_ptr, w_ptr, s_ptr, b_ptr, act_ptr, s_xt, s_xk, s_we, s_wn, s_wk, s_se, s_sn, s_sg,
                      s_be, s_bn, s_ar, s_aq, s_ah, limit, alpha, expert, start, end, pid_n,
-                     K, N, A, MODE, BLOCK_M // 2, BLOCK_N, BLOCK_K, COMPUTE, PRECISION)
+                     K, N, A, MODE, BLOCK_M // 2, BLOCK_N, BLOCK_K, COMPUTE, PRECISION, TILED)
     else:
         _gemm1_block(x_ptr, order_ptr, w_ptr, s_ptr, b_ptr, act_ptr, s_xt, s_xk, s_we, s_wn, s_wk, s_se, s_sn, s_sg,
                      s_be, s_bn, s_ar, s_aq, s_ah, limit, alpha, expert, start, end, pid_n,
-                     K, N, A, MODE, BLOCK_M, BLOCK_N, BLOCK_K, COMPUTE, PRECISION)
+                     K, N, A, MODE, BLOCK_M, BLOCK_N, BLOCK_K, COMPUTE, PRECISION, TILED)
 
 
 @triton.jit
 def _gemm1_block(x_ptr, order_ptr, w_ptr, s_ptr, b_ptr, act_ptr, s_xt, s_xk, s_we, s_wn, s_wk, s_se, s_sn, s_sg,
                  s_be, s_bn, s_ar, s_aq, s_ah, limit, alpha, expert, start, end, pid_n,
                  K: tl.constexpr, N: tl.constexpr, A: tl.constexpr, MODE: tl.constexpr, BLOCK_M: tl.constexpr,
-                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, COMPUTE: tl.constexpr, PRECISION: tl.constexpr):
+                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, COMPUTE: tl.constexpr, PRECISION: tl.constexpr,
+                 TILED: tl.constexpr):
     """`_moe_gemm1_kernel`'s work for sorted rows [start, min(start + BLOCK_M, end)) of `expert`."""
     rows = start + tl.arange(0, BLOCK_M)  # [BM] sorted rows
     rmask = rows < end
@@ -373,7 +388,7 @@ def _gemm1_block(x_ptr, order_ptr, w_ptr, s_ptr, b_ptr, act_ptr, s_xt, s_xk, s_w
         # x column k = 2q + h lives at q * (2 s_xk) + h * s_xk
         a0, a1 = _load_a(x_ptr, tok.to(tl.int64) * s_xt, rmask, k0, K, 2 * s_xk, s_xk, MODE, BLOCK_K, COMPUTE)
         acc = _mma_step(acc, a0, a1, w_base, s_base, w_rows, nmask, k0, K, s_wn, s_wk, s_sn, s_sg,
-                        MODE, BLOCK_N, BLOCK_K, COMPUTE, PRECISION)
+                        MODE, BLOCK_N, BLOCK_K, COMPUTE, PRECISION, TILED)
     if MODE == 3:
         acc = tl.trans(acc)
     acc += tl.load(b_ptr + expert * s_be + w_rows * s_bn, mask=nmask, other=0.0).to(tl.float32)[None, :]
@@ -394,10 +409,10 @@ def _moe_gemm2_kernel(
     s_ar, s_aq, s_ah, s_we, s_wn, s_wk, s_se, s_sn, s_sg, s_be, s_bn, s_yp, grid_m,
     K: tl.constexpr, N: tl.constexpr, E: tl.constexpr, E_PAD: tl.constexpr, MODE: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, COMPUTE: tl.constexpr, PRECISION: tl.constexpr,
-    PDL: tl.constexpr, GROUP_M: tl.constexpr, HALF_TAIL: tl.constexpr,
+    PDL: tl.constexpr, GROUP_M: tl.constexpr, HALF_TAIL: tl.constexpr, TILED: tl.constexpr,
 ):
     """y[order[r], n] = route_w[order[r]] * (act[r] @ W2[e]^T + b2[e])[n] for the block's rows, BLOCK_N n.
-    HALF_TAIL as `_moe_gemm1_kernel`."""
+    HALF_TAIL and TILED as `_moe_gemm1_kernel`."""
     launch.wait_for_inputs(PDL)
     pid_m, pid_n = _tile(grid_m, (N + BLOCK_N - 1) // BLOCK_N, GROUP_M)
     expert, start, end, total = _expert_block(bounds_ptr, pid_m, E, E_PAD, BLOCK_M)
@@ -406,18 +421,18 @@ def _moe_gemm2_kernel(
     if HALF_TAIL and end - start <= BLOCK_M // 2:  # the block runs at BLOCK_M // 2 rows
         _gemm2_block(act_ptr, order_ptr, w_ptr, s_ptr, b_ptr, route_w_ptr, y_ptr, s_ar, s_aq, s_ah, s_we, s_wn, s_wk,
                      s_se, s_sn, s_sg, s_be, s_bn, s_yp, expert, start, end, pid_n,
-                     K, N, MODE, BLOCK_M // 2, BLOCK_N, BLOCK_K, COMPUTE, PRECISION)
+                     K, N, MODE, BLOCK_M // 2, BLOCK_N, BLOCK_K, COMPUTE, PRECISION, TILED)
     else:
         _gemm2_block(act_ptr, order_ptr, w_ptr, s_ptr, b_ptr, route_w_ptr, y_ptr, s_ar, s_aq, s_ah, s_we, s_wn, s_wk,
                      s_se, s_sn, s_sg, s_be, s_bn, s_yp, expert, start, end, pid_n,
-                     K, N, MODE, BLOCK_M, BLOCK_N, BLOCK_K, COMPUTE, PRECISION)
+                     K, N, MODE, BLOCK_M, BLOCK_N, BLOCK_K, COMPUTE, PRECISION, TILED)
 
 
 @triton.jit
 def _gemm2_block(act_ptr, order_ptr, w_ptr, s_ptr, b_ptr, route_w_ptr, y_ptr, s_ar, s_aq, s_ah, s_we, s_wn, s_wk,
                  s_se, s_sn, s_sg, s_be, s_bn, s_yp, expert, start, end, pid_n,
                  K: tl.constexpr, N: tl.constexpr, MODE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                 BLOCK_K: tl.constexpr, COMPUTE: tl.constexpr, PRECISION: tl.constexpr):
+                 BLOCK_K: tl.constexpr, COMPUTE: tl.constexpr, PRECISION: tl.constexpr, TILED: tl.constexpr):
     """`_moe_gemm2_kernel`'s work for sorted rows [start, min(start + BLOCK_M, end)) of `expert`."""
     rows = start + tl.arange(0, BLOCK_M)
     rmask = rows < end
@@ -433,7 +448,7 @@ def _gemm2_block(act_ptr, order_ptr, w_ptr, s_ptr, b_ptr, route_w_ptr, y_ptr, s_
     for k0 in range(0, K, BLOCK_K):
         a0, a1 = _load_a(act_ptr, rows.to(tl.int64) * s_ar, rmask, k0, K, s_aq, s_ah, MODE, BLOCK_K, COMPUTE)
         acc = _mma_step(acc, a0, a1, w_base, s_base, cols, nmask, k0, K, s_wn, s_wk, s_sn, s_sg,
-                        MODE, BLOCK_N, BLOCK_K, COMPUTE, PRECISION)
+                        MODE, BLOCK_N, BLOCK_K, COMPUTE, PRECISION, TILED)
     if MODE == 3:
         acc = tl.trans(acc)
     bias = tl.load(b_ptr + expert * s_be + cols * s_bn, mask=nmask, other=0.0).to(tl.float32)
@@ -589,17 +604,25 @@ def _weight_args(w: ExpertWeight, mode: str) -> tuple[torch.Tensor, torch.Tensor
     return b, s, (b.stride(0), b.stride(1), b.stride(2), s.stride(0), s.stride(1), s.stride(2))
 
 
+def same_layout(w1: ExpertWeight, w2: ExpertWeight) -> None:
+    """The GEMMs take one TILED for both projections: refuse a pair whose byte layouts differ."""
+    if w1.tiled != w2.tiled:
+        raise ValueError(f"w1 and w2 must share their byte layout, got tiled={w1.tiled} and tiled={w2.tiled}")
+
+
 def kernel_mode(requested: str, w1: ExpertWeight, compute: torch.dtype) -> tuple[str, dict]:
     """(the mode the GEMMs run, their MODE / COMPUTE / PRECISION constexprs): "dense" for dense weights, else
     the requested MXFP4 decode, "arith" in place of a dot_scaled mode when compute is not bf16 (tl.dot_scaled
-    multiplies in bf16 only). Shared by this path and the decode path (moe_decode.py)."""
+    multiplies in bf16 only), and TILED, the weights' byte layout (w2 shares it: `same_layout`).
+    Shared by this path and the decode path (moe_decode.py)."""
     mode = requested if w1.is_mxfp4 else "dense"
     if mode not in _MODES or (w1.is_mxfp4 and mode == "dense"):
         raise ValueError(f"unknown MXFP4 decode mode {requested!r}")
     if mode.startswith("dot_scaled") and compute != torch.bfloat16:
         mode = "arith"
     return mode, {"MODE": _MODES[mode], "COMPUTE": _TL_DTYPE[compute],
-                  "PRECISION": "ieee" if compute == torch.float32 else "tf32"}  # ieee: no tf32 for float32
+                  "PRECISION": "ieee" if compute == torch.float32 else "tf32",  # ieee: no tf32 for float32
+                  "TILED": w1.tiled}
 
 
 def act_strides(mode: str, I: int) -> tuple[int, int]:
@@ -718,16 +741,16 @@ def _experts_gluon(x: torch.Tensor, weights: torch.Tensor, w1: ExpertWeight, w2:
     moe_gluon._group_gemm1_gluon[(grid_m, (2 * I) // t.block_n)](
         x.view(torch.int32), order, bounds, w.view(torch.int32), s, w1.bias, act, x.stride(0), ws[0], ws[1],
         *ws[3:], w1.bias.stride(0), act.stride(0), float(limit), float(alpha), K=D, A=A, BN=t.block_n,
-        HALF_TAIL=_gluon_half_tail(t), **moe_gluon.launch_options(t.block_k, t.num_warps, t.num_stages),
-        launch_pdl=pdl, **common)
+        HALF_TAIL=_gluon_half_tail(t), TILED=w1.tiled,
+        **moe_gluon.launch_options(t.block_k, t.num_warps, t.num_stages), launch_pdl=pdl, **common)
     y = _empty((P, D), x.dtype, x.device)  # pair rows in x.dtype (module docstring)
     w, s, ws = _weight_args(w2, "dot_scaled")
     t = cfg.gemm2
     moe_gluon._group_gemm2_gluon[(grid_m, D // t.block_n)](
         act.view(torch.int32), order, bounds, w.view(torch.int32), s, w2.bias, weights.reshape(-1), y,
         act.stride(0), ws[0], ws[1], *ws[3:], w2.bias.stride(0), y.stride(0), K=I, BN=t.block_n,
-        HALF_TAIL=_gluon_half_tail(t), **moe_gluon.launch_options(t.block_k, t.num_warps, t.num_stages),
-        launch_pdl=pdl, **common)
+        HALF_TAIL=_gluon_half_tail(t), TILED=w1.tiled,
+        **moe_gluon.launch_options(t.block_k, t.num_warps, t.num_stages), launch_pdl=pdl, **common)
     return combine(y, out, A, pdl)
 
 
@@ -765,6 +788,7 @@ def moe_experts_triton(x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor
     out = _empty((T, D), x.dtype, x.device)
     if P == 0:
         return out.zero_()
+    same_layout(w1, w2)
     cfg = config or default_config(P, E, x.device, dense=not w1.is_mxfp4)
     compute = compute_dtype or (torch.bfloat16 if x.is_cuda else torch.float32)
     order, bounds = group_by_expert(ids, E)

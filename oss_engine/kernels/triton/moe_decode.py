@@ -42,7 +42,8 @@ import triton.language as tl
 from ..types import ExpertWeight
 from . import launch
 
-from .moe import _load_a, _mma_step, _weight_args, act_strides, combine, kernel_mode, moe_gluon  # None: no Gluon
+from .moe import (_load_a, _mma_step, _weight_args, act_strides, combine, kernel_mode, moe_gluon,  # None: no Gluon
+                  same_layout)
 from .swiglu import clamped_swiglu
 
 MAX_DECODE_PAIRS = 8  # pairs up to which the op table takes this path (see use_decode_path)
@@ -92,6 +93,7 @@ def _pair_gemm1_kernel(
     limit, alpha,
     K: tl.constexpr, N: tl.constexpr, A: tl.constexpr, MODE: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr, COMPUTE: tl.constexpr, PRECISION: tl.constexpr, PDL: tl.constexpr,
+    TILED: tl.constexpr,
 ):
     """act[p, i] = swiglu(x[p // A] @ W1[ids[p]]^T + b1)[i] for BLOCK_N / 2 columns i (W1 rows n0 .. n0 + BN)."""
     launch.wait_for_inputs(PDL)  # before ids: the expert, so the weights to read, is only known from them
@@ -106,7 +108,7 @@ def _pair_gemm1_kernel(
     for k0 in range(0, K, BLOCK_K):
         a0, a1 = _load_a(x_ptr, row_off, rmask, k0, K, 2 * s_xk, s_xk, MODE, BLOCK_K, COMPUTE)
         acc = _mma_step(acc, a0, a1, w_ptr + expert * s_we, s_ptr + expert * s_se, w_rows, nmask, k0, K,
-                        s_wn, s_wk, s_sn, s_sg, MODE, BLOCK_N, BLOCK_K, COMPUTE, PRECISION)
+                        s_wn, s_wk, s_sn, s_sg, MODE, BLOCK_N, BLOCK_K, COMPUTE, PRECISION, TILED)
     acc += tl.load(b_ptr + expert * s_be + w_rows * s_bn, mask=nmask, other=0.0).to(tl.float32)[None, :]
     gate, up = tl.split(tl.reshape(acc, (16, BLOCK_N // 2, 2)))  # [16, BN/2] each: columns 2i, 2i + 1
     act = clamped_swiglu(gate, up, limit, alpha)
@@ -125,7 +127,7 @@ def _pair_gemm2_kernel(
     s_ap, s_aq, s_ah, s_we, s_wn, s_wk, s_se, s_sn, s_sg, s_be, s_bn, s_yr,
     K: tl.constexpr, N: tl.constexpr, S: tl.constexpr, K_SPLIT: tl.constexpr, MODE: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, COMPUTE: tl.constexpr, PRECISION: tl.constexpr,
-    PDL: tl.constexpr,
+    PDL: tl.constexpr, TILED: tl.constexpr,
 ):
     """y[p * S + s, n] = weights[p] * (act[p, split s] @ W2[ids[p]][n, split s] (+ b2[n] on split 0)).
     K_SPLIT, a multiple of BLOCK_K, is each split's reduction length (the last may be shorter)."""
@@ -145,7 +147,7 @@ def _pair_gemm2_kernel(
         k0 = k_lo + j * BLOCK_K
         a0, a1 = _load_a(act_ptr, row_off, rmask, k0, k_end, s_aq, s_ah, MODE, BLOCK_K, COMPUTE)
         acc = _mma_step(acc, a0, a1, w_ptr + expert * s_we, s_ptr + expert * s_se, cols, nmask, k0, k_end,
-                        s_wn, s_wk, s_sn, s_sg, MODE, BLOCK_N, BLOCK_K, COMPUTE, PRECISION)
+                        s_wn, s_wk, s_sn, s_sg, MODE, BLOCK_N, BLOCK_K, COMPUTE, PRECISION, TILED)
     bias = tl.load(b_ptr + expert * s_be + cols * s_bn, mask=nmask & (s == 0), other=0.0).to(tl.float32)
     y = (acc + bias[None, :]) * tl.load(route_w_ptr + p).to(tl.float32)
     row = (p * S + s).to(tl.int64)
@@ -180,7 +182,7 @@ def _experts_gluon(x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor, w1
     moe_gluon._pair_gemm1_gluon[(P, (2 * I) // tiles.block_n1)](
         x.view(torch.int32), flat_ids, w.view(torch.int32), s, w1.bias, act, x.stride(0), ws[0], ws[1], *ws[3:],
         w1.bias.stride(0), act.stride(0), float(limit), float(alpha), K=D, A=A, BN=tiles.block_n1, PDL=pdl,
-        launch_pdl=pdl, **moe_gluon.launch_options(tiles.block_k1, tiles.warps1, tiles.stages1))
+        TILED=w1.tiled, launch_pdl=pdl, **moe_gluon.launch_options(tiles.block_k1, tiles.warps1, tiles.stages1))
 
     S, k_split = _gemm2_split(I, tiles)
     y = _empty((P * S, D), torch.float32, x.device)  # row p * S + s
@@ -188,7 +190,7 @@ def _experts_gluon(x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor, w1
     moe_gluon._pair_gemm2_gluon[(P, D // tiles.block_n2, S)](
         act.view(torch.int32), flat_ids, w.view(torch.int32), s, w2.bias, route_w, y, act.stride(0), ws[0], ws[1],
         *ws[3:], w2.bias.stride(0), y.stride(0), K=I, S=S, K_SPLIT=k_split, BN=tiles.block_n2, PDL=pdl,
-        launch_pdl=pdl, **moe_gluon.launch_options(tiles.block_k2, tiles.warps2, tiles.stages2))
+        TILED=w2.tiled, launch_pdl=pdl, **moe_gluon.launch_options(tiles.block_k2, tiles.warps2, tiles.stages2))
 
     return combine(y, out, A * S, pdl)
 
@@ -205,6 +207,7 @@ def moe_experts_decode_triton(x: torch.Tensor, weights: torch.Tensor, ids: torch
     out = _empty((T, D), x.dtype, x.device)
     if P == 0:
         return out.zero_()
+    same_layout(w1, w2)
     tiles = tiles or default_decode_tiles(x.device)
     compute = compute_dtype or (torch.bfloat16 if x.is_cuda else torch.float32)
     if tiles.mxfp4_decode == "gluon":

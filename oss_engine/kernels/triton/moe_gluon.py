@@ -154,13 +154,16 @@ def _gdc_wait(PDL: gl.constexpr):
 
 @gluon.jit
 def _load_w(src, k0, BH: gl.constexpr, BK: gl.constexpr, L: gl.constexpr, MASKED: gl.constexpr,
-            RAW: gl.constexpr):
+            RAW: gl.constexpr, TILED: gl.constexpr):
     """One step's weights: the even and odd rows' words [BH, 4, W] int32 and their bf16x2 scale factors
     [BH, 4, 1] int32, or with RAW their scale bytes [BH, 4, 1] uint8 (`_mma_words` forms the factors: see
     `_row_dot`); src = `_row_dot`'s stream (w_base: int32 view of row n0's bytes). MASKED: a lane's
     quarter (2I values from k0 + 2I t) lies wholly before k_end (a multiple of 32) or wholly after it, so
     the mask is per quarter and the loads stay 16-byte vectors; steps past k_end load nothing. Unmasked
-    (the rounds `_row_dot` knows lie before k_end) the loads need no predicate or zeroed registers."""
+    (the rounds `_row_dot` knows lie before k_end) the loads need no predicate or zeroed registers. TILED:
+    the bytes in weights/tiles.py's layout (16-row blocks of 32-byte chunks; `fits` makes K a multiple of
+    64, so every chunk is whole and a lane's I <= 16 bytes lie in one): row 2j is row 2 (j % 8) of block
+    j // 8 (n0 is a multiple of 16), row 2j + 1 the next, 32 bytes on."""
     w_base, s_base, _, _, _, k_end, s_wn, s_sn, s_sg = src
     I: gl.constexpr = BK // 8
     W: gl.constexpr = BK // 32
@@ -169,17 +172,24 @@ def _load_w(src, k0, BH: gl.constexpr, BK: gl.constexpr, L: gl.constexpr, MASKED
     w = gl.arange(0, W, layout=gl.SliceLayout(0, gl.SliceLayout(1, L)))[None, None, :]  # [1, 1, W]
     word = (k0 // 2 + t * I) // 4 + w  # [1, 4, W] int32 word along the row
     group = k0 // 32 + (t * I) // 16  # [1, 4, 1] the scale group of the lane's bytes
-    even = (2 * j) * (s_wn // 4) + word  # [BH, 4, W]
+    if TILED:
+        b = k0 // 2 + t * I  # [1, 4, 1] the lane's first byte along the row
+        even = (j // 8) * (4 * s_wn) + (b // 32) * 128 + (j % 8) * 16 + (b % 32) // 4 + w  # [BH, 4, W] words
+        even = gl.max_contiguous(gl.multiple_of(even, [1, 1, W]), [1, 1, W])  # W words: one 16-byte vector
+        odd = even + 8
+    else:
+        even = (2 * j) * (s_wn // 4) + word  # [BH, 4, W]
+        odd = even + s_wn // 4
     s_even = (2 * j) * s_sn + group * s_sg  # [BH, 4, 1]
     if MASKED:
         live = (k0 + 2 * I * t < k_end) & (j < BH)  # [BH, 4, 1]
         qe = gl.load(w_base + even, mask=live)  # masked words stay undefined: they meet zero activations,
-        qo = gl.load(w_base + even + s_wn // 4, mask=live)  # and any code decodes to a finite value
+        qo = gl.load(w_base + odd, mask=live)  # and any code decodes to a finite value
         se = gl.load(s_base + s_even, mask=live, other=127)
         so = gl.load(s_base + s_even + s_sn, mask=live, other=127)
     else:
         qe = gl.load(w_base + even)
-        qo = gl.load(w_base + even + s_wn // 4)
+        qo = gl.load(w_base + odd)
         se = gl.load(s_base + s_even)
         so = gl.load(s_base + s_even + s_sn)
     if not RAW:
@@ -222,9 +232,9 @@ def _load_a(src, k0, BK: gl.constexpr, LA: gl.constexpr, TT: gl.constexpr, MASKE
 
 @gluon.jit
 def _load_step(src, k0, BH: gl.constexpr, BK: gl.constexpr, L: gl.constexpr, LA: gl.constexpr,
-               TT: gl.constexpr, MASKED: gl.constexpr, RAW: gl.constexpr):
+               TT: gl.constexpr, MASKED: gl.constexpr, RAW: gl.constexpr, TILED: gl.constexpr):
     """One step's operands: `_load_w`'s four then `_load_a`'s two."""
-    return _load_w(src, k0, BH, BK, L, MASKED, RAW) + _load_a(src, k0, BK, LA, TT, MASKED)
+    return _load_w(src, k0, BH, BK, L, MASKED, RAW, TILED) + _load_a(src, k0, BK, LA, TT, MASKED)
 
 
 @gluon.jit
@@ -279,16 +289,16 @@ def _step(acc, buf, live, BK: gl.constexpr, L: gl.constexpr, TT: gl.constexpr, M
 
 @gluon.jit
 def _round(acc, b0, b1, b2, k0, src, BH: gl.constexpr, BK: gl.constexpr, L: gl.constexpr, LA: gl.constexpr,
-           DEPTH: gl.constexpr, TT: gl.constexpr, MASKED: gl.constexpr, RAW: gl.constexpr):
+           DEPTH: gl.constexpr, TT: gl.constexpr, MASKED: gl.constexpr, RAW: gl.constexpr, TILED: gl.constexpr):
     """DEPTH (2 or 3) steps from k0, each buffer refilled in place DEPTH steps ahead (RAW: `_load_w`'s); at
     DEPTH 2, b2 is not read and the new (acc, b0, b1) come back."""
     k_end = src[5]
-    n0 = _load_step(src, k0 + DEPTH * BK, BH, BK, L, LA, TT, MASKED, RAW)
+    n0 = _load_step(src, k0 + DEPTH * BK, BH, BK, L, LA, TT, MASKED, RAW, TILED)
     acc = _step(acc, b0, k0 < k_end, BK, L, TT, MASKED)
-    n1 = _load_step(src, k0 + (DEPTH + 1) * BK, BH, BK, L, LA, TT, MASKED, RAW)
+    n1 = _load_step(src, k0 + (DEPTH + 1) * BK, BH, BK, L, LA, TT, MASKED, RAW, TILED)
     acc = _step(acc, b1, k0 + BK < k_end, BK, L, TT, MASKED)
     if DEPTH == 3:
-        n2 = _load_step(src, k0 + 5 * BK, BH, BK, L, LA, TT, MASKED, RAW)
+        n2 = _load_step(src, k0 + 5 * BK, BH, BK, L, LA, TT, MASKED, RAW, TILED)
         acc = _step(acc, b2, k0 + 2 * BK < k_end, BK, L, TT, MASKED)
         return acc, n0, n1, n2
     else:
@@ -297,19 +307,19 @@ def _round(acc, b0, b1, b2, k0, src, BH: gl.constexpr, BK: gl.constexpr, L: gl.c
 
 @gluon.jit
 def _round4(acc, w0, w1, w2, w3, aa, k0, src, BH: gl.constexpr, BK: gl.constexpr, L: gl.constexpr,
-            LA: gl.constexpr, TT: gl.constexpr, MASKED: gl.constexpr):
+            LA: gl.constexpr, TT: gl.constexpr, MASKED: gl.constexpr, TILED: gl.constexpr):
     """DEPTH 4: 4 steps from k0, the weights refilled 4 steps ahead, the activations 1 (aa: step k0's)."""
     k_end = src[5]
-    n0 = _load_w(src, k0 + 4 * BK, BH, BK, L, MASKED, False)
+    n0 = _load_w(src, k0 + 4 * BK, BH, BK, L, MASKED, False, TILED)
     ab = _load_a(src, k0 + BK, BK, LA, TT, MASKED)
     acc = _step(acc, w0 + aa, k0 < k_end, BK, L, TT, MASKED)
-    n1 = _load_w(src, k0 + 5 * BK, BH, BK, L, MASKED, False)
+    n1 = _load_w(src, k0 + 5 * BK, BH, BK, L, MASKED, False, TILED)
     aa = _load_a(src, k0 + 2 * BK, BK, LA, TT, MASKED)
     acc = _step(acc, w1 + ab, k0 + BK < k_end, BK, L, TT, MASKED)
-    n2 = _load_w(src, k0 + 6 * BK, BH, BK, L, MASKED, False)
+    n2 = _load_w(src, k0 + 6 * BK, BH, BK, L, MASKED, False, TILED)
     ab = _load_a(src, k0 + 3 * BK, BK, LA, TT, MASKED)
     acc = _step(acc, w2 + aa, k0 + 2 * BK < k_end, BK, L, TT, MASKED)
-    n3 = _load_w(src, k0 + 7 * BK, BH, BK, L, MASKED, False)
+    n3 = _load_w(src, k0 + 7 * BK, BH, BK, L, MASKED, False, TILED)
     aa = _load_a(src, k0 + 4 * BK, BK, LA, TT, MASKED)
     acc = _step(acc, w3 + ab, k0 + 3 * BK < k_end, BK, L, TT, MASKED)
     return acc, n0, n1, n2, n3, aa
@@ -318,7 +328,7 @@ def _round4(acc, w0, w1, w2, w3, aa, k0, src, BH: gl.constexpr, BK: gl.constexpr
 @gluon.jit
 def _row_dot(w_base, s_base, a_base, a_rows, a_rows2, k_lo, k_end, s_wn, s_sn, s_sg, BH: gl.constexpr,
              BK: gl.constexpr, L: gl.constexpr, LA: gl.constexpr, DEPTH: gl.constexpr, TT: gl.constexpr,
-             WAIT: gl.constexpr):
+             WAIT: gl.constexpr, TILED: gl.constexpr):
     """4 TT [BH, 4] float32 sums, tile by tile: lane (g, t)'s mma outputs summed over its words, row 2j (c0,
     c1) and row 2j + 1 (c2, c3) of W times activation columns 2t (c0, c2) and 2t + 1 (c1, c3), over k_lo ..
     k_end (columns are the lane groups' rows, see a_rows; all the same row on the decode path). k_lo a
@@ -334,7 +344,8 @@ def _row_dot(w_base, s_base, a_base, a_rows, a_rows2, k_lo, k_end, s_wn, s_sn, s
     deferred factors took 219 registers instead of 141 and lost; at 4 (grouped, 173 vs 129) it did not gain.
     WAIT (PDL on): the kernel's `_gdc_wait` comes here, after the first DEPTH steps' weight loads and before
     any activation load, so that GEMM 2's weight stream starts while GEMM 1 finishes (see the module
-    docstring's PDL note); False where the caller waited already."""
+    docstring's PDL note); False where the caller waited already. TILED: the weight bytes in
+    weights/tiles.py's layout (`_load_w`)."""
     W: gl.constexpr = BK // 32
     RND: gl.constexpr = DEPTH * BK  # one round
     RAW: gl.constexpr = DEPTH == 2  # keep the scale bytes (above); DEPTH 4 forms the factors at load time
@@ -346,35 +357,35 @@ def _row_dot(w_base, s_base, a_base, a_rows, a_rows2, k_lo, k_end, s_wn, s_sn, s
     else:
         acc = (z, z, z, z)
     if DEPTH == 4:
-        w0 = _load_w(src, k_lo, BH, BK, L, True, False)
-        w1 = _load_w(src, k_lo + BK, BH, BK, L, True, False)
-        w2 = _load_w(src, k_lo + 2 * BK, BH, BK, L, True, False)
-        w3 = _load_w(src, k_lo + 3 * BK, BH, BK, L, True, False)
+        w0 = _load_w(src, k_lo, BH, BK, L, True, False, TILED)
+        w1 = _load_w(src, k_lo + BK, BH, BK, L, True, False, TILED)
+        w2 = _load_w(src, k_lo + 2 * BK, BH, BK, L, True, False, TILED)
+        w3 = _load_w(src, k_lo + 3 * BK, BH, BK, L, True, False, TILED)
         _gdc_wait(WAIT)
         aa = _load_a(src, k_lo, BK, LA, TT, True)
         for k0 in range(k_lo, k_full, RND):
-            acc, w0, w1, w2, w3, aa = _round4(acc, w0, w1, w2, w3, aa, k0, src, BH, BK, L, LA, TT, False)
+            acc, w0, w1, w2, w3, aa = _round4(acc, w0, w1, w2, w3, aa, k0, src, BH, BK, L, LA, TT, False, TILED)
         for k0 in range(k_full, k_end, RND):
-            acc, w0, w1, w2, w3, aa = _round4(acc, w0, w1, w2, w3, aa, k0, src, BH, BK, L, LA, TT, True)
+            acc, w0, w1, w2, w3, aa = _round4(acc, w0, w1, w2, w3, aa, k0, src, BH, BK, L, LA, TT, True, TILED)
     else:
-        b0 = _load_w(src, k_lo, BH, BK, L, True, RAW)
-        b1 = _load_w(src, k_lo + BK, BH, BK, L, True, RAW)
+        b0 = _load_w(src, k_lo, BH, BK, L, True, RAW, TILED)
+        b1 = _load_w(src, k_lo + BK, BH, BK, L, True, RAW, TILED)
         if DEPTH == 3:
-            b2 = _load_w(src, k_lo + 2 * BK, BH, BK, L, True, RAW)
+            b2 = _load_w(src, k_lo + 2 * BK, BH, BK, L, True, RAW, TILED)
         _gdc_wait(WAIT)
         b0 = b0 + _load_a(src, k_lo, BK, LA, TT, True)
         b1 = b1 + _load_a(src, k_lo + BK, BK, LA, TT, True)
         if DEPTH == 3:
             b2 = b2 + _load_a(src, k_lo + 2 * BK, BK, LA, TT, True)
             for k0 in range(k_lo, k_full, RND):
-                acc, b0, b1, b2 = _round(acc, b0, b1, b2, k0, src, BH, BK, L, LA, DEPTH, TT, False, RAW)
+                acc, b0, b1, b2 = _round(acc, b0, b1, b2, k0, src, BH, BK, L, LA, DEPTH, TT, False, RAW, TILED)
             for k0 in range(k_full, k_end, RND):
-                acc, b0, b1, b2 = _round(acc, b0, b1, b2, k0, src, BH, BK, L, LA, DEPTH, TT, True, RAW)
+                acc, b0, b1, b2 = _round(acc, b0, b1, b2, k0, src, BH, BK, L, LA, DEPTH, TT, True, RAW, TILED)
         else:
             for k0 in range(k_lo, k_full, RND):
-                acc, b0, b1 = _round(acc, b0, b1, 0, k0, src, BH, BK, L, LA, DEPTH, TT, False, RAW)
+                acc, b0, b1 = _round(acc, b0, b1, 0, k0, src, BH, BK, L, LA, DEPTH, TT, False, RAW, TILED)
             for k0 in range(k_full, k_end, RND):
-                acc, b0, b1 = _round(acc, b0, b1, 0, k0, src, BH, BK, L, LA, DEPTH, TT, True, RAW)
+                acc, b0, b1 = _round(acc, b0, b1, 0, k0, src, BH, BK, L, LA, DEPTH, TT, True, RAW, TILED)
     if TT == 2:
         sums = (gl.sum(acc[0], axis=2) * _UNDO, gl.sum(acc[1], axis=2) * _UNDO, gl.sum(acc[2], axis=2) * _UNDO,
                 gl.sum(acc[3], axis=2) * _UNDO, gl.sum(acc[4], axis=2) * _UNDO, gl.sum(acc[5], axis=2) * _UNDO,
@@ -389,10 +400,11 @@ def _row_dot(w_base, s_base, a_base, a_rows, a_rows2, k_lo, k_end, s_wn, s_sn, s
 def _pair_gemm1_gluon(x_ptr, ids_ptr, w_ptr, s_ptr, b_ptr, act_ptr,
                       s_xt, s_we, s_wn, s_se, s_sn, s_sg, s_be, s_ap, limit, alpha,
                       K: gl.constexpr, A: gl.constexpr, BN: gl.constexpr, BK: gl.constexpr, L: gl.constexpr,
-                      LA: gl.constexpr, DEPTH: gl.constexpr, PDL: gl.constexpr):
+                      LA: gl.constexpr, DEPTH: gl.constexpr, PDL: gl.constexpr, TILED: gl.constexpr = False):
     """act[p, i] = swiglu(x[p // A] @ W1[ids[p]]^T + b1)[i] for the BN / 2 columns i of W1 rows n0 .. n0 + BN
     (even rows gate, odd up: a row pair j is column n0 / 2 + j). w_ptr the int32 view of the bytes (s_we,
-    s_wn in bytes); x_ptr an int32 view of the bf16 rows (s_xt in bf16); x, act and bias rows contiguous."""
+    s_wn in bytes); x_ptr an int32 view of the bf16 rows (s_xt in bf16); x, act and bias rows contiguous.
+    TILED: the bytes in weights/tiles.py's layout (`_load_w`)."""
     _gdc_wait(PDL)
     BH: gl.constexpr = BN // 2
     p = gl.program_id(0)
@@ -400,7 +412,7 @@ def _pair_gemm1_gluon(x_ptr, ids_ptr, w_ptr, s_ptr, b_ptr, act_ptr,
     expert = gl.load(ids_ptr + p).to(gl.int64)
     gate, _, up, _ = _row_dot(w_ptr + (expert * s_we + n0 * s_wn) // 4, s_ptr + expert * s_se + n0 * s_sn,
                               x_ptr + (p // A).to(gl.int64) * (s_xt // 2), 0, 0, 0, K, s_wn, s_sn, s_sg, BH,
-                              BK, L, LA, DEPTH, 1, False)
+                              BK, L, LA, DEPTH, 1, False, TILED)
     SL: gl.constexpr = gl.SliceLayout(2, L)
     j = gl.arange(0, BH, layout=gl.SliceLayout(1, SL))[:, None]  # [BH, 1]
     t = gl.arange(0, 4, layout=gl.SliceLayout(0, SL))[None, :]  # [1, 4]
@@ -419,11 +431,11 @@ def _pair_gemm2_gluon(act_ptr, ids_ptr, w_ptr, s_ptr, b_ptr, route_w_ptr, y_ptr,
                       s_ap, s_we, s_wn, s_se, s_sn, s_sg, s_be, s_yr,
                       K: gl.constexpr, S: gl.constexpr, K_SPLIT: gl.constexpr, BN: gl.constexpr,
                       BK: gl.constexpr, L: gl.constexpr, LA: gl.constexpr, DEPTH: gl.constexpr,
-                      PDL: gl.constexpr):
+                      PDL: gl.constexpr, TILED: gl.constexpr = False):
     """y[p * S + s, n] = weights[p] * (act[p, split s] @ W2[ids[p]][n, split s] (+ b2[n] on split 0)) for BN
     columns n; K_SPLIT, a multiple of BK, each split's length. act_ptr an int32 view (s_ap in bf16). PDL: the
     wait comes inside `_row_dot`, after the first weight loads (ids is read before it, see the module
-    docstring)."""
+    docstring). TILED as GEMM 1's."""
     BH: gl.constexpr = BN // 2
     p = gl.program_id(0)
     n0 = gl.program_id(1) * BN
@@ -433,7 +445,7 @@ def _pair_gemm2_gluon(act_ptr, ids_ptr, w_ptr, s_ptr, b_ptr, route_w_ptr, y_ptr,
     k_end = gl.minimum(k_lo + K_SPLIT, K)
     y0, _, y1, _ = _row_dot(w_ptr + (expert * s_we + n0 * s_wn) // 4, s_ptr + expert * s_se + n0 * s_sn,
                             act_ptr + p.to(gl.int64) * (s_ap // 2), 0, 0, k_lo, k_end, s_wn, s_sn, s_sg, BH,
-                            BK, L, LA, DEPTH, 1, PDL)
+                            BK, L, LA, DEPTH, 1, PDL, TILED)
     SL: gl.constexpr = gl.SliceLayout(2, L)
     j = gl.arange(0, BH, layout=gl.SliceLayout(1, SL))[:, None]
     t = gl.arange(0, 4, layout=gl.SliceLayout(0, SL))[None, :]
@@ -487,11 +499,11 @@ def _group_gemm1_gluon(x_ptr, order_ptr, bounds_ptr, w_ptr, s_ptr, b_ptr, act_pt
                        s_xt, s_we, s_wn, s_se, s_sn, s_sg, s_be, s_ar, limit, alpha,
                        K: gl.constexpr, A: gl.constexpr, E: gl.constexpr, E_PAD: gl.constexpr, BM: gl.constexpr,
                        BN: gl.constexpr, BK: gl.constexpr, L: gl.constexpr, LA: gl.constexpr, DEPTH: gl.constexpr,
-                       PDL: gl.constexpr, HALF_TAIL: gl.constexpr):
+                       PDL: gl.constexpr, HALF_TAIL: gl.constexpr, TILED: gl.constexpr = False):
     """moe.py's GEMM 1 for a block of BM (8 or 16: one or two mma column tiles) sorted rows of one expert:
     act[r, i] = swiglu(x[order[r] // A] @ W1[e]^T + b1[e])[i] for the BN / 2 columns i of W1 rows
     n0 .. n0 + BN. Pointers and strides as _pair_gemm1_gluon (s_ar: act's row stride). HALF_TAIL (BM = 16): a
-    block of <= 8 rows, an expert's last, runs one token tile (moe.py's "Blocks")."""
+    block of <= 8 rows, an expert's last, runs one token tile (moe.py's "Blocks"). TILED as `_load_w`'s."""
     _gdc_wait(PDL)
     NW: gl.constexpr = gl.num_warps()
     pid_m = gl.program_id(0)
@@ -500,17 +512,19 @@ def _group_gemm1_gluon(x_ptr, order_ptr, bounds_ptr, w_ptr, s_ptr, b_ptr, act_pt
         n0 = gl.program_id(1) * BN
         if HALF_TAIL and end - start <= 8:
             _group_gemm1_rows(x_ptr, order_ptr, w_ptr, s_ptr, b_ptr, act_ptr, expert, start, end, n0, s_xt, s_we,
-                              s_wn, s_se, s_sn, s_sg, s_be, s_ar, limit, alpha, K, A, BN, BK, L, LA, DEPTH, 1)
+                              s_wn, s_se, s_sn, s_sg, s_be, s_ar, limit, alpha, K, A, BN, BK, L, LA, DEPTH, 1,
+                              TILED)
         else:
             _group_gemm1_rows(x_ptr, order_ptr, w_ptr, s_ptr, b_ptr, act_ptr, expert, start, end, n0, s_xt, s_we,
-                              s_wn, s_se, s_sn, s_sg, s_be, s_ar, limit, alpha, K, A, BN, BK, L, LA, DEPTH, BM // 8)
+                              s_wn, s_se, s_sn, s_sg, s_be, s_ar, limit, alpha, K, A, BN, BK, L, LA, DEPTH, BM // 8,
+                              TILED)
 
 
 @gluon.jit
 def _group_gemm1_rows(x_ptr, order_ptr, w_ptr, s_ptr, b_ptr, act_ptr, expert, start, end, n0, s_xt, s_we, s_wn,
                       s_se, s_sn, s_sg, s_be, s_ar, limit, alpha, K: gl.constexpr, A: gl.constexpr,
                       BN: gl.constexpr, BK: gl.constexpr, L: gl.constexpr, LA: gl.constexpr, DEPTH: gl.constexpr,
-                      TT: gl.constexpr):
+                      TT: gl.constexpr, TILED: gl.constexpr):
     """`_group_gemm1_gluon`'s work for sorted rows [start, min(start + 8 TT, end)) of `expert`."""
     BH: gl.constexpr = BN // 2
     e = expert.to(gl.int64)
@@ -518,7 +532,7 @@ def _group_gemm1_rows(x_ptr, order_ptr, w_ptr, s_ptr, b_ptr, act_ptr, expert, st
     _, pair2 = _block_rows(order_ptr, start, end, TT - 1, BH, LA)
     sums = _row_dot(w_ptr + (e * s_we + n0 * s_wn) // 4, s_ptr + e * s_se + n0 * s_sn, x_ptr,
                     (pair // A).to(gl.int64) * (s_xt // 2), (pair2 // A).to(gl.int64) * (s_xt // 2), 0, K,
-                    s_wn, s_sn, s_sg, BH, BK, L, LA, DEPTH, TT, False)
+                    s_wn, s_sn, s_sg, BH, BK, L, LA, DEPTH, TT, False, TILED)
     SL: gl.constexpr = gl.SliceLayout(2, L)
     j = gl.arange(0, BH, layout=gl.SliceLayout(1, SL))[:, None]  # [BH, 1]
     t = gl.arange(0, 4, layout=gl.SliceLayout(0, SL))[None, :]  # [1, 4]
@@ -538,9 +552,9 @@ def _group_gemm2_gluon(act_ptr, order_ptr, bounds_ptr, w_ptr, s_ptr, b_ptr, rout
                        s_ar, s_we, s_wn, s_se, s_sn, s_sg, s_be, s_yp,
                        K: gl.constexpr, E: gl.constexpr, E_PAD: gl.constexpr, BM: gl.constexpr, BN: gl.constexpr,
                        BK: gl.constexpr, L: gl.constexpr, LA: gl.constexpr, DEPTH: gl.constexpr, PDL: gl.constexpr,
-                       HALF_TAIL: gl.constexpr):
+                       HALF_TAIL: gl.constexpr, TILED: gl.constexpr = False):
     """moe.py's GEMM 2 for a block of BM (8 or 16) sorted rows: y[order[r], n] = route_w[order[r]] * (act[r] @
-    W2[e]^T + b2[e])[n] for BN columns n. act_ptr an int32 view (s_ar in bf16). HALF_TAIL as GEMM 1's."""
+    W2[e]^T + b2[e])[n] for BN columns n. act_ptr an int32 view (s_ar in bf16). HALF_TAIL and TILED as GEMM 1's."""
     _gdc_wait(PDL)  # first: the pair kernel's early weight loads measured no gain here (module docstring)
     NW: gl.constexpr = gl.num_warps()
     pid_m = gl.program_id(0)
@@ -549,16 +563,18 @@ def _group_gemm2_gluon(act_ptr, order_ptr, bounds_ptr, w_ptr, s_ptr, b_ptr, rout
         n0 = gl.program_id(1) * BN
         if HALF_TAIL and end - start <= 8:
             _group_gemm2_rows(act_ptr, order_ptr, w_ptr, s_ptr, b_ptr, route_w_ptr, y_ptr, expert, start, end, n0,
-                              s_ar, s_we, s_wn, s_se, s_sn, s_sg, s_be, s_yp, K, BN, BK, L, LA, DEPTH, 1)
+                              s_ar, s_we, s_wn, s_se, s_sn, s_sg, s_be, s_yp, K, BN, BK, L, LA, DEPTH, 1, TILED)
         else:
             _group_gemm2_rows(act_ptr, order_ptr, w_ptr, s_ptr, b_ptr, route_w_ptr, y_ptr, expert, start, end, n0,
-                              s_ar, s_we, s_wn, s_se, s_sn, s_sg, s_be, s_yp, K, BN, BK, L, LA, DEPTH, BM // 8)
+                              s_ar, s_we, s_wn, s_se, s_sn, s_sg, s_be, s_yp, K, BN, BK, L, LA, DEPTH, BM // 8,
+                              TILED)
 
 
 @gluon.jit
 def _group_gemm2_rows(act_ptr, order_ptr, w_ptr, s_ptr, b_ptr, route_w_ptr, y_ptr, expert, start, end, n0,
                       s_ar, s_we, s_wn, s_se, s_sn, s_sg, s_be, s_yp, K: gl.constexpr, BN: gl.constexpr,
-                      BK: gl.constexpr, L: gl.constexpr, LA: gl.constexpr, DEPTH: gl.constexpr, TT: gl.constexpr):
+                      BK: gl.constexpr, L: gl.constexpr, LA: gl.constexpr, DEPTH: gl.constexpr, TT: gl.constexpr,
+                      TILED: gl.constexpr):
     """`_group_gemm2_gluon`'s work for sorted rows [start, min(start + 8 TT, end)) of `expert`."""
     BH: gl.constexpr = BN // 2
     e = expert.to(gl.int64)
@@ -566,7 +582,7 @@ def _group_gemm2_rows(act_ptr, order_ptr, w_ptr, s_ptr, b_ptr, route_w_ptr, y_pt
     row2, _ = _block_rows(order_ptr, start, end, TT - 1, BH, LA)
     sums = _row_dot(w_ptr + (e * s_we + n0 * s_wn) // 4, s_ptr + e * s_se + n0 * s_sn, act_ptr,
                     row.to(gl.int64) * (s_ar // 2), row2.to(gl.int64) * (s_ar // 2), 0, K, s_wn, s_sn, s_sg, BH,
-                    BK, L, LA, DEPTH, TT, False)
+                    BK, L, LA, DEPTH, TT, False, TILED)
     SL: gl.constexpr = gl.SliceLayout(2, L)
     j = gl.arange(0, BH, layout=gl.SliceLayout(1, SL))[:, None]
     t = gl.arange(0, 4, layout=gl.SliceLayout(0, SL))[None, :]

@@ -139,9 +139,15 @@ def words_layout(block_k: int, num_warps: int = 4) -> gl.DistributedLinearLayout
 
 
 @gluon.jit
-def _load_words(w_base, s_base, wrow, word, k0, s_wn, s_sn, s_sg):
-    """One step's weight words [R, BK/8] int32 and each word's scale byte (words_layout)."""
-    q = gl.load(w_base + wrow * s_wn + k0 // 8 + word)
+def _load_words(w_base, s_base, wrow, word, k0, s_wn, s_sn, s_sg, TILED: gl.constexpr):
+    """One step's weight words [R, BK/8] int32 and each word's scale byte (words_layout). TILED: the bytes in
+    weights/tiles.py's layout (16-row blocks of 8-word chunks, whole: `takes` makes K a multiple of BK)."""
+    if TILED:
+        kw = k0 // 8 + word  # [1, BK/8] word along the row
+        off = (wrow // 16) * (16 * s_wn) + (kw // 8) * 128 + (wrow % 16) * 8 + kw % 8
+        q = gl.load(w_base + gl.max_contiguous(gl.multiple_of(off, [1, 4]), [1, 4]))
+    else:
+        q = gl.load(w_base + wrow * s_wn + k0 // 8 + word)
     s = gl.load(s_base + wrow * s_sn + ((k0 + 8 * word) // 32) * s_sg)
     return q, s
 
@@ -182,7 +188,7 @@ def _swiglu_store(acc, b_base, act_ptr, c0, s_ar, start, end, limit, alpha, R: g
 
 @gluon.jit
 def _ring_mainloop(x_rows, rmask, w_base, s_base, wrow, word, s_wn, s_sn, s_sg, K: gl.constexpr,
-                   BT: gl.constexpr, BK: gl.constexpr, STAGES: gl.constexpr):
+                   BT: gl.constexpr, BK: gl.constexpr, STAGES: gl.constexpr, TILED: gl.constexpr):
     """sum over K of W[wrow] (upcast, the A operand) times the B rows x_rows [BT, BK] (step 0's addresses,
     permuted activations; rows off rmask read as zero): acc [16 NW, BT] float32 in wgmma's layout, times
     2**-64 (module docstring). The activation tiles stream by cp.async into a ring of STAGES slots (STAGES - 1
@@ -202,9 +208,9 @@ def _ring_mainloop(x_rows, rmask, w_base, s_base, wrow, word, s_wn, s_sn, s_sg, 
     for st in gl.static_range(STAGES - 1):  # steps 0 .. STAGES - 2
         async_copy.async_copy_global_to_shared(xs.index(st), x_rows + min(st, NSTEPS - 1) * BK, mask=rmask)
         async_copy.commit_group()
-    q, s = _load_words(w_base, s_base, wrow, word, 0, s_wn, s_sn, s_sg)
+    q, s = _load_words(w_base, s_base, wrow, word, 0, s_wn, s_sn, s_sg, TILED)
     a = _upcast(q, s, R, BK, NC, A_L, P_L)
-    q, s = _load_words(w_base, s_base, wrow, word, gl.minimum(BK, K - BK), s_wn, s_sn, s_sg)  # step 1
+    q, s = _load_words(w_base, s_base, wrow, word, gl.minimum(BK, K - BK), s_wn, s_sn, s_sg, TILED)  # step 1
     acc = gl.zeros([R, BT], gl.float32, MMA_L)
     for i in range(NSTEPS):
         async_copy.wait_group(STAGES - 2)  # this thread's copies of step i have landed
@@ -213,7 +219,7 @@ def _ring_mainloop(x_rows, rmask, w_base, s_base, wrow, word, s_wn, s_sn, s_sg, 
         nxt = gl.minimum(i + STAGES - 1, NSTEPS - 1)  # past the end: a copy nobody reads
         async_copy.async_copy_global_to_shared(xs.index((i + STAGES - 1) % STAGES), x_rows + nxt * BK, mask=rmask)
         async_copy.commit_group()
-        q2, s2 = _load_words(w_base, s_base, wrow, word, gl.minimum((i + 2) * BK, K - BK), s_wn, s_sn, s_sg)
+        q2, s2 = _load_words(w_base, s_base, wrow, word, gl.minimum((i + 2) * BK, K - BK), s_wn, s_sn, s_sg, TILED)
         acc = warpgroup_mma(a, xs.index(i % STAGES).permute((1, 0)), acc, is_async=True)
         a_next = _upcast(q, s, R, BK, NC, A_L, P_L)  # step i + 1, beside the wgmma
         acc, a = warpgroup_mma_wait(0, deps=[acc, a])
@@ -229,12 +235,12 @@ def _group_gemm1_wgmma(xp_ptr, order_ptr, bounds_ptr, w_ptr, s_ptr, b_ptr, act_p
                        s_xt, s_we, s_wn, s_se, s_sn, s_sg, s_be, s_ar, limit, alpha,
                        K: gl.constexpr, N: gl.constexpr, A: gl.constexpr, E: gl.constexpr, E_PAD: gl.constexpr,
                        BT: gl.constexpr, BK: gl.constexpr, GROUP_M: gl.constexpr, W_L: gl.constexpr,
-                       STAGES: gl.constexpr, HALF_TAIL: gl.constexpr):
+                       STAGES: gl.constexpr, HALF_TAIL: gl.constexpr, TILED: gl.constexpr = False):
     """act[r, i] = swiglu(x[tok(r)] @ W1[e]^T + b1[e])[i] for BT sorted rows and R / 2 columns i (R = 16 NW
     weight rows: one warpgroup of 64 rows each 4 warps); xp_ptr: the permuted activations (`x_permutation`),
     w_ptr: W1's bytes as int32 words [E, N, K / 8]. Tiles in moe.py's `_tile` order (groups of GROUP_M row
     blocks). HALF_TAIL: a block of <= BT / 2 rows (an expert's last) runs with wgmma N = BT / 2 (moe.py's
-    "Blocks")."""
+    "Blocks"). TILED: W1's bytes in weights/tiles.py's layout (`_load_words`)."""
     NW: gl.constexpr = gl.num_warps()
     R: gl.constexpr = 16 * NW
     GRID_N: gl.constexpr = N // R
@@ -248,16 +254,16 @@ def _group_gemm1_wgmma(xp_ptr, order_ptr, bounds_ptr, w_ptr, s_ptr, b_ptr, act_p
         n0 = pid_n * R
         if HALF_TAIL and end - start <= BT // 2:  # the block runs at BT // 2 rows
             _gemm1_block(xp_ptr, order_ptr, w_ptr, s_ptr, b_ptr, act_ptr, expert, start, end, n0, s_xt, s_wn, s_se,
-                         s_sn, s_sg, s_be, s_we, s_ar, limit, alpha, K, A, BT // 2, BK, W_L, STAGES)
+                         s_sn, s_sg, s_be, s_we, s_ar, limit, alpha, K, A, BT // 2, BK, W_L, STAGES, TILED)
         else:
             _gemm1_block(xp_ptr, order_ptr, w_ptr, s_ptr, b_ptr, act_ptr, expert, start, end, n0, s_xt, s_wn, s_se,
-                         s_sn, s_sg, s_be, s_we, s_ar, limit, alpha, K, A, BT, BK, W_L, STAGES)
+                         s_sn, s_sg, s_be, s_we, s_ar, limit, alpha, K, A, BT, BK, W_L, STAGES, TILED)
 
 
 @gluon.jit
 def _gemm1_block(xp_ptr, order_ptr, w_ptr, s_ptr, b_ptr, act_ptr, expert, start, end, n0, s_xt, s_wn, s_se, s_sn,
                  s_sg, s_be, s_we, s_ar, limit, alpha, K: gl.constexpr, A: gl.constexpr, BT: gl.constexpr,
-                 BK: gl.constexpr, W_L: gl.constexpr, STAGES: gl.constexpr):
+                 BK: gl.constexpr, W_L: gl.constexpr, STAGES: gl.constexpr, TILED: gl.constexpr):
     """`_group_gemm1_wgmma`'s work for sorted rows [start, min(start + BT, end)) of `expert` against weight
     rows n0 .. n0 + R."""
     NW: gl.constexpr = gl.num_warps()
@@ -272,7 +278,7 @@ def _gemm1_block(xp_ptr, order_ptr, w_ptr, s_ptr, b_ptr, act_ptr, expert, start,
     rmask, _ = gl.broadcast(rows < end, kk)  # [BT, BK], constant along a row (whole 16-byte copies)
     tok = (gl.load(order_ptr + rows, mask=rows < end, other=0) // A).to(gl.int64)
     acc = _ring_mainloop(xp_ptr + tok * s_xt + kk, rmask, w_ptr + e * s_we, s_ptr + e * s_se, wrow, word,
-                         s_wn, s_sn, s_sg, K, BT, BK, STAGES)
+                         s_wn, s_sn, s_sg, K, BT, BK, STAGES, TILED)
     _swiglu_store(acc, b_ptr + e * s_be + n0, act_ptr, n0 // 2, s_ar, start, end, limit, alpha, R, BT, NW)
 
 
@@ -306,4 +312,4 @@ def gemm1(x: torch.Tensor, order: torch.Tensor, bounds: torch.Tensor, w1: Expert
         w1.scales.stride(2), w1.bias.stride(0), act.stride(0), float(limit), float(alpha),
         K=K, N=N, A=num_experts_per_token, E=E, E_PAD=triton.next_power_of_2(E), BT=block_t, BK=block_k,
         GROUP_M=group_m, W_L=words_layout(block_k, num_warps), STAGES=stages, HALF_TAIL=half_tail,
-        num_warps=num_warps)
+        TILED=w1.tiled, num_warps=num_warps)

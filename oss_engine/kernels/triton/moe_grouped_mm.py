@@ -99,16 +99,26 @@ def _e2m1_bf16_bits(code, s):
 
 
 @triton.jit
-def _dequant_kernel(blocks_ptr, scales_ptr, table_ptr, out_ptr, n_bytes, BLOCK: tl.constexpr):
+def _dequant_kernel(blocks_ptr, scales_ptr, table_ptr, out_ptr, n_bytes, row_bytes, BLOCK: tl.constexpr,
+                    TILED: tl.constexpr):
     """Flat byte b of blocks [R, G, 16] -> int32 b of out (bf16 [R, G * 32] seen as int32 pairs): its low
     nibble is element 2j of its group, its high nibble element 2j + 1, both times 2**(scales[b // 16] - 127).
     A block whose scale bytes all lie in 2..252 (every real checkpoint's) looks its bytes up in `pair_table`
     and moves the exponents of the nonzero halves by s - 127 (no half leaves bf16's normal range there, and
     no borrow crosses halves: each half's exponent field stays >= 1); any other block takes the exact
-    integer path (`_e2m1_bf16_bits`)."""
+    integer path (`_e2m1_bf16_bits`). TILED: the blocks in weights/tiles.py's layout (row_bytes = 16 G: byte
+    b is byte b % row_bytes of row b // row_bytes, whose 16-row blocks never straddle two experts)."""
     b = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = b < n_bytes
-    byte = tl.load(blocks_ptr + b, mask=mask, other=0).to(tl.int32)
+    if TILED:
+        row = b // row_bytes
+        c = b % row_bytes
+        chunk = c // 32
+        src = (row // 16) * (16 * row_bytes) + chunk * 512 + (row % 16) * tl.minimum(row_bytes - chunk * 32, 32) \
+            + c % 32
+    else:
+        src = b
+    byte = tl.load(blocks_ptr + src, mask=mask, other=0).to(tl.int32)
     s = tl.load(scales_ptr + b // 16, mask=mask, other=127).to(tl.int32)
     if (tl.min(s) >= 2) & (tl.max(s) <= 252):
         word = tl.load(table_ptr + byte) + tl.load(table_ptr + 256 + byte) * ((s - 127) << 7)
@@ -199,7 +209,8 @@ def dequantize(w: ExpertWeight) -> torch.Tensor:
     d = torch.empty((E, out, groups * 32), dtype=torch.bfloat16, device=blocks.device)
     n = blocks.numel()
     _dequant_kernel[(triton.cdiv(n, _DEQUANT_BLOCK),)](blocks, scales, pair_table(blocks.device),
-                                                       d.view(torch.int32), n, BLOCK=_DEQUANT_BLOCK, num_warps=4)
+                                                       d.view(torch.int32), n, groups * 16, BLOCK=_DEQUANT_BLOCK,
+                                                       TILED=w.tiled, num_warps=4)
     return d
 
 
