@@ -125,7 +125,7 @@ def test_compiles_for_sm90_without_shared_memory():
     first weights. With the weights tiled (weights/tiles.py) the same bounds hold and the words load in as many
     instructions."""
     run_compile_check(r'''
-import os, re, subprocess, tempfile
+import re
 from triton.experimental.gluon._runtime import GluonASTSource
 from oss_engine.kernels.triton import moe_gluon as G
 
@@ -139,13 +139,7 @@ def build(fn, consts, ptrs, floats=(), num_warps=2):
     ptx = k.asm["ptx"]
     assert "ld.shared" not in ptx and "st.shared" not in ptx, "shared memory used"
     assert "mma.sync.aligned.m16n8k16" in ptx and "griddepcontrol.wait" in ptx
-    nv = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "k.cubin")
-        open(path, "wb").write(k.asm["cubin"])
-        usage = subprocess.run([os.path.join(nv, "cuobjdump"), "-res-usage", path], capture_output=True,
-                               text=True).stdout
-    regs = int(re.search(r"REG:(\d+)", usage).group(1))
+    regs = int(re.search(r"REG:(\d+)", cuobjdump(k, "-res-usage")).group(1))
     assert regs <= 168, f"{regs} registers (dot_scaled's decode kernel: 168)"
     return ptx
 

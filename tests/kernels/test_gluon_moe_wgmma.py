@@ -49,7 +49,7 @@ def test_compiles_for_sm90():
     128 registers: two programs an SM, which the measured speed rests on (moe_gluon_wgmma's docstring). The same
     with the weights tiled (weights/tiles.py), whose words load in as many instructions."""
     run_compile_check(r'''
-import os, re, subprocess, tempfile
+import re
 from triton.experimental.gluon._runtime import GluonASTSource
 from oss_engine.kernels.triton import moe_gluon_wgmma as W
 from oss_engine.kernels.triton.moe import WGMMA_GEMM1 as t
@@ -73,14 +73,7 @@ for tiled in (False, True):  # the standard and weights/tiles.py's byte layouts
     assert "ld.shared" not in ptx and ptx.count("shfl") <= 6, (ptx.count("ld.shared"), ptx.count("shfl"))
     assert len(re.findall(r"wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16", ptx)) == 4
     assert t.half_tail and len(re.findall(r"wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16", ptx)) == 4
-    nv = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "k.cubin")
-        open(path, "wb").write(k.asm["cubin"])
-        sass = subprocess.run([os.path.join(nv, "cuobjdump"), "-sass", path], capture_output=True,
-                              text=True).stdout
-        res = subprocess.run([os.path.join(nv, "cuobjdump"), "-res-usage", path], capture_output=True,
-                             text=True).stdout
+    sass, res = cuobjdump(k, "-sass"), cuobjdump(k, "-res-usage")
     assert "STL" not in sass and sass.count("HGMMA") == 8  # 4 a step, in the full blocks and the half ones
     regs = int(re.search(r"REG:(\d+)", res).group(1))
     assert regs <= 128, regs

@@ -47,14 +47,23 @@ def compile_sm90(fn, consts, ptrs, floats=(), divisible=None):
     k = triton.compile(ASTSource(fn, sig, consts, div), target=GPUTarget("cuda", 90, 32))
     assert "cubin" in k.asm, "no cubin"
     return k
+
+def cuobjdump(k, flag):
+    """The text `cuobjdump flag` (-sass, -res-usage) prints for compiled kernel k's cubin."""
+    import os, subprocess, tempfile
+    nv = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "k.cubin")
+        open(path, "wb").write(k.asm["cubin"])
+        return subprocess.run([os.path.join(nv, "cuobjdump"), flag, path], capture_output=True, text=True).stdout
 '''
 
 
 def run_compile_check(script: str) -> None:
     """Runs a test file's compile-for-Hopper `script` (after a prelude that imports triton and defines
-    `compile_sm90`) in a fresh interpreter with TRITON_INTERPRET removed (it is fixed when a kernel is
-    defined, so the compile cannot run in this process) and the repository on PYTHONPATH; asserts that it
-    exits 0 and prints "ok" last. A script that finds compiling for a GPU target impossible here prints
+    `compile_sm90` and `cuobjdump`) in a fresh interpreter with TRITON_INTERPRET removed (it is fixed when a
+    kernel is defined, so the compile cannot run in this process) and the repository on PYTHONPATH; asserts
+    that it exits 0 and prints "ok" last. A script that finds compiling for a GPU target impossible here prints
     "skip: why" and exits 0: the test is then skipped."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
