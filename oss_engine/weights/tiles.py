@@ -74,7 +74,8 @@ def tile_in_place(blocks: torch.Tensor) -> None:
 
 def tiled_offsets(rows: torch.Tensor, byte: torch.Tensor, row_bytes: int) -> torch.Tensor:
     """The layout's formula (module docstring) for broadcastable int64 rows and byte columns: where byte c of
-    row r lies from the weight's base; the kernels' address arithmetic is tested against it."""
+    row r lies from the weight's base (test_tiles.py checks `tile_rows` against it; the kernels write the same
+    arithmetic in their own dialects)."""
     chunk = byte // TILE_BYTES
     width = torch.clamp(row_bytes - chunk * TILE_BYTES, max=TILE_BYTES)
     block = (rows // TILE_ROWS) * (TILE_ROWS * row_bytes)
