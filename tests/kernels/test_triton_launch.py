@@ -87,7 +87,7 @@ before_wait(NO._add_rms_norm_kernel, dict(HAS_RESIDUAL=True, BLOCK_D=4096),
             dict(x_ptr="*bf16", res_ptr="*bf16", w_ptr="*bf16", out_ptr="*bf16", r_out_ptr="*bf16"), floats=("eps",))
 pre = before_wait(MD._pair_gemm1_kernel,
                   dict(K=2880, N=5760, A=4, MODE=2, BLOCK_N=32, BLOCK_K=256, COMPUTE=tl.bfloat16, PRECISION="tf32",
-                       s_xk=1, s_wk=1, s_bn=1, s_sg=1, s_ah=1),
+                       TILED=False, s_xk=1, s_wk=1, s_bn=1, s_sg=1, s_ah=1),
                   dict(x_ptr="*bf16", ids_ptr="*i64", w_ptr="*u8", s_ptr="*u8", b_ptr="*bf16", act_ptr="*bf16"),
                   floats=("limit", "alpha"))
 assert "ld.global" not in pre
