@@ -91,6 +91,7 @@ import triton.language as tl
 from ..types import ExpertWeight
 from . import launch, moe_grouped_mm
 from .swiglu import clamped_swiglu
+from .tiles import tiled_offsets
 
 try:  # Gluon (triton.experimental) ships with Triton >= 3.4; without it the "gluon" and "wgmma" modes fall back
     from . import moe_gluon, moe_gluon_wgmma
@@ -287,12 +288,9 @@ def _load_scales(s_ptr, rows, nmask, k0, K, s_sn, s_sg, BLOCK_K: tl.constexpr):
 @triton.jit
 def _w_offsets(rows, byte, s_wn, s_wk, TILED: tl.constexpr):
     """Offsets of byte `byte` of weight rows `rows` (broadcast) from an expert's MXFP4 bytes: rows * s_wn +
-    byte * s_wk, or with TILED the layout of weights/tiles.py (16-row blocks of 32-byte chunks, the last chunk
-    of a row narrower when its s_wn bytes are not a multiple of 32; s_wk is then 1)."""
+    byte * s_wk, or with TILED those of weights/tiles.py's layout (`tiles.tiled_offsets`; s_wk is then 1)."""
     if TILED:
-        chunk = byte // 32
-        width = tl.minimum(s_wn - chunk * 32, 32)
-        return (rows // 16) * (16 * s_wn) + chunk * 512 + (rows % 16) * width + byte % 32
+        return tiled_offsets(rows, byte, s_wn)
     else:
         return rows * s_wn + byte * s_wk
 

@@ -51,6 +51,7 @@ from ...weights.mxfp4 import FP4_VALUES
 from ..types import ExpertWeight
 from . import launch
 from .swiglu import clamped_swiglu
+from .tiles import tiled_offsets
 
 GROUPED_MM_MIN_ROWS = 1024  # mean rows an expert from which `default_config` takes this path on sm_90
 GROUPED_MM_MIN_ROWS_DENSE = 512  # the same for bf16 weights (no dequantization)
@@ -111,11 +112,7 @@ def _dequant_kernel(blocks_ptr, scales_ptr, table_ptr, out_ptr, n_bytes, row_byt
     b = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = b < n_bytes
     if TILED:
-        row = b // row_bytes
-        c = b % row_bytes
-        chunk = c // 32
-        src = (row // 16) * (16 * row_bytes) + chunk * 512 + (row % 16) * tl.minimum(row_bytes - chunk * 32, 32) \
-            + c % 32
+        src = tiled_offsets(b // row_bytes, b % row_bytes, row_bytes)
     else:
         src = b
     byte = tl.load(blocks_ptr + src, mask=mask, other=0).to(tl.int32)
