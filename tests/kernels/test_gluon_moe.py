@@ -123,7 +123,7 @@ def test_compiles_for_sm90_without_shared_memory():
     registers (at 168, six 2-warp programs fit an SM: the decode path's 720 GEMM 1 programs run in one wave).
     With PDL the grouped kernels and GEMM 1 load nothing before their wait, the decode GEMM 2 its ids and
     first weights. With the weights tiled (weights/tiles.py) the same bounds hold and the words load in as many
-    instructions."""
+    instructions (`build_both`: the four default tiles' kernels)."""
     run_compile_check(r'''
 import re
 from triton.experimental.gluon._runtime import GluonASTSource
@@ -143,6 +143,14 @@ def build(fn, consts, ptrs, floats=(), num_warps=2):
     assert regs <= 168, f"{regs} registers (dot_scaled's decode kernel: 168)"
     return ptx
 
+def build_both(fn, consts, ptrs, floats=(), num_warps=2):
+    """`build` with the standard and the tiled layout (weights/tiles.py): both within the bounds, the tiled words
+    loaded in as many (16-byte) instructions; the standard PTX back."""
+    ptx, tiled = (build(fn, dict(consts, TILED=t), ptrs, floats, num_warps) for t in (False, True))
+    assert ptx.count("ld.global") == tiled.count("ld.global"), (fn.__name__, ptx.count("ld.global"),
+                                                                  tiled.count("ld.global"))
+    return ptx
+
 def loads_before_wait(ptx):  # global loads the PTX issues before its griddepcontrol.wait
     return ptx[:ptx.index("griddepcontrol.wait")].count("ld.global")
 
@@ -153,17 +161,18 @@ def opts(stages, block_k=128, num_warps=2):  # the launch keywords the wrappers 
 
 # GEMM 1 waits before any load (its routing is its predecessor's output); the decode GEMM 2 issues its ids
 # read and its first weight loads before the wait (the module docstring's PDL note)
-ptx = build(G._pair_gemm1_gluon, dict(K=2880, A=4, BN=32, PDL=True, **opts(2)),
-            dict(x_ptr="*i32", ids_ptr="*i64", w_ptr="*i32", s_ptr="*u8", b_ptr="*bf16", act_ptr="*bf16"),
-            floats=("limit", "alpha"))
+ptx = build_both(G._pair_gemm1_gluon, dict(K=2880, A=4, BN=32, PDL=True, **opts(2)),
+                 dict(x_ptr="*i32", ids_ptr="*i64", w_ptr="*i32", s_ptr="*u8", b_ptr="*bf16", act_ptr="*bf16"),
+                 floats=("limit", "alpha"))
 assert loads_before_wait(ptx) == 0
-ptx = build(G._pair_gemm2_gluon, dict(K=2880, S=2, K_SPLIT=1536, BN=32, PDL=True, **opts(3)),
-            dict(act_ptr="*i32", ids_ptr="*i64", w_ptr="*i32", s_ptr="*u8", b_ptr="*bf16", route_w_ptr="*bf16",
-                 y_ptr="*fp32"))
+ptx = build_both(G._pair_gemm2_gluon, dict(K=2880, S=2, K_SPLIT=1536, BN=32, PDL=True, **opts(3)),
+                 dict(act_ptr="*i32", ids_ptr="*i64", w_ptr="*i32", s_ptr="*u8", b_ptr="*bf16",
+                      route_w_ptr="*bf16", y_ptr="*fp32"))
 assert loads_before_wait(ptx) > 3 and "ld.global.cg" in ptx
-ptx = build(G._group_gemm1_gluon, dict(K=2880, A=4, E=32, E_PAD=32, BM=8, BN=32, PDL=True, HALF_TAIL=False, **opts(4)),
-            dict(x_ptr="*i32", order_ptr="*i64", bounds_ptr="*i32", w_ptr="*i32", s_ptr="*u8", b_ptr="*bf16",
-                 act_ptr="*bf16"), floats=("limit", "alpha"))
+ptx = build_both(G._group_gemm1_gluon, dict(K=2880, A=4, E=32, E_PAD=32, BM=8, BN=32, PDL=True, HALF_TAIL=False,
+                                          **opts(4)),
+                 dict(x_ptr="*i32", order_ptr="*i64", bounds_ptr="*i32", w_ptr="*i32", s_ptr="*u8", b_ptr="*bf16",
+                      act_ptr="*bf16"), floats=("limit", "alpha"))
 assert loads_before_wait(ptx) == 0
 ptx = build(G._group_gemm2_gluon, dict(K=2880, E=32, E_PAD=32, BM=8, BN=32, PDL=True, HALF_TAIL=False, **opts(3)),
             dict(act_ptr="*i32", order_ptr="*i64", bounds_ptr="*i32", w_ptr="*i32", s_ptr="*u8", b_ptr="*bf16",
@@ -175,32 +184,14 @@ o16 = opts(3, 64, 4)
 build(G._group_gemm1_gluon, dict(K=2880, A=4, E=32, E_PAD=32, BM=16, BN=64, PDL=True, HALF_TAIL=True, **o16),
       dict(x_ptr="*i32", order_ptr="*i64", bounds_ptr="*i32", w_ptr="*i32", s_ptr="*u8", b_ptr="*bf16",
            act_ptr="*bf16"), floats=("limit", "alpha"), num_warps=4)
-build(G._group_gemm2_gluon, dict(K=2880, E=32, E_PAD=32, BM=16, BN=64, PDL=True, HALF_TAIL=True, **o16),
-      dict(act_ptr="*i32", order_ptr="*i64", bounds_ptr="*i32", w_ptr="*i32", s_ptr="*u8", b_ptr="*bf16",
-           route_w_ptr="*bf16", y_ptr="*bf16"), num_warps=4)
+build_both(G._group_gemm2_gluon, dict(K=2880, E=32, E_PAD=32, BM=16, BN=64, PDL=True, HALF_TAIL=True, **o16),
+           dict(act_ptr="*i32", order_ptr="*i64", bounds_ptr="*i32", w_ptr="*i32", s_ptr="*u8", b_ptr="*bf16",
+                route_w_ptr="*bf16", y_ptr="*bf16"), num_warps=4)
 for stages in (2, 4):  # the decode GEMM 2's other depths' prologues (3 above)
     ptx = build(G._pair_gemm2_gluon, dict(K=2880, S=2, K_SPLIT=1536, BN=32, PDL=True, **opts(stages)),
                 dict(act_ptr="*i32", ids_ptr="*i64", w_ptr="*i32", s_ptr="*u8", b_ptr="*bf16",
                      route_w_ptr="*bf16", y_ptr="*fp32"))
     assert loads_before_wait(ptx) > 3, stages
-# the weights in weights/tiles.py's layout: the decode and grouped kernels at their default tiles compile within
-# the same bound and load their words in as many (16-byte) instructions as the standard layout
-pair1 = dict(x_ptr="*i32", ids_ptr="*i64", w_ptr="*i32", s_ptr="*u8", b_ptr="*bf16", act_ptr="*bf16")
-pair2 = dict(act_ptr="*i32", ids_ptr="*i64", w_ptr="*i32", s_ptr="*u8", b_ptr="*bf16", route_w_ptr="*bf16",
-             y_ptr="*fp32")
-grp1 = dict(x_ptr="*i32", order_ptr="*i64", bounds_ptr="*i32", w_ptr="*i32", s_ptr="*u8", b_ptr="*bf16",
-            act_ptr="*bf16")
-grp2 = dict(act_ptr="*i32", order_ptr="*i64", bounds_ptr="*i32", w_ptr="*i32", s_ptr="*u8", b_ptr="*bf16",
-            route_w_ptr="*bf16", y_ptr="*bf16")
-cases = [(G._pair_gemm1_gluon, dict(K=2880, A=4, BN=32, PDL=True, **opts(2)), pair1, ("limit", "alpha"), 2),
-         (G._pair_gemm2_gluon, dict(K=2880, S=2, K_SPLIT=1536, BN=32, PDL=True, **opts(3)), pair2, (), 2),
-         (G._group_gemm1_gluon, dict(K=2880, A=4, E=32, E_PAD=32, BM=8, BN=32, PDL=True, HALF_TAIL=False,
-                                     **opts(4)), grp1, ("limit", "alpha"), 2),
-         (G._group_gemm2_gluon, dict(K=2880, E=32, E_PAD=32, BM=16, BN=64, PDL=True, HALF_TAIL=True, **o16), grp2,
-          (), 4)]
-for fn, consts, ptrs, floats, nw in cases:
-    std, til = (build(fn, dict(consts, TILED=tl_), ptrs, floats, nw).count("ld.global") for tl_ in (False, True))
-    assert std == til, (fn.__name__, std, til)
 print("ok")
 ''')
 
