@@ -24,11 +24,16 @@ E, N, KB = 32, 5760, 1440  # experts, rows, bytes a row (gate_up of 20b)
 
 
 @triton.jit
+def _program(ids_ptr, N: tl.constexpr, BN: tl.constexpr):
+    """Both orders' grid, the GEMM's: (program, its expert, its first row)."""
+    p = tl.program_id(0)
+    return p, tl.load(ids_ptr + p // (N // BN)).to(tl.int64), (p % (N // BN)) * BN
+
+
+@triton.jit
 def _rows(w_ptr, ids_ptr, out_ptr, N: tl.constexpr, WORDS: tl.constexpr, STEP: tl.constexpr,
           BN: tl.constexpr):
-    p = tl.program_id(0)
-    e = tl.load(ids_ptr + p // (N // BN)).to(tl.int64)
-    n0 = (p % (N // BN)) * BN
+    p, e, n0 = _program(ids_ptr, N, BN)
     r = tl.arange(0, BN)[:, None]
     c = tl.arange(0, STEP // 4)[None, :]
     base = w_ptr + e * (N * WORDS) + (n0 + r) * WORDS  # int32 units
@@ -46,9 +51,7 @@ def _xor(a, b):
 @triton.jit
 def _flat(w_ptr, ids_ptr, out_ptr, N: tl.constexpr, WORDS: tl.constexpr, STEP: tl.constexpr,
           BN: tl.constexpr):
-    p = tl.program_id(0)
-    e = tl.load(ids_ptr + p // (N // BN)).to(tl.int64)
-    n0 = (p % (N // BN)) * BN
+    p, e, n0 = _program(ids_ptr, N, BN)
     c = tl.arange(0, BN * STEP // 4)
     base = w_ptr + e * (N * WORDS) + n0 * WORDS
     acc = tl.zeros([BN * STEP // 4], tl.int32)
