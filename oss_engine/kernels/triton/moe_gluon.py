@@ -170,7 +170,6 @@ def _load_w(src, k0, BH: gl.constexpr, BK: gl.constexpr, L: gl.constexpr, MASKED
     j = gl.arange(0, BH, layout=gl.SliceLayout(1, gl.SliceLayout(2, L)))[:, None, None]  # [BH, 1, 1]
     t = gl.arange(0, 4, layout=gl.SliceLayout(0, gl.SliceLayout(2, L)))[None, :, None]  # [1, 4, 1]
     w = gl.arange(0, W, layout=gl.SliceLayout(0, gl.SliceLayout(1, L)))[None, None, :]  # [1, 1, W]
-    word = (k0 // 2 + t * I) // 4 + w  # [1, 4, W] int32 word along the row
     group = k0 // 32 + (t * I) // 16  # [1, 4, 1] the scale group of the lane's bytes
     if TILED:
         b = k0 // 2 + t * I  # [1, 4, 1] the lane's first byte along the row
@@ -178,6 +177,7 @@ def _load_w(src, k0, BH: gl.constexpr, BK: gl.constexpr, L: gl.constexpr, MASKED
         even = gl.max_contiguous(gl.multiple_of(even, [1, 1, W]), [1, 1, W])  # W words: one 16-byte vector
         odd = even + 8
     else:
+        word = (k0 // 2 + t * I) // 4 + w  # [1, 4, W] int32 word along the row
         even = (2 * j) * (s_wn // 4) + word  # [BH, 4, W]
         odd = even + s_wn // 4
     s_even = (2 * j) * s_sn + group * s_sg  # [BH, 4, 1]
