@@ -33,8 +33,8 @@ from gpu_probe_moe_decode_limits import gemm1, gemm2, operands, per_launch_us
 MODULE = pathlib.Path(__file__).resolve().parent.parent / "oss_engine/kernels/triton/moe_gluon.py"
 SCALES = """    if not RAW:
         se = _factor(se)"""  # in `_load_w`, just after the scale bytes' loads
-ROWS = "    even = (2 * j) * (s_wn // 4) + word  # [BH, 4, W]\n"  # in `_load_w`: the even rows' words
-ODD = "even + s_wn // 4"  # the odd rows' words, masked and unmasked
+ROWS = "        even = (2 * j) * (s_wn // 4) + word  # [BH, 4, W]\n"  # in `_load_w`'s standard-layout branch
+ODD = "        odd = even + s_wn // 4\n"  # the odd rows' words, just after it
 ACT = """    if TT == 2:
         if MASKED:
             a2 ="""  # in `_load_a`, just after the activations' load
@@ -47,14 +47,15 @@ def variants(text: str) -> dict[str, str]:
     noact = "    a = gl.full([1, 4, 4 * W], 0, gl.int32, LA) + k_end * 0 + 0x3F803F80\n"
     # tile16: 16-row block j // 8 (4 s_wn words), the step's chunk (16 rows x c4 words: c4 = 16, 8 in K's last
     # half step), row j % 8 of the even (odd: + 8 c4) half, the lane's quarter
-    tile = ("    c4 = gl.minimum(s_wn - k0 // 2, BK // 2) // 4\n"
-            "    even = (j // 8) * (4 * s_wn) + 4 * (k0 // 2) + (j % 8) * c4 + t * W + w\n")
-    if text.count(SCALES) != 1 or text.count(ACT) != 1 or text.count(ROWS) != 1 or text.count(ODD) != 2:
+    # (the kernels run with TILED off, so this branch is the one they take)
+    tile = ("        c4 = gl.minimum(s_wn - k0 // 2, BK // 2) // 4\n"
+            "        even = (j // 8) * (4 * s_wn) + 4 * (k0 // 2) + (j % 8) * c4 + t * W + w\n")
+    if text.count(SCALES) != 1 or text.count(ACT) != 1 or text.count(ROWS) != 1 or text.count(ODD) != 1:
         sys.exit("moe_gluon.py no longer has the lines the variants patch: update SCALES / ACT / ROWS / ODD")
     return {"base": text, "noscale": text.replace(SCALES, noscale + SCALES),
             "noact": text.replace(ACT, noact + ACT),
             "noboth": text.replace(SCALES, noscale + SCALES).replace(ACT, noact + ACT),
-            "tile16": text.replace(ROWS, tile).replace(ODD, "even + 8 * c4")}
+            "tile16": text.replace(ROWS, tile).replace(ODD, "        odd = even + 8 * c4\n")}
 
 
 def load(name: str, path: pathlib.Path):
