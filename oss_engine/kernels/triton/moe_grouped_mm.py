@@ -100,28 +100,44 @@ def _e2m1_bf16_bits(code, s):
 
 
 @triton.jit
-def _dequant_kernel(blocks_ptr, scales_ptr, table_ptr, out_ptr, n_bytes, row_bytes, BLOCK: tl.constexpr,
-                    TILED: tl.constexpr):
-    """Flat byte b of blocks [R, G, 16] -> int32 b of out (bf16 [R, G * 32] seen as int32 pairs): its low
-    nibble is element 2j of its group, its high nibble element 2j + 1, both times 2**(scales[b // 16] - 127).
-    A block whose scale bytes all lie in 2..252 (every real checkpoint's) looks its bytes up in `pair_table`
-    and moves the exponents of the nonzero halves by s - 127 (no half leaves bf16's normal range there, and
-    no borrow crosses halves: each half's exponent field stays >= 1); any other block takes the exact
-    integer path (`_e2m1_bf16_bits`). TILED: the blocks in weights/tiles.py's layout (row_bytes = 16 G: byte
-    b is byte b % row_bytes of row b // row_bytes, whose 16-row blocks never straddle two experts)."""
-    b = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = b < n_bytes
-    if TILED:
-        src = tiled_offsets(b // row_bytes, b % row_bytes, row_bytes)
-    else:
-        src = b
-    byte = tl.load(blocks_ptr + src, mask=mask, other=0).to(tl.int32)
-    s = tl.load(scales_ptr + b // 16, mask=mask, other=127).to(tl.int32)
+def _pair_words(byte, s, table_ptr):
+    """Bytes (int32, any shape) and their scale bytes -> the int32 bf16 pairs they decode to: low nibble element
+    2j of its group, high nibble element 2j + 1, both times 2**(s - 127). Where every scale byte lies in 2..252
+    (every real checkpoint's) the bytes look up `pair_table` and the nonzero halves' exponents move by s - 127
+    (no half leaves bf16's normal range there, and no borrow crosses halves: each half's exponent field stays
+    >= 1); otherwise the exact integer path (`_e2m1_bf16_bits`)."""
     if (tl.min(s) >= 2) & (tl.max(s) <= 252):
         word = tl.load(table_ptr + byte) + tl.load(table_ptr + 256 + byte) * ((s - 127) << 7)
     else:
         word = _e2m1_bf16_bits(byte & 15, s) | (_e2m1_bf16_bits(byte >> 4, s) << 16)
-    tl.store(out_ptr + b, word, mask=mask)
+    return word
+
+
+@triton.jit
+def _dequant_kernel(blocks_ptr, scales_ptr, table_ptr, out_ptr, n_bytes, BLOCK: tl.constexpr):
+    """Flat byte b of standard blocks [R, G, 16] -> int32 b of out (bf16 [R, G * 32] seen as int32 pairs),
+    with scale byte scales[b // 16] (`_pair_words`)."""
+    b = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = b < n_bytes
+    byte = tl.load(blocks_ptr + b, mask=mask, other=0).to(tl.int32)
+    s = tl.load(scales_ptr + b // 16, mask=mask, other=127).to(tl.int32)
+    tl.store(out_ptr + b, _pair_words(byte, s, table_ptr), mask=mask)
+
+
+@triton.jit
+def _dequant_tiled_kernel(blocks_ptr, scales_ptr, table_ptr, out_ptr, row_bytes, BLOCK_C: tl.constexpr):
+    """As `_dequant_kernel` for blocks in weights/tiles.py's layout (rows of row_bytes = 16 G), one program a
+    16-row block's BLOCK_C columns: the rows' byte c, read at `tiled_offsets` (16-byte vectors: Triton sees
+    16-byte runs there, as it does not in the flat index's b // row_bytes), written to the standard int32 index
+    row * row_bytes + c. A 16-row block never straddles two experts."""
+    rows = tl.program_id(0).to(tl.int64) * 16 + tl.arange(0, 16)  # [16]
+    col = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)  # [BC]
+    mask = (col < row_bytes)[None, :]  # [1, BC]
+    std = rows[:, None] * row_bytes + col[None, :]  # [16, BC]
+    byte = tl.load(blocks_ptr + tiled_offsets(rows[:, None], col[None, :], row_bytes), mask=mask,
+                   other=0).to(tl.int32)
+    s = tl.load(scales_ptr + std // 16, mask=mask, other=127).to(tl.int32)
+    tl.store(out_ptr + std, _pair_words(byte, s, table_ptr), mask=mask)
 
 
 @triton.jit
@@ -205,9 +221,14 @@ def dequantize(w: ExpertWeight) -> torch.Tensor:
     blocks, scales = w.blocks.contiguous(), w.scales.contiguous()
     d = torch.empty((E, out, groups * 32), dtype=torch.bfloat16, device=blocks.device)
     n = blocks.numel()
-    _dequant_kernel[(triton.cdiv(n, _DEQUANT_BLOCK),)](blocks, scales, pair_table(blocks.device),
-                                                       d.view(torch.int32), n, groups * 16, BLOCK=_DEQUANT_BLOCK,
-                                                       TILED=w.tiled, num_warps=4)
+    table, words = pair_table(blocks.device), d.view(torch.int32)
+    if w.tiled:  # one program a 16-row block's _DEQUANT_BLOCK / 16 columns (bytes of each row)
+        block_c = _DEQUANT_BLOCK // 16
+        _dequant_tiled_kernel[(E * out // 16, triton.cdiv(groups * 16, block_c))](
+            blocks, scales, table, words, groups * 16, BLOCK_C=block_c, num_warps=4)
+    else:
+        _dequant_kernel[(triton.cdiv(n, _DEQUANT_BLOCK),)](blocks, scales, table, words, n, BLOCK=_DEQUANT_BLOCK,
+                                                           num_warps=4)
     return d
 
 
