@@ -60,8 +60,8 @@ def get_ops(name: str) -> Ops:
 
         return Ops("triton", linear_triton, add_rms_norm_triton, rope_store_kv_triton, attention, route_triton,
                    moe_experts, graph_safe=True,
-                   # off until the tiled kernels have run on a GPU: prepared in the twentieth session, where the
-                   # device time ran out first (docs/performance.md)
+                   # off until an H100 A/B shows the tiled layout's prefill (its dequantization mended since its
+                   # first run) no slower than standard's: docs/performance.md, twenty-first session
                    tiled_experts=False)
     if name == "ref":
         from .ref.attention import paged_attention_ref

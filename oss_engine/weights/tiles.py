@@ -18,7 +18,10 @@ weights), a timing-only copy of the Gluon kernels that read their words at the a
 (64-byte chunks, a block's even rows before its odd ones; the bytes themselves not permuted) made decode 506
 -> 514-515 tok/s at batch 1, 1,637 -> 1,710 at batch 8 and 8,414 -> 9,052-9,067 at batch 64
 (docs/performance.md, "Twentieth session"). This layout (32-byte chunks, rows in order, so that every kernel
-reads it simply) has not run on a GPU yet: the op table does not ask for it (Ops.tiled_experts).
+reads it simply), first run on an H100 in the twenty-first session: the same bits as standard on every MoE path,
+decode 511 -> 521 tok/s at batch 1, 1,655 -> 1,739 at 8 and 8,453 -> 8,848 at 64, but 2k prefill 77,314 ->
+67,622 (the grouped_mm dequantization then read the tiled bytes one at a time; mended since, not re-measured).
+The op table does not ask for it yet (Ops.tiled_experts).
 
 Every kernel that reads blocks takes this layout where ExpertWeight.tiled says so; the torch reference reads
 the standard layout (`untile_rows`).
