@@ -1,0 +1,60 @@
+"""The model with its MXFP4 experts re-laid tiled at load (weights/tiles.py, asked for by Ops.tiled_experts)
+computes the same logits, bit for bit, and the same greedy tokens as with the standard layout: on the CPU with
+the reference table (which decodes tiled experts through ExpertWeight.expert), on the GPU with the Triton table
+(every MoE kernel reading the tiled bytes: prefill chunks and one-token steps, CUDA graphs on)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from oss_engine import LLM, SamplingParams
+from oss_engine.model import build
+from oss_engine.model.moe import MXFP4Experts
+from oss_engine.tiny import make_tiny_checkpoint
+
+from ..conftest import PARITY_SPEC
+from .test_parity_hf import our_logits, prompt
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
+
+
+@pytest.fixture(scope="module")
+def mxfp4_checkpoint(tmp_path_factory):
+    """Rows of 64 bytes (W1: 128 values) and 48 (W2: 96 values, a narrower last chunk): the default 64-value
+    rows are one 32-byte chunk, whose tiled layout is the standard one."""
+    path = tmp_path_factory.mktemp("tiny-tiled")
+    make_tiny_checkpoint(path, fmt="mxfp4", seed=2, write_tokenizer=False,
+                         **dict(PARITY_SPEC, hidden_size=128, intermediate_size=96))
+    return path
+
+
+def load(path, device: str, tiles: bool, monkeypatch) -> LLM:
+    """A bf16 LLM whose op table asks (or not) for tiled experts; asserts every expert module followed it."""
+    table = build.get_ops
+    with monkeypatch.context() as m:
+        m.setattr(build, "get_ops", lambda name: dataclasses.replace(table(name), tiled_experts=tiles))
+        llm = LLM(str(path), dtype="bfloat16", device=device, skip_tokenizer_init=True, progress=False)
+    experts = [mod for mod in llm.model.modules() if isinstance(mod, MXFP4Experts)]
+    assert experts and all(e.tiled == tiles for e in experts)
+    return llm
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_tiled_experts_same_logits_and_tokens(mxfp4_checkpoint, device, monkeypatch):
+    std = load(mxfp4_checkpoint, device, False, monkeypatch)
+    til = load(mxfp4_checkpoint, device, True, monkeypatch)
+    mlp_std, mlp_til = std.model.layers[0].mlp.experts, til.model.layers[0].mlp.experts
+    for name in ("w1_blocks", "w2_blocks"):  # the bytes did move
+        assert not torch.equal(getattr(mlp_std, name), getattr(mlp_til, name)), name
+    ids = prompt(5, 40)
+    for chunks in (None, [1] * len(ids)):  # the whole prompt, then one token a step (the decode kernels)
+        want, got = our_logits(std, ids, chunks), our_logits(til, ids, chunks)
+        assert torch.isfinite(want).all() and torch.equal(got, want), chunks
+    params = SamplingParams(max_tokens=16, temperature=0.0, ignore_eos=True)
+    prompts = [prompt(21), prompt(22, 30), prompt(23, 9)]  # a batch: the grouped kernels on the GPU
+    outs = [[o.outputs[0].token_ids for o in llm.generate(prompt_token_ids=prompts, sampling_params=params)]
+            for llm in (std, til)]
+    assert outs[0] == outs[1] and all(len(t) == 16 for t in outs[0])
