@@ -51,9 +51,10 @@ def test_dequantize_reads_tiled_blocks(E, out, inp):
     assert torch.equal(got.view(torch.int16), want.view(torch.int16))
 
 
-# The tiled dequantization must read its bytes as 16-byte vectors, as the standard one does: a flat index whose row
-# came from b // row_bytes read them one byte at a time, and an H100 prefill of 2k prompts (8,192 tokens a step:
-# this path) fell from 77,314 to 67,622 tok/s with the experts tiled (docs/performance.md, twenty-first session).
+# The tiled dequantization must read its bytes as 16-byte vectors, as the standard one does. A flat index whose row
+# came from b // row_bytes read them one byte at a time; with it an H100 prefill of 2k prompts (8,192 tokens a
+# step: this path) fell from 77,314 to 67,622 tok/s with the experts tiled, and nothing else the tiled kernels
+# compile to differed (docs/performance.md, twenty-first session).
 _DEQUANT_LOADS = r"""
 import re
 from collections import Counter
