@@ -747,7 +747,7 @@ def _experts_gluon(x: torch.Tensor, weights: torch.Tensor, w1: ExpertWeight, w2:
     moe_gluon._group_gemm2_gluon[(grid_m, D // t.block_n)](
         act.view(torch.int32), order, bounds, w.view(torch.int32), s, w2.bias, weights.reshape(-1), y,
         act.stride(0), ws[0], ws[1], *ws[3:], w2.bias.stride(0), y.stride(0), K=I, BN=t.block_n,
-        HALF_TAIL=_gluon_half_tail(t), TILED=w1.tiled,
+        HALF_TAIL=_gluon_half_tail(t), TILED=w2.tiled,
         **moe_gluon.launch_options(t.block_k, t.num_warps, t.num_stages), launch_pdl=pdl, **common)
     return combine(y, out, A, pdl)
 
