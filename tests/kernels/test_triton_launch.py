@@ -53,12 +53,7 @@ _PDL_IN_PTX = r"""
 from oss_engine.kernels.triton import gemv as GV, moe_decode as MD, norm as NO
 
 
-try:  # the CUDA backend and its ptxas: without them no GPU target can be built here
-    from triton.backends.nvidia.compiler import get_ptxas_version
-    get_ptxas_version(90)
-except Exception as e:
-    print(f"skip: cannot compile for sm_90 here: {e!r:.300}")
-    raise SystemExit(0)
+skip_without_sm90()
 
 def before_wait(fn, consts, ptrs, **kw):
     ptx = compile_sm90(fn, {**consts, "PDL": True}, ptrs, **kw).asm["ptx"]

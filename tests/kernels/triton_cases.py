@@ -48,6 +48,16 @@ def compile_sm90(fn, consts, ptrs, floats=(), divisible=None):
     assert "cubin" in k.asm, "no cubin"
     return k
 
+def skip_without_sm90():
+    """Ends the script as skipped (run_compile_check) where no sm_90 target can be built: the CUDA backend
+    and its ptxas missing."""
+    try:
+        from triton.backends.nvidia.compiler import get_ptxas_version
+        get_ptxas_version(90)
+    except Exception as e:
+        print(f"skip: cannot compile for sm_90 here: {e!r:.300}")
+        raise SystemExit(0)
+
 def cuobjdump(k, flag):
     """The text `cuobjdump flag` (-sass, -res-usage) prints for compiled kernel k's cubin."""
     import os, subprocess, tempfile
@@ -61,10 +71,10 @@ def cuobjdump(k, flag):
 
 def run_compile_check(script: str) -> None:
     """Runs a test file's compile-for-Hopper `script` (after a prelude that imports triton and defines
-    `compile_sm90` and `cuobjdump`) in a fresh interpreter with TRITON_INTERPRET removed (it is fixed when a
-    kernel is defined, so the compile cannot run in this process) and the repository on PYTHONPATH; asserts
-    that it exits 0 and prints "ok" last. A script that finds compiling for a GPU target impossible here prints
-    "skip: why" and exits 0: the test is then skipped."""
+    `compile_sm90`, `skip_without_sm90` and `cuobjdump`) in a fresh interpreter with TRITON_INTERPRET removed (it
+    is fixed when a kernel is defined, so the compile cannot run in this process) and the repository on
+    PYTHONPATH; asserts that it exits 0 and prints "ok" last. A script that finds compiling for a GPU target
+    impossible here prints "skip: why" (`skip_without_sm90`) and exits 0: the test is then skipped."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
     r = subprocess.run([sys.executable, "-c", _COMPILE_PRELUDE + script], env=env, cwd=ROOT, capture_output=True, check=False,
