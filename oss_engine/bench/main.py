@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import statistics
 import sys
 import tempfile
 import time
@@ -139,9 +140,11 @@ def _measure(args, llm, device, bw, mm, t0, batches, prefill_lens, rng) -> dict:
     res["prefill"] = []
     for n in prefill_lens:
         _progress(f"prefill {n}-token prompts")
-        rate = engine_bench.prefill_rate(llm, n, max(1, args.prefill_tokens // n), rng)
+        passes = engine_bench.prefill_rate(llm, n, max(1, args.prefill_tokens // n), rng)
+        rate = statistics.median(passes)
         flops = roofline.prefill_flops_per_token(m, n)
-        res["prefill"].append({"prompt_len": n, "tok_s": rate, "TFLOPs": rate * flops / 1e12,
+        res["prefill"].append({"prompt_len": n, "tok_s": rate, "passes_tok_s": passes,
+                               "TFLOPs": rate * flops / 1e12,
                                "matmul_fraction": rate * flops / mm})
     _progress(f"time to first token, {args.ttft_len}-token prompt")
     res["ttft_ms"] = 1e3 * engine_bench.time_to_first_token(llm, args.ttft_len, rng)
@@ -190,7 +193,8 @@ def format_table(res: dict) -> str:
                      f"{d['limit_tok_s']:>12,.0f}{frac:>10}")
     for p in res["prefill"]:
         lines.append(f"{'prefill ' + str(p['prompt_len']) + '-token prompts':<28}{p['tok_s']:>12,.0f}"
-                     f"{p['TFLOPs']:>9,.0f} TF{100 * p['matmul_fraction']:>9.0f}%")
+                     f"{p['TFLOPs']:>9,.0f} TF{100 * p['matmul_fraction']:>9.0f}%"
+                     f"  (median of {min(p['passes_tok_s']):,.0f}-{max(p['passes_tok_s']):,.0f})")
     lines.append(f"{'time to first token':<28}{res['ttft_ms']:>9,.1f} ms")
     for k in res.get("layers", []):
         lines.append(f"{k['layer'] + ' layer, ' + str(k['tokens']) + ' tokens':<28}{k['us']:>9,.1f} us"
