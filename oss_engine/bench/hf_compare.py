@@ -3,7 +3,7 @@
 The HF model is built in bf16 with dense experts (its MXFP4 path needs a kernel download this machine cannot
 make), filled from our parameters (MXFP4 experts dequantized exactly; HF stores experts input-major,
 [E, in, out], ours output-major), and timed on greedy decode at batch 1 with its default dynamic cache:
-rate = new tokens / seconds of `generate` after a short untimed run.
+rate = new tokens / seconds of `generate`, the median of 3 after a short untimed run.
 """
 
 from __future__ import annotations
@@ -87,14 +87,19 @@ def build_hf(llm):
     return hf.eval()
 
 
-def hf_decode_rate(hf, vocab: int, prompt_len: int, new_tokens: int) -> float:
+def hf_decode_rate(hf, vocab: int, prompt_len: int, new_tokens: int, reps: int = 3) -> list[float]:
+    """Tokens a second of `reps` timed greedy `generate` calls (after a short untimed one), in the order they ran;
+    the bench reports their median."""
     dev = next(hf.parameters()).device
     ids = torch.randint(0, vocab, (1, prompt_len), device=dev)
     kw = dict(do_sample=False, min_new_tokens=new_tokens, max_new_tokens=new_tokens, pad_token_id=0)
+    rates = []
     with torch.no_grad():
         hf.generate(ids, **{**kw, "min_new_tokens": 4, "max_new_tokens": 4})
-        sync(dev)
-        t0 = time.perf_counter()
-        hf.generate(ids, **kw)
-        sync(dev)
-    return new_tokens / (time.perf_counter() - t0)
+        for _ in range(reps):
+            sync(dev)
+            t0 = time.perf_counter()
+            hf.generate(ids, **kw)
+            sync(dev)
+            rates.append(new_tokens / (time.perf_counter() - t0))
+    return rates

@@ -98,6 +98,20 @@ def test_cli_bench_tiny_on_cpu(tmp_path, capsys):
     assert "decode batch 3, ctx 24" in table and "time to first token" in table and "(median of " in table
 
 
+def test_cli_bench_compare_hf_on_cpu(tmp_path, capsys):
+    out = tmp_path / "bench-hf.json"
+    rc = main(["bench", "--device", "cpu", "--batch-sizes", "1", "--context", "16", "--decode-steps", "2",
+               "--decode-warmup", "1", "--prefill-lens", "", "--ttft-len", "8", "--compare", "hf",
+               "--json", str(out)])
+    assert rc == 0
+    res = json.loads(out.read_text())
+    hf = res["hf"]
+    assert len(hf["passes_tok_s"]) == 3 and min(hf["passes_tok_s"]) > 0
+    assert hf["decode_batch1_tok_s"] == sorted(hf["passes_tok_s"])[1]  # the median of the timed passes
+    assert hf["ratio"] == pytest.approx(res["decode"][0]["tok_s"] / hf["decode_batch1_tok_s"])
+    assert "transformers: " in capsys.readouterr().out
+
+
 def test_preset_needs_random_weights():
     with pytest.raises(SystemExit, match="--random-weights"):
         main(["bench", "--preset", "gpt-oss-20b", "--device", "cpu"])
