@@ -1,6 +1,6 @@
 """The real server on 127.0.0.1 with the official openai client: every endpoint, concurrency against the
-offline API, disconnects, metrics. (Errors: test_server_errors.py; overload and SIGTERM:
-test_server_lifecycle.py.)"""
+offline API, load from 1 to twice max_num_seqs, disconnects, metrics. (Errors: test_server_errors.py; overload
+and SIGTERM: test_server_lifecycle.py.)"""
 
 from __future__ import annotations
 
@@ -137,7 +137,45 @@ def test_32_concurrent_streams_equal_offline_greedy(server, server_model, aclien
     assert got == want
 
 
-def test_50_disconnects_leave_no_kv_blocks(server, aclient):
+def test_load_1_to_twice_max_num_seqs_every_capped_answer_is_exact(server, aclient):
+    """RELIABILITY.md battery 6: concurrency 1 .. 2 x max_num_seqs (the fixture's 32), random prompt lengths and
+    caps, streamed and not; no request fails, and every answer that ends on its cap has exactly max_tokens."""
+    rng = random.Random(2)
+    words = ["red", "blue", "cat", "dog", "runs", "fast", "and", "the"]
+
+    async def one(c, i):
+        prompt = " ".join(rng.choice(words) for _ in range(rng.randint(1, 200)))
+        cap, stream, ignore_eos = rng.randint(1, 24), i % 2 == 1, i % 3 != 0
+        kw = dict(model=server.model, prompt=prompt, max_tokens=cap, temperature=1.0, seed=i,
+                  extra_body={"ignore_eos": ignore_eos})
+        if stream:
+            chunks = [ch async for ch in await c.completions.create(
+                stream=True, stream_options={"include_usage": True}, **kw)]
+            finish = next(ch.choices[0].finish_reason for ch in chunks if ch.choices and ch.choices[0].finish_reason)
+            usage = chunks[-1].usage
+        else:
+            r = await c.completions.create(**kw)
+            finish, usage = r.choices[0].finish_reason, r.usage
+        return cap, ignore_eos, finish, usage.completion_tokens
+
+    async def wave(n):
+        async with aclient() as c:
+            return await asyncio.gather(*(one(c, i) for i in range(n)))
+
+    for n in (1, 8, 32, 64):
+        got = asyncio.run(wave(n))
+        assert len(got) == n
+        for cap, ignore_eos, finish, tokens in got:
+            if ignore_eos:
+                assert finish == "length", (n, cap)
+            assert finish in ("length", "stop") and 0 < tokens <= cap, (n, cap, finish, tokens)
+            if finish == "length":
+                assert tokens == cap, (n, cap, tokens)
+    m = metrics(server)
+    assert m["oss_engine_num_requests_running"] == 0 and m["oss_engine_num_requests_waiting"] == 0
+
+
+def test_128_disconnects_leave_no_kv_blocks(server, aclient):
     rng = random.Random(1)
 
     async def drop(i):
@@ -153,7 +191,7 @@ def test_50_disconnects_leave_no_kv_blocks(server, aclient):
             await stream.close()
 
     async def all_():
-        await asyncio.gather(*(drop(i) for i in range(50)))
+        await asyncio.gather(*(drop(i) for i in range(128)))  # RELIABILITY.md battery 5: 100+ streams
 
     asyncio.run(all_())
     for _ in range(100):  # aborts reach the engine within a step
