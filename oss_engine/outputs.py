@@ -16,7 +16,9 @@ class CompletionOutput:
     index: int
     text: str
     token_ids: list[int]
-    finish_reason: str | None  # "stop" | "length" | None while running
+    # "stop" | "length" | None while running; "abort" (cancelled) or "error" (this request's own processing
+    # failed: its detokenizer or constraint raised; the engine and the other requests went on)
+    finish_reason: str | None
     logprobs: list[Logprobs] | None = None
     delta_text: str = ""
     delta_token_ids: list[int] = field(default_factory=list)

@@ -17,6 +17,7 @@ length is not scheduled again. Steps whose sampling reads logprobs stay synchron
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Iterator, Protocol
@@ -32,6 +33,8 @@ from .request import Request
 from .runner import ScheduledSeq, StepLogits
 from .sampler import Sampler, SamplingBatch, top_logprobs
 from .scheduler import Scheduler, SchedulerOutput
+
+log = logging.getLogger(__name__)
 
 
 class ContextLengthError(ValueError):
@@ -218,11 +221,12 @@ class LLMEngine:
     def finish_step(self, pending: PendingStep, logits: StepLogits, in_flight: bool = False) -> list[RequestOutput]:
         """The second half of `step`: advance, sample, detokenize, report. `in_flight` (async scheduling):
         the sampled tokens are left on the device for the next step to read."""
-        sampling = self._advance(pending.sched, logits)
-        touched = self._sample_async(sampling, logits) if in_flight else self._sample(sampling, logits)
+        sampling, allowed, failed = self._constrain(self._advance(pending.sched, logits))
+        sample = self._sample_async if in_flight else self._sample
+        touched = sample(sampling, allowed, logits)
         if self.cfg.scheduler.debug_checks:
             self.kv.check_accounting(self.scheduler.live_request_ids())
-        return self._outputs(touched)
+        return self._outputs(touched, failed)
 
     def _advance(self, sched: SchedulerOutput, step: StepLogits) -> list[tuple[Request, int]]:
         """Move num_computed forward; collect prompt logprobs; return (request, logits row) of those that sample."""
@@ -250,37 +254,60 @@ class LLMEngine:
             if p + 1 < r.num_prompt_tokens:
                 r.prompt_logprobs.append(top_logprobs(lps[j], k, r.prompt_token_ids[p + 1]))
 
-    def _sampling_batch(self, sampling: list[tuple[Request, int]], step: StepLogits
+    def _constrain(self, sampling: list[tuple[Request, int]]
+                   ) -> tuple[list[tuple[Request, int]], list, list[Request]]:
+        """Each sampling request's allowed ids from its constraint (None: any), the requests whose constraint
+        raised taken out and ended alone (`_fail`): (the sampling left, their allowed ids, the failed)."""
+        kept, allowed, failed = [], [], []
+        for r, row in sampling:
+            try:
+                ids = r.constraint.allowed_ids(r.output_token_ids) if r.constraint else None
+            except Exception as e:  # noqa: BLE001 - one request's constraint: that request alone
+                self._fail(r, e)
+                failed.append(r)
+                continue
+            kept.append((r, row))
+            allowed.append(ids)
+        return kept, allowed, failed
+
+    def _fail(self, r: Request, exc: Exception) -> None:
+        """One request's own host-side work (its constraint, detokenizer or stop checks) raised: end that
+        request alone with finish_reason "error", its blocks freed at once; the step and every other request
+        go on (RELIABILITY.md battery 9). The server answers it with a 500 in the OpenAI shape."""
+        log.error("request %s failed in its own processing; ending it alone", r.request_id, exc_info=exc)
+        if not r.finished:
+            self.scheduler.finish(r, "error")
+
+    def _sampling_batch(self, sampling: list[tuple[Request, int]], allowed: list, step: StepLogits
                         ) -> tuple[torch.Tensor, SamplingBatch]:
         """(the sampling rows' logits [n, V], what the sampler needs to know of them)."""
         reqs = [r for r, _ in sampling]
         batch = SamplingBatch(params=[r.params for r in reqs], generators=[r.generator for r in reqs],
                               prompt_ids=[r.prompt_token_ids for r in reqs],
                               output_ids=[r.output_token_ids if r.params.uses_output_history else () for r in reqs],
-                              stop_ids=[r.stop_ids for r in reqs],
-                              allowed=[r.constraint.allowed_ids(r.output_token_ids) if r.constraint else None
-                                       for r in reqs])
+                              stop_ids=[r.stop_ids for r in reqs], allowed=allowed)
         rows = [row for _, row in sampling]
         logits = step.logits if rows == list(range(step.logits.shape[0])) else step.logits[rows]  # decode: all rows
         return logits, batch
 
-    def _sample(self, sampling: list[tuple[Request, int]], step: StepLogits) -> list[Request]:
+    def _sample(self, sampling: list[tuple[Request, int]], allowed: list, step: StepLogits) -> list[Request]:
         if not sampling:
             return []
         reqs = [r for r, _ in sampling]
-        result = self.sampler.sample(*self._sampling_batch(sampling, step))
+        result = self.sampler.sample(*self._sampling_batch(sampling, allowed, step))
         now = time.monotonic()
         for r, tok, lp in zip(reqs, result.token_ids, result.logprobs):
             self._take_token(r, tok, lp, now)
         return reqs
 
-    def _sample_async(self, sampling: list[tuple[Request, int]], step: StepLogits) -> list[Request]:
+    def _sample_async(self, sampling: list[tuple[Request, int]], allowed: list, step: StepLogits
+                      ) -> list[Request]:
         """Launch the sampling and leave its tokens in flight (read by the next step), or, when a row wants
         logprobs, sample synchronously as `_sample`. Returns the requests that got a token now."""
         reqs = [r for r, _ in sampling]
         if not reqs or any(r.params.logprobs is not None for r in reqs):
-            return self._sample(sampling, step)
-        tokens = self.sampler.sample_tokens(*self._sampling_batch(sampling, step))  # [n] on the device
+            return self._sample(sampling, allowed, step)
+        tokens = self.sampler.sample_tokens(*self._sampling_batch(sampling, allowed, step))  # [n] on the device
         ready = None
         if tokens.is_cuda:
             host = torch.empty(tokens.shape, dtype=tokens.dtype, pin_memory=True)
@@ -314,7 +341,11 @@ class LLMEngine:
         r.first_token_time = r.first_token_time or now
         if lp is not None:
             r.logprobs.append(lp)
-        reason = self._stop_reason(r, tok)
+        try:
+            reason = self._stop_reason(r, tok)
+        except Exception as e:  # noqa: BLE001 - one request's detokenizer or stop check: that request alone
+            self._fail(r, e)
+            return
         if reason is not None:
             self.scheduler.finish(r, reason)
 
@@ -339,10 +370,12 @@ class LLMEngine:
 
     # ---- outputs -----------------------------------------------------------------------------------
 
-    def _outputs(self, touched: list[Request]) -> list[RequestOutput]:
+    def _outputs(self, touched: list[Request], failed: list[Request] = ()) -> list[RequestOutput]:
+        """One output for each parent of a request that got a token (`touched`) or was ended without one
+        (`failed`)."""
         outs = []
         stepped = set(touched)  # Requests hash by identity
-        for pid in dict.fromkeys(r.parent_id for r in touched):
+        for pid in dict.fromkeys(r.parent_id for r in [*touched, *failed]):
             parent = self.parents[pid]
             comps = []
             for child in parent.children:

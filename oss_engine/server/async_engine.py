@@ -4,7 +4,8 @@ The event loop never waits for a model step: `generate` checks a request (pure r
 command and awaits the request's outputs on an asyncio queue that the engine thread feeds. Leaving the
 iterator early (a client that disconnects, a cancelled task) queues an "abort", which frees the request's
 KV blocks at the start of the next loop turn. An exception inside a step ends every live request with a
-terminal error and marks the engine failed (health turns 503); nothing hangs.
+terminal error and marks the engine failed (health turns 503); nothing hangs. A request whose own processing
+failed (the engine ends it alone with finish_reason "error") gets a 500; the engine stays ready.
 """
 
 from __future__ import annotations
@@ -165,6 +166,9 @@ class AsyncEngine:
                 if isinstance(item, BaseException):
                     status = "error"
                     raise item
+                if item.finished and any(c.finish_reason == "error" for c in item.outputs):
+                    status = "error"  # this request's own processing failed; the engine is fine
+                    raise APIError(500, "The engine failed while serving this request.", type="server_error")
                 timer.output(item)
                 if item.finished:
                     status = item.outputs[0].finish_reason or "stop"

@@ -150,3 +150,50 @@ def test_stream_deltas_add_up(llm):
         ids += out.outputs[0].delta_token_ids
         last = out
     assert last.finished and ids == last.outputs[0].token_ids and len(ids) == 6
+
+
+class _Raises:
+    """A constraint that allows any token for `ok` calls, then raises (a fault injected into one request)."""
+
+    def __init__(self, ok: int):
+        self.ok = ok
+
+    def allowed_ids(self, output_ids):
+        if len(output_ids) >= self.ok:
+            raise RuntimeError("injected constraint fault")
+        return None
+
+
+@pytest.mark.parametrize("async_scheduling", [True, False])
+@pytest.mark.parametrize("fault", ["detokenizer", "constraint"])
+def test_one_requests_fault_ends_it_alone(ckpt, async_scheduling, fault):
+    """RELIABILITY.md battery 9: one request's detokenizer or constraint raising mid-generation ends that
+    request with finish_reason "error" and frees its blocks; the step does not raise, the other requests'
+    tokens equal their run without the faulty one, and the engine serves the next request."""
+    llm = make_llm(ckpt, async_scheduling=async_scheduling)
+    eng = llm.engine
+    ps = prompts(3, 5, 40, seed=11)
+    want = tokens(llm.generate(prompt_token_ids=[ps[0], ps[2]], sampling_params=GREEDY))
+    for i, p in enumerate(ps):
+        eng.add_request(f"r{i}", p, GREEDY, constraint_factory=(lambda: _Raises(3)) if fault == "constraint"
+                        and i == 1 else None)
+    if fault == "detokenizer":
+        detok = eng.parents["r1"].detoks[0]
+        real, calls = detok.push, []
+
+        def push(tok):
+            calls.append(tok)
+            if len(calls) == 3:
+                raise UnicodeDecodeError("utf-8", b"\xff", 0, 1, "injected detokenizer fault")
+            return real(tok)
+        detok.push = push
+    done = {}
+    for out in eng.iterate():
+        if out.finished:
+            done[out.request_id] = out.outputs[0]
+    assert set(done) == {"r0", "r1", "r2"}
+    assert done["r1"].finish_reason == "error" and len(done["r1"].token_ids) == 3
+    assert [done["r0"].token_ids, done["r2"].token_ids] == want
+    assert done["r0"].finish_reason == done["r2"].finish_reason == "length"
+    assert sum(eng.stats().kv_blocks_used.values()) == 0 and not eng.has_unfinished_requests()
+    assert tokens(llm.generate(prompt_token_ids=[ps[0]], sampling_params=GREEDY)) == want[:1]

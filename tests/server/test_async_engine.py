@@ -1,5 +1,6 @@
-"""AsyncEngine with fake engines: outputs flow, early close aborts, capacity gives 429, and a step that
-raises ends every live request with a terminal error (none hangs) and marks the engine failed."""
+"""AsyncEngine with fake engines: outputs flow, early close aborts, capacity gives 429, a step that raises ends
+every live request with a terminal error (none hangs) and marks the engine failed, and a request the engine ended
+alone with finish_reason "error" gets a 500 while the others finish and the engine stays ready."""
 
 from __future__ import annotations
 
@@ -14,10 +15,11 @@ from oss_engine.server.errors import APIError
 
 
 class FakeEngine:
-    """Emits one token per step per request; `explode_at` makes step number N raise."""
+    """Emits one token per step per request; `explode_at` makes step number N raise; the requests in `fails`
+    end after their second token with finish_reason "error" (as LLMEngine ends one whose own processing failed)."""
 
-    def __init__(self, tokens_per_request: int = 5, explode_at: int | None = None):
-        self.n, self.explode_at, self.steps = tokens_per_request, explode_at, 0
+    def __init__(self, tokens_per_request: int = 5, explode_at: int | None = None, fails: tuple[str, ...] = ()):
+        self.n, self.explode_at, self.steps, self.fails = tokens_per_request, explode_at, 0, fails
         self.live: dict[str, int] = {}
         self.aborted: list[str] = []
 
@@ -45,9 +47,11 @@ class FakeEngine:
         outs = []
         for rid in list(self.live):
             self.live[rid] += 1
-            done = self.live[rid] >= self.n
-            outs.append(RequestOutput(rid, None, [1], [CompletionOutput(0, "", [7] * self.live[rid],
-                                      "length" if done else None, delta_token_ids=[7])], finished=done))
+            failed = rid in self.fails and self.live[rid] == 2
+            done = failed or self.live[rid] >= self.n
+            reason = "error" if failed else "length" if done else None
+            outs.append(RequestOutput(rid, None, [1], [CompletionOutput(0, "", [7] * self.live[rid], reason,
+                                                                        delta_token_ids=[7])], finished=done))
             if done:
                 del self.live[rid]
         return outs
@@ -130,5 +134,23 @@ def test_a_failing_step_ends_every_live_request():
         with pytest.raises(APIError) as e:  # new requests: 503 while failed
             run(collect(eng, "late"))
         assert e.value.status == 503
+    finally:
+        eng.stop()
+
+
+def test_a_request_ended_in_error_fails_alone():
+    eng = AsyncEngine(FakeEngine(tokens_per_request=5, fails=("r1",)), max_running=8, max_queued=8)
+    eng.start()
+
+    async def many():
+        return await asyncio.gather(*(collect(eng, f"r{i}") for i in range(3)), return_exceptions=True)
+
+    try:
+        ok0, err, ok2 = run(many())
+        assert isinstance(err, APIError) and err.status == 500 and err.type == "server_error"
+        for outs in (ok0, ok2):
+            assert outs[-1].finished and outs[-1].outputs[0].finish_reason == "length" and len(outs) == 5
+        assert eng.state is EngineState.READY and eng.num_live == 0
+        assert len(run(collect(eng, "next"))) == 5  # the engine serves the next request
     finally:
         eng.stop()
