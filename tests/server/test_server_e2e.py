@@ -1,6 +1,6 @@
 """The real server on 127.0.0.1 with the official openai client: every endpoint, concurrency against the
-offline API, load from 1 to twice max_num_seqs, disconnects, metrics. (Errors: test_server_errors.py; overload
-and SIGTERM: test_server_lifecycle.py.)"""
+offline API, load from 1 to twice max_num_seqs, requests at every sampling edge beside greedy canaries,
+disconnects, metrics. (Errors: test_server_errors.py; overload and SIGTERM: test_server_lifecycle.py.)"""
 
 from __future__ import annotations
 
@@ -16,6 +16,14 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from oss_engine import LLM, SamplingParams
 from oss_engine.chat.harmony import HarmonyRenderer
+from oss_engine.sampling_params import (
+    LOGIT_BIAS_LIMIT,
+    MAX_LOGIT_BIAS_ENTRIES,
+    MAX_N,
+    MAX_STOP_STRINGS,
+    MAX_STOP_TOKEN_IDS,
+    PENALTY_LIMIT,
+)
 
 from conftest import API_KEY
 
@@ -173,6 +181,56 @@ def test_load_1_to_twice_max_num_seqs_every_capped_answer_is_exact(server, aclie
                 assert tokens == cap, (n, cap, tokens)
     m = metrics(server)
     assert m["oss_engine_num_requests_running"] == 0 and m["oss_engine_num_requests_waiting"] == 0
+
+
+def edge_requests() -> list[dict]:
+    """Completions bodies at the edges of every sampling bound (sampling_params.py), for battery 13."""
+    return [
+        dict(prompt="edge one", max_tokens=12, temperature=2.0, seed=2**64 - 1, top_k=-1, min_p=0.0),
+        dict(prompt="edge two", max_tokens=12, temperature=1e-6, top_p=1e-6, top_k=1),
+        dict(prompt="edge three", max_tokens=12, temperature=1.0, min_p=1.0, seed=0),
+        dict(prompt="edge four", max_tokens=12, temperature=1.0, presence_penalty=PENALTY_LIMIT,
+             frequency_penalty=-PENALTY_LIMIT, repetition_penalty=10.0, seed=1),
+        dict(prompt="edge five", max_tokens=12, temperature=0.7,
+             logit_bias={str(t): LOGIT_BIAS_LIMIT if t % 2 else -LOGIT_BIAS_LIMIT
+                         for t in range(MAX_LOGIT_BIAS_ENTRIES)}),
+        dict(prompt="edge six", max_tokens=0, echo=True, logprobs=5),
+        dict(prompt="edge seven", max_tokens=12, n=MAX_N, best_of=MAX_N, temperature=1.0, seed=3, logprobs=5),
+        dict(prompt="edge eight", max_tokens=12, stop=[f"s{i}" for i in range(MAX_STOP_STRINGS)],
+             stop_token_ids=list(range(MAX_STOP_TOKEN_IDS)), min_tokens=12, temperature=1.0, seed=4),
+        dict(prompt=[[199_997] * 40, [0] * 3], max_tokens=12, temperature=1.0, seed=5),
+    ]
+
+
+def test_edge_requests_batched_with_canaries_change_no_canary(server, aclient):
+    """RELIABILITY.md battery 13: greedy canaries answer the same, token for token, alone and batched with
+    requests at every sampling edge (which all succeed)."""
+    canaries = [f"canary {w} " * k for k, w in enumerate(["red", "dog", "fast", "blue"], start=1)]
+
+    async def canary(c, p):
+        r = await c.completions.create(model=server.model, prompt=p, max_tokens=12, temperature=0, logprobs=1,
+                                       extra_body={"ignore_eos": True})
+        return r.choices[0].text, r.choices[0].logprobs.tokens
+
+    extras = ("top_k", "min_p", "repetition_penalty", "min_tokens", "stop_token_ids")  # vLLM's, not the client's
+
+    async def edge(c, body):
+        extra = {k: body.pop(k) for k in extras if k in body}
+        r = await c.completions.create(model=server.model, extra_body=extra, **body)
+        return len(r.choices)
+
+    async def alone():
+        async with aclient() as c:
+            return [await canary(c, p) for p in canaries]
+
+    async def mixed():
+        async with aclient() as c:
+            return await asyncio.gather(*(canary(c, p) for p in canaries), *(edge(c, b) for b in edge_requests()))
+
+    want = asyncio.run(alone())
+    got = asyncio.run(mixed())
+    assert got[:len(canaries)] == want
+    assert got[len(canaries):] == [1, 1, 1, 1, 1, 1, MAX_N, 1, 2]  # every edge request was answered
 
 
 def test_128_disconnects_leave_no_kv_blocks(server, aclient):
