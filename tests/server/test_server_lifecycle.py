@@ -1,5 +1,6 @@
-"""Overload (exactly the capacity is served, the rest get an immediate 429) and SIGTERM drain (in-flight
-requests finish, new ones are refused, exit code 0); one listening socket."""
+"""Overload (exactly the capacity is served, the rest get an immediate 429), a KV pool too small for the load
+(preemption, every request completes with the unpressured greedy text), and SIGTERM drain (in-flight requests
+finish, new ones are refused, exit code 0); one listening socket."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import time
 
 import httpx
 import pytest
+
+from oss_engine import LLM, SamplingParams
 
 from conftest import API_KEY, start_server
 
@@ -39,6 +42,36 @@ def test_overload_1_running_1_queued(server_model, tmp_path):
             assert dt < 2.0 and r.headers.get("retry-after") and r.json()["error"]["type"]
     finally:
         assert s.stop() == 0
+
+
+def test_kv_exhaustion_preempts_and_changes_no_answer(server_model, tmp_path):
+    """RELIABILITY.md battery 8: 6 concurrent greedy requests of 48-68 tokens (3-5 blocks of 16; 23 in all)
+    against a pool of 10 blocks a cache group."""
+    prompts = [f"story {i} " + "once upon a time " * (i + 1) for i in range(6)]
+    s = start_server(server_model, tmp_path, "--num-kv-blocks", "10", "--max-model-len", "256")
+    try:
+        async def one(c, p):
+            r = await c.post(s.url("/v1/completions"), headers={"Authorization": f"Bearer {API_KEY}"},
+                             json={"model": "tiny", "prompt": p, "max_tokens": 40, "temperature": 0,
+                                   "ignore_eos": True})
+            assert r.status_code == 200, r.text
+            return r.json()["choices"][0]["text"]
+
+        async def all_():
+            async with httpx.AsyncClient(timeout=300) as c:
+                return await asyncio.gather(*(one(c, p) for p in prompts))
+
+        got = asyncio.run(all_())
+        metrics = httpx.get(s.url("/metrics"), headers={"Authorization": f"Bearer {API_KEY}"}).text
+        preempted = next(float(line.split()[-1]) for line in metrics.splitlines()
+                         if line.startswith("oss_engine_num_preemptions_total"))
+        assert preempted > 0
+    finally:
+        assert s.stop() == 0
+    llm = LLM(str(server_model), dtype="float32", device="cpu", progress=False, max_model_len=256)
+    want = [o.outputs[0].text for o in llm.generate(prompts, SamplingParams(max_tokens=40, temperature=0,
+                                                                           ignore_eos=True))]
+    assert got == want
 
 
 def test_sigterm_drains_in_flight_requests(server_model, tmp_path):
