@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from oss_engine.tiny import make_tiny_checkpoint
 
@@ -30,6 +32,16 @@ class ServerProc:
 
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {API_KEY}"}
+
+    def metrics(self) -> dict[str, float]:
+        """GET /metrics as {sample name (+ its labels as JSON): value}."""
+        text = httpx.get(self.url("/metrics"), headers=self.headers()).text
+        out = {}
+        for fam in text_string_to_metric_families(text):
+            for s in fam.samples:
+                key = s.name + ("" if not s.labels else json.dumps(s.labels, sort_keys=True))
+                out[key] = s.value
+        return out
 
     def log(self) -> str:
         with open(self.log_path, errors="replace") as f:

@@ -5,14 +5,12 @@ disconnects, metrics. (Errors: test_server_errors.py; overload and SIGTERM: test
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 import time
 
 import httpx
 import openai
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from oss_engine import LLM, SamplingParams
 from oss_engine.chat.harmony import HarmonyRenderer
@@ -40,16 +38,6 @@ def client(server):
 @pytest.fixture(scope="module")
 def aclient(server):
     return lambda: openai.AsyncOpenAI(base_url=server.url("/v1"), api_key=API_KEY, max_retries=0, timeout=120)
-
-
-def metrics(server) -> dict[str, float]:
-    text = httpx.get(server.url("/metrics"), headers=server.headers()).text
-    out = {}
-    for fam in text_string_to_metric_families(text):
-        for s in fam.samples:
-            key = s.name + ("" if not s.labels else json.dumps(s.labels, sort_keys=True))
-            out[key] = s.value
-    return out
 
 
 def test_models(client, server):
@@ -179,7 +167,7 @@ def test_load_1_to_twice_max_num_seqs_every_capped_answer_is_exact(server, aclie
             assert finish in ("length", "stop") and 0 < tokens <= cap, (n, cap, finish, tokens)
             if finish == "length":
                 assert tokens == cap, (n, cap, tokens)
-    m = metrics(server)
+    m = server.metrics()
     assert m["oss_engine_num_requests_running"] == 0 and m["oss_engine_num_requests_waiting"] == 0
 
 
@@ -253,7 +241,7 @@ def test_128_disconnects_leave_no_kv_blocks(server, aclient):
 
     asyncio.run(all_())
     for _ in range(100):  # aborts reach the engine within a step
-        m = metrics(server)
+        m = server.metrics()
         if m["oss_engine_num_requests_running"] == 0 and m["oss_engine_kv_cache_usage_perc"] == 0:
             break
         time.sleep(0.1)
@@ -267,7 +255,7 @@ def test_128_disconnects_leave_no_kv_blocks(server, aclient):
 
 
 def test_metrics_are_prometheus(server):
-    m = metrics(server)
+    m = server.metrics()
     for name in ("oss_engine_prompt_tokens_total", "oss_engine_generation_tokens_total",
                  "oss_engine_time_to_first_token_seconds_count", "oss_engine_inter_token_latency_seconds_count",
                  "oss_engine_e2e_request_latency_seconds_count", "oss_engine_num_requests_running",
