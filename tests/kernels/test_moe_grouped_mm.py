@@ -51,10 +51,11 @@ def test_dequantize_reads_tiled_blocks(E, out, inp):
     assert torch.equal(got.view(torch.int16), want.view(torch.int16))
 
 
-# The tiled dequantization must read its bytes as 16-byte vectors, as the standard one does. A flat index whose row
-# came from b // row_bytes read them one byte at a time; with it an H100 prefill of 2k prompts (8,192 tokens a
-# step: this path) fell from 77,314 to 67,622 tok/s with the experts tiled, and nothing else the tiled kernels
-# compile to differed (docs/performance.md, twenty-first session).
+# The tiled dequantization must compile to the standard one's memory operations (16-byte vector loads) and layout
+# conversions. A flat index whose row came from b // row_bytes read its bytes one at a time: with it an H100 prefill
+# of 2k prompts (8,192 tokens a step: this path) fell from 77,314 to 67,622 tok/s with the experts tiled
+# (docs/performance.md, twenty-first session). 2-D and 3-D forms with vector loads converted layouts through shared
+# memory 8-11 times against the standard kernel's once, and took twice its time (twenty-third session).
 _DEQUANT_LOADS = r"""
 import re
 from collections import Counter
@@ -64,9 +65,10 @@ skip_without_sm90()
 
 ptrs = dict(blocks_ptr="*u8", scales_ptr="*u8", table_ptr="*i32", out_ptr="*i32")
 std = compile_sm90(G._dequant_kernel, dict(BLOCK=G._DEQUANT_BLOCK), ptrs, divisible=(*ptrs, "n_bytes"))
-til = compile_sm90(G._dequant_tiled_kernel, dict(BLOCK_C=G._DEQUANT_BLOCK // 16), ptrs, divisible=(*ptrs, "row_bytes"))
-loads = [Counter(re.findall(r"ld\.global[.\w]*", k.asm["ptx"])) for k in (std, til)]
-assert loads[0]["ld.global.v4.b32"] >= 2 and loads[0] == loads[1], loads
+til = compile_sm90(G._dequant_tiled_kernel, dict(BLOCK=G._DEQUANT_BLOCK), ptrs, divisible=(*ptrs, "row_bytes"))
+ops = [Counter(re.findall(r"(?:ld|st)\.global[.\w]*", k.asm["ptx"])) for k in (std, til)]
+layouts = [k.asm["ttgir"].count("ttg.convert_layout") for k in (std, til)]
+assert ops[0]["ld.global.v4.b32"] >= 2 and ops[0] == ops[1] and layouts[0] == layouts[1], (ops, layouts)
 print("ok")
 """
 

@@ -51,7 +51,6 @@ from ...weights.mxfp4 import FP4_VALUES
 from ..types import ExpertWeight
 from . import launch
 from .swiglu import clamped_swiglu
-from .tiles import tiled_offsets
 
 GROUPED_MM_MIN_ROWS = 1024  # mean rows an expert from which `default_config` takes this path on sm_90
 GROUPED_MM_MIN_ROWS_DENSE = 512  # the same for bf16 weights (no dequantization)
@@ -125,19 +124,37 @@ def _dequant_kernel(blocks_ptr, scales_ptr, table_ptr, out_ptr, n_bytes, BLOCK: 
 
 
 @triton.jit
-def _dequant_tiled_kernel(blocks_ptr, scales_ptr, table_ptr, out_ptr, row_bytes, BLOCK_C: tl.constexpr):
-    """As `_dequant_kernel` for blocks in weights/tiles.py's layout (rows of row_bytes = 16 G), one program a
-    16-row block's BLOCK_C columns: the rows' byte c, read at `tiled_offsets` (16-byte vectors: Triton sees
-    16-byte runs there, as it does not in the flat index's b // row_bytes), written to the standard int32 index
-    row * row_bytes + c. A 16-row block never straddles two experts."""
-    rows = tl.program_id(0).to(tl.int64) * 16 + tl.arange(0, 16)  # [16]
-    col = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)  # [BC]
-    mask = (col < row_bytes)[None, :]  # [1, BC]
-    std = rows[:, None] * row_bytes + col[None, :]  # [16, BC]
-    byte = tl.load(blocks_ptr + tiled_offsets(rows[:, None], col[None, :], row_bytes), mask=mask,
-                   other=0).to(tl.int32)
-    s = tl.load(scales_ptr + std // 16, mask=mask, other=127).to(tl.int32)
-    tl.store(out_ptr + std, _pair_words(byte, s, table_ptr), mask=mask)
+def _dequant_tiled_kernel(blocks_ptr, scales_ptr, table_ptr, out_ptr, row_bytes, n_prog, BLOCK: tl.constexpr):
+    """As `_dequant_kernel` for the whole 32-byte chunks of blocks in weights/tiles.py's layout (rows of
+    row_bytes = 16 G): program p handles 16-row block p // n_prog, and in it the BLOCK / 512 chunks from
+    (p % n_prog) * BLOCK / 512 on, which are BLOCK contiguous bytes: byte k is row (k // 32) % 16's byte
+    chunk * 32 + k % 32, written to the standard int32 index. The same one-dimensional form as the standard
+    kernel (its layouts, its 16-byte loads; a 2-D or 3-D form of this kernel converted its layouts through shared
+    memory some ten times and ran at half the standard kernel's speed on an H100); 64-bit arithmetic only in the
+    program's bases. A narrower last chunk is `_dequant_tiled_tail_kernel`'s."""
+    pid = tl.program_id(0)
+    block = (pid // n_prog).to(tl.int64) * 16 * row_bytes  # [] the row block's first byte, both layouts
+    k = tl.arange(0, BLOCK)  # [BLOCK]
+    chunk = (pid % n_prog) * (BLOCK // 512) + k // 512
+    mask = chunk < row_bytes // 32
+    std = (k // 32) % 16 * row_bytes + chunk * 32 + k % 32  # [BLOCK] from the row block's first byte
+    byte = tl.load(blocks_ptr + block + (pid % n_prog) * BLOCK + k, mask=mask, other=0).to(tl.int32)
+    s = tl.load(scales_ptr + block // 16 + std // 16, mask=mask, other=127).to(tl.int32)
+    tl.store(out_ptr + block + std, _pair_words(byte, s, table_ptr), mask=mask)
+
+
+@triton.jit
+def _dequant_tiled_tail_kernel(blocks_ptr, scales_ptr, table_ptr, out_ptr, row_bytes):
+    """The narrower last chunk (row_bytes % 32 = 16 bytes a row) of 16-row block program_id(0) in weights/tiles.py's
+    layout: its 16 rows' 16 bytes lie last in the block, row after row."""
+    block = tl.program_id(0).to(tl.int64) * 16 * row_bytes
+    r = tl.arange(0, 16)[:, None]  # [16, 1]
+    j = tl.arange(0, 16)[None, :]  # [1, 16]
+    full = row_bytes - 16
+    std = r * row_bytes + full + j  # [16, 16]
+    byte = tl.load(blocks_ptr + block + 16 * full + r * 16 + j).to(tl.int32)
+    s = tl.load(scales_ptr + block // 16 + std // 16).to(tl.int32)
+    tl.store(out_ptr + block + std, _pair_words(byte, s, table_ptr))
 
 
 @triton.jit
@@ -222,10 +239,13 @@ def dequantize(w: ExpertWeight) -> torch.Tensor:
     d = torch.empty((E, out, groups * 32), dtype=torch.bfloat16, device=blocks.device)
     n = blocks.numel()
     table, words = pair_table(blocks.device), d.view(torch.int32)
-    if w.tiled:  # one program a 16-row block's _DEQUANT_BLOCK / 16 columns (bytes of each row)
-        block_c = _DEQUANT_BLOCK // 16
-        _dequant_tiled_kernel[(E * out // 16, triton.cdiv(groups * 16, block_c))](
-            blocks, scales, table, words, groups * 16, BLOCK_C=block_c, num_warps=4)
+    if w.tiled:  # one program _DEQUANT_BLOCK bytes of a 16-row block's whole chunks; the narrower ones apart
+        row_bytes = groups * 16
+        n_prog = triton.cdiv(row_bytes // 32, _DEQUANT_BLOCK // 512)
+        _dequant_tiled_kernel[(E * out // 16 * n_prog,)](blocks, scales, table, words, row_bytes, n_prog,
+                                                         BLOCK=_DEQUANT_BLOCK, num_warps=4)
+        if row_bytes % 32:
+            _dequant_tiled_tail_kernel[(E * out // 16,)](blocks, scales, table, words, row_bytes, num_warps=1)
     else:
         _dequant_kernel[(triton.cdiv(n, _DEQUANT_BLOCK),)](blocks, scales, table, words, n, BLOCK=_DEQUANT_BLOCK,
                                                            num_warps=4)

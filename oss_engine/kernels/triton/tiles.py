@@ -1,7 +1,7 @@
-"""weights/tiles.py's layout as one Triton device function, for every Triton kernel that reads tiled MXFP4 blocks:
-moe.py's `_mma_step` (the grouped and decode paths' dot_scaled and arith modes) and moe_grouped_mm.py's
-dequantization. The Gluon kernels write the same arithmetic in their own dialect (moe_gluon.py `_load_w`,
-moe_gluon_wgmma.py `_load_words`)."""
+"""weights/tiles.py's layout as one Triton device function, for the Triton kernels that read tiled MXFP4 blocks
+by rows: moe.py's `_mma_step` (the grouped and decode paths' dot_scaled and arith modes). moe_grouped_mm.py's
+dequantization reads whole 16-row blocks in their stored order instead. The Gluon kernels write the same
+arithmetic in their own dialect (moe_gluon.py `_load_w`, moe_gluon_wgmma.py `_load_words`)."""
 
 import triton
 import triton.language as tl

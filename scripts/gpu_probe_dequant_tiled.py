@@ -1,0 +1,92 @@
+"""GPU machine: moe_grouped_mm.py's dequantization of gpt-oss-20b experts (W1 [32, 5760, 90, 16], W2 [32, 2880,
+90, 16]), standard and tiled byte layouts, the package's kernels against the forms they replaced, each checked
+bit for bit against the standard output first.
+
+Why: the twenty-third session's H100 A/B found 2k prefill (8,192-token steps, this path) 77.0k-77.3k tok/s with
+standard experts and 71.3k-72.4k tiled, after f3eda8f had made the tiled kernel's byte loads 16-byte vectors.
+
+Forms: "std" and "tiled" the package's kernels; "f3eda8f tiled" the tiled kernel as f3eda8f left it (one program
+a 16-row block's 256 columns, a [16, 256] tensor). First run (H100, this session) of that form and of a 3-D
+[16 rows, 16 groups, 16 bytes] one with a scale byte loaded once a group: W1 1,066-1,069 and 976-977 us against the
+standard kernel's 487-490 (a 2-D [256 groups, 16] standard form with scales loaded once: 573-578). Their Triton IR
+converts layouts through shared memory 8-11 times, the 1-D standard kernel's once.
+
+Run: PYTHONPATH=.:scripts python scripts/gpu_probe_dequant_tiled.py
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from oss_engine.kernels.triton.moe_grouped_mm import _pair_words, dequantize, pair_table
+from oss_engine.kernels.triton.tiles import tiled_offsets
+from oss_engine.kernels.types import ExpertWeight
+from oss_engine.weights.tiles import tile_rows
+
+E, D, I = 32, 2880, 2880
+BLOCK = 4096
+
+
+@triton.jit
+def _old_tiled_kernel(blocks_ptr, scales_ptr, table_ptr, out_ptr, row_bytes, BLOCK_C: tl.constexpr):
+    rows = tl.program_id(0).to(tl.int64) * 16 + tl.arange(0, 16)
+    col = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    mask = (col < row_bytes)[None, :]
+    std = rows[:, None] * row_bytes + col[None, :]
+    byte = tl.load(blocks_ptr + tiled_offsets(rows[:, None], col[None, :], row_bytes), mask=mask,
+                   other=0).to(tl.int32)
+    s = tl.load(scales_ptr + std // 16, mask=mask, other=127).to(tl.int32)
+    tl.store(out_ptr + std, _pair_words(byte, s, table_ptr), mask=mask)
+
+
+def old_tiled(blocks, scales, out):
+    E_, rows, groups, _ = blocks.shape
+    _old_tiled_kernel[(E_ * rows // 16, triton.cdiv(groups * 16, BLOCK // 16))](
+        blocks, scales, pair_table(blocks.device), out.view(torch.int32), groups * 16, BLOCK_C=BLOCK // 16,
+        num_warps=4)
+    return out
+
+
+def time_us(fn, reps=20) -> float:
+    """Median microseconds of fn over reps (CUDA events; each call writes >= 0.5 GB, far past L2)."""
+    fn()
+    torch.cuda.synchronize()
+    ts = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        b.synchronize()
+        ts.append(a.elapsed_time(b) * 1e3)
+    return sorted(ts)[len(ts) // 2]
+
+
+def main() -> None:
+    print(torch.cuda.get_device_name(), flush=True)
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    for name, out_f, in_f in (("W1", 2 * I, D), ("W2", D, I)):
+        blocks = torch.randint(0, 256, (E, out_f, in_f // 32, 16), generator=gen, dtype=torch.uint8, device="cuda")
+        scales = torch.randint(118, 123, (E, out_f, in_f // 32), generator=gen, dtype=torch.uint8, device="cuda")
+        tiled = torch.stack([tile_rows(blocks[e]) for e in range(E)])
+        std_w = ExpertWeight(torch.zeros(E, out_f, device="cuda"), blocks=blocks, scales=scales)
+        til_w = ExpertWeight(torch.zeros(E, out_f, device="cuda"), blocks=tiled, scales=scales, tiled=True)
+        out = torch.empty((E, out_f, in_f), dtype=torch.bfloat16, device="cuda")
+        want = dequantize(std_w)
+        gb = (want.numel() * 2 + blocks.numel() + scales.numel()) / 1e9
+        forms = {"std": lambda: dequantize(std_w), "f3eda8f tiled": lambda: old_tiled(tiled, scales, out),
+                 "tiled": lambda: dequantize(til_w)}
+        print(f"{name}: {tuple(blocks.shape)}, {gb:.2f} GB moved")
+        for rnd in range(2):
+            for fname, fn in forms.items():
+                out.zero_()
+                ok = torch.equal(fn().view(torch.int16), want.view(torch.int16))
+                us = time_us(fn)
+                print(f"  r{rnd} {fname:13s} {us:8.1f} us  {gb / us * 1e6 / 1e3:5.2f} TB/s  "
+                      f"{'same bits' if ok else 'DIFFERENT'}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
