@@ -20,8 +20,11 @@ weights), a timing-only copy of the Gluon kernels that read their words at the a
 (docs/performance.md, "Twentieth session"). This layout (32-byte chunks, rows in order, so that every kernel
 reads it simply), first run on an H100 in the twenty-first session: the same bits as standard on every MoE path,
 decode 511 -> 521 tok/s at batch 1, 1,655 -> 1,739 at 8 and 8,453 -> 8,848 at 64, but 2k prefill 77,314 ->
-67,622 (the grouped_mm dequantization then read the tiled bytes one at a time; mended since, not re-measured).
-The op table does not ask for it yet (Ops.tiled_experts).
+67,622 (the grouped_mm dequantization then read the tiled bytes one at a time). The twenty-third session's two
+rounds: 20b decode +2.3 / +5.3 / +4.7%, 120b +2.4% at batch 1 and +6.6% at 64 and 120b prefill +6.0%, but 20b
+prefill still -6% (its 2-D and 3-D dequantization kernels ran at half the standard one's speed; 8502f81 writes
+it in the standard kernel's 1-D form, not yet run on a GPU). The op table does not ask for it yet
+(Ops.tiled_experts).
 
 Every kernel that reads blocks takes this layout where ExpertWeight.tiled says so; the torch reference reads
 the standard layout (`untile_rows`).
