@@ -1,6 +1,8 @@
 """`oss-engine serve`: start the HTTP server at once (health answers 503 while the model loads), load the
-model on a background thread, then serve. SIGTERM/SIGINT: refuse new requests (503), let in-flight ones
-finish within `shutdown_timeout`, stop the engine, exit 0. One listening socket: the API port."""
+model on a background thread, then serve. A model that fails to load (a corrupt checkpoint: the error names the
+file and tensor) stops the server, exit status 2 (1 for an unexpected error). SIGTERM/SIGINT: refuse new
+requests (503), let in-flight ones finish within `shutdown_timeout`, stop the engine, exit 0. One listening
+socket: the API port."""
 
 from __future__ import annotations
 
@@ -51,9 +53,20 @@ def _load(ctx: ServerContext, opts: ServeOptions, server: uvicorn.Server) -> Non
         engine.start()
         ctx.engine = engine
         log.info("oss-engine is serving %s on http://%s:%d", opts.settings.served_model_name, opts.host, opts.port)
-    except Exception:
+    except (ValueError, OSError) as e:  # a bad checkpoint or setting (it names the file and tensor): refused
+        log.error("loading the model failed: %s", e)
+        _refuse(ctx, server, e)
+    except Exception as e:
         log.exception("loading the model failed")
-        ctx.engine.state = EngineState.FAILED
+        _refuse(ctx, server, e)
+
+
+def _refuse(ctx: ServerContext, server: uvicorn.Server, error: Exception) -> None:
+    """A model that did not load stops the server: nothing is served from a partial model, and a supervisor
+    sees the exit status (`serve` returns 2 for a bad checkpoint or setting, as the other commands do)."""
+    ctx.extras["load_error"] = error
+    ctx.engine.state = EngineState.FAILED
+    server.should_exit = True
 
 
 def _worker_died(ctx: ServerContext, server: uvicorn.Server, message: str) -> None:
@@ -105,4 +118,6 @@ def serve(opts: ServeOptions) -> int:
         engine.stop()
     if "llm" in ctx.extras:
         ctx.extras["llm"].close()  # parallel workers stop with the server
+    if isinstance(ctx.extras.get("load_error"), (ValueError, OSError)):
+        return 2
     return 0 if engine.state is not EngineState.FAILED else 1

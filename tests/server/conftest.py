@@ -59,16 +59,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(model_dir, tmp_path, *extra: str, name: str = "tiny",
+def spawn_server(model_dir, tmp_path, *extra: str, name: str = "tiny",
                  launcher: tuple[str, ...] = (sys.executable, "-m")) -> ServerProc:
-    """`oss-engine serve` on a free port, started as `launcher + ["oss_engine", "serve", ...]`, once healthy."""
+    """`oss-engine serve` on a free port, started as `launcher + ["oss_engine", "serve", ...]` (not waited for)."""
     port = free_port()
     log_path = str(tmp_path / f"server-{port}.log")
     cmd = [*launcher, "oss_engine", "serve", "--model", str(model_dir), "--port", str(port),
            "--api-key", API_KEY, "--served-model-name", name, "--dtype", "float32", "--device", "cpu", *extra]
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
-    server = ServerProc(proc, f"http://127.0.0.1:{port}", name, log_path)
+    return ServerProc(proc, f"http://127.0.0.1:{port}", name, log_path)
+
+
+def start_server(model_dir, tmp_path, *extra: str, name: str = "tiny",
+                 launcher: tuple[str, ...] = (sys.executable, "-m")) -> ServerProc:
+    """`spawn_server`, returned once /health answers 200."""
+    server = spawn_server(model_dir, tmp_path, *extra, name=name, launcher=launcher)
+    proc = server.proc
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if proc.poll() is not None:
