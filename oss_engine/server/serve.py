@@ -38,8 +38,20 @@ class _Loading:
         return None
 
 
-def _load(ctx: ServerContext, opts: ServeOptions, server: uvicorn.Server) -> None:
+def attach_engine(ctx: ServerContext, llm) -> AsyncEngine:
+    """Serve `llm` (an oss_engine.LLM) through ctx: an AsyncEngine over its engine, started, with its tokenizer
+    and harmony renderer; ctx's routes answer from then on."""
     from ..chat.harmony import HarmonyRenderer
+
+    engine = AsyncEngine(llm.engine, max_running=llm.config.scheduler.max_num_seqs,
+                         max_queued=ctx.settings.max_queued_requests, metrics=ctx.metrics)
+    ctx.tokenizer, ctx.harmony = llm.tokenizer, HarmonyRenderer(llm.tokenizer)
+    engine.start()
+    ctx.engine = engine
+    return engine
+
+
+def _load(ctx: ServerContext, opts: ServeOptions, server: uvicorn.Server) -> None:
     from ..llm import LLM
 
     try:
@@ -47,11 +59,7 @@ def _load(ctx: ServerContext, opts: ServeOptions, server: uvicorn.Server) -> Non
         ctx.extras["llm"] = llm
         if llm.executor is not None:  # a dead parallel worker brings the whole server down
             llm.executor.workers.on_failure.append(lambda message: _worker_died(ctx, server, message))
-        engine = AsyncEngine(llm.engine, max_running=llm.config.scheduler.max_num_seqs,
-                             max_queued=opts.settings.max_queued_requests, metrics=ctx.metrics)
-        ctx.tokenizer, ctx.harmony = llm.tokenizer, HarmonyRenderer(llm.tokenizer)
-        engine.start()
-        ctx.engine = engine
+        attach_engine(ctx, llm)
         log.info("oss-engine is serving %s on http://%s:%d", opts.settings.served_model_name, opts.host, opts.port)
     except (ValueError, OSError) as e:  # a bad checkpoint or setting (it names the file and tensor): refused
         log.error("loading the model failed: %s", e)
