@@ -127,9 +127,9 @@ def test_one_requests_detokenizer_fault_ends_it_alone(served, monkeypatch):
 def test_a_failing_step_ends_every_in_flight_request(served, monkeypatch):
     engine, real, steps = served.llm.engine, served.llm.engine.step, []
 
-    def step():
-        steps.append(1)
-        if len(steps) >= 4:
+    def step():  # raises once all four requests are in and have run a few steps
+        steps.append(len(engine.parents))
+        if steps.count(4) >= 3:
             raise RuntimeError("injected step fault")
         return real()
 
