@@ -12,18 +12,15 @@ import struct
 import httpx
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
 
 from oss_engine.tiny import make_tiny_checkpoint
+from tests.checkpoint_edits import FILE, add, drop, edit_tensors, plant_code, reshape, retype, truncate
 
 from conftest import spawn_server, start_server
 
-FILE = "model.safetensors"
-
 
 def _truncate(d):
-    f = d / FILE
-    f.write_bytes(f.read_bytes()[:-100])
+    truncate(d)
     return FILE, "model.layers.1.mlp.experts.gate_up_proj_scales"  # the last tensor's data is cut
 
 
@@ -34,10 +31,10 @@ def _header_length(d):
 
 
 def _tensors(edit, name, where=FILE):
+    """A case that applies edit(name) (tests/checkpoint_edits.py) to the tensors; where: the path the refusal
+    names (None: the directory)."""
     def change(d):
-        tensors = load_file(d / FILE)
-        edit(tensors, name)
-        save_file(tensors, d / FILE, metadata={"format": "pt"})
+        edit_tensors(d, edit(name))
         return where or str(d), name
     return change
 
@@ -52,11 +49,10 @@ def _drop_shard(d):
 CASES = {
     "truncated": _truncate,
     "header": _header_length,
-    "shape": _tensors(lambda t, n: t.__setitem__(n, t[n].reshape(-1)[:-1].clone()), "model.layers.0.mlp.router.weight"),
-    "dtype": _tensors(lambda t, n: t.__setitem__(n, t[n].to(torch.int32)), "model.layers.0.self_attn.sinks"),
-    # a missing tensor is in no file: the directory is named
-    "missing": _tensors(lambda t, n: t.pop(n), "model.layers.1.self_attn.k_proj.bias", where=None),
-    "extra": _tensors(lambda t, n: t.__setitem__(n, torch.zeros(3)), "model.layers.0.mlp.experts.extra"),
+    "shape": _tensors(reshape, "model.layers.0.mlp.router.weight"),
+    "dtype": _tensors(lambda n: retype(n, torch.int32), "model.layers.0.self_attn.sinks"),
+    "missing": _tensors(drop, "model.layers.1.self_attn.k_proj.bias", where=None),  # in no file: the directory
+    "extra": _tensors(add, "model.layers.0.mlp.experts.extra"),
     "shard": _drop_shard,
 }
 
@@ -73,7 +69,7 @@ def test_corrupt_checkpoint_is_refused_at_start(case, server_model, sharded_mode
     bad = tmp_path / "bad"
     shutil.copytree(sharded_model if case == "shard" else server_model, bad)
     marker = tmp_path / "executed"
-    (bad / "modeling_evil.py").write_text(f"open({str(marker)!r}, 'w').write('x')\n")
+    plant_code(bad, marker)
     file, tensor = CASES[case](bad)
     s = spawn_server(bad, tmp_path)
     try:
@@ -94,10 +90,7 @@ def test_code_in_the_directory_is_never_executed(server_model, tmp_path):
     d = tmp_path / "with_code"
     shutil.copytree(server_model, d)
     marker = tmp_path / "executed"
-    (d / "modeling_evil.py").write_text(f"open({str(marker)!r}, 'w').write('x')\n")
-    cfg = json.loads((d / "config.json").read_text())
-    cfg["auto_map"] = {"AutoModelForCausalLM": "modeling_evil.Evil", "AutoConfig": "modeling_evil.Config"}
-    (d / "config.json").write_text(json.dumps(cfg))
+    plant_code(d, marker)
     s = start_server(d, tmp_path)
     try:
         r = httpx.post(s.url("/v1/completions"), headers=s.headers(),

@@ -7,11 +7,12 @@ import shutil
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from oss_engine import LLM
 from oss_engine.tiny import make_tiny_checkpoint
 from oss_engine.weights.checkpoint import CheckpointError
+from tests.checkpoint_edits import add, drop, plant_code, reshape, retype, rewrite, truncate
 
 
 @pytest.fixture(scope="module", params=["mxfp4", "bf16"])
@@ -23,16 +24,6 @@ def tiny(request, tmp_path_factory):
 
 def load(path):
     return LLM(str(path), device="cpu", dtype="float32", skip_tokenizer_init=True, progress=False)
-
-
-def rewrite(src, dst, edit):
-    """Copy the checkpoint at src to dst, letting `edit` change its tensor dict."""
-    shutil.copytree(src, dst)
-    f = dst / "model.safetensors"
-    tensors = load_file(f)
-    edit(tensors)
-    save_file(tensors, f, metadata={"format": "pt"})
-    return dst
 
 
 def test_loads_every_parameter(tiny):
@@ -59,27 +50,11 @@ def test_loads_every_parameter(tiny):
         assert torch.equal(llm.model.layers[0].mlp.experts.w2, w.transpose(1, 2))
 
 
-def _drop(name):
-    return lambda t: t.pop(name)
-
-
-def _add(name):
-    return lambda t: t.__setitem__(name, torch.zeros(3))
-
-
-def _reshape(name):
-    return lambda t: t.__setitem__(name, t[name].reshape(-1)[:-1].clone())
-
-
-def _retype(name, dtype):
-    return lambda t: t.__setitem__(name, t[name].to(dtype))
-
-
 @pytest.mark.parametrize("edit, tensor, message", [
-    (_drop("model.layers.1.self_attn.k_proj.bias"), "model.layers.1.self_attn.k_proj.bias", "missing"),
-    (_add("model.layers.0.mlp.experts.extra"), "model.layers.0.mlp.experts.extra", "unexpected"),
-    (_reshape("model.layers.0.mlp.router.weight"), "model.layers.0.mlp.router.weight", "shape"),
-    (_retype("model.layers.0.self_attn.sinks", torch.int32), "model.layers.0.self_attn.sinks", "dtype"),
+    (drop("model.layers.1.self_attn.k_proj.bias"), "model.layers.1.self_attn.k_proj.bias", "missing"),
+    (add("model.layers.0.mlp.experts.extra"), "model.layers.0.mlp.experts.extra", "unexpected"),
+    (reshape("model.layers.0.mlp.router.weight"), "model.layers.0.mlp.router.weight", "shape"),
+    (retype("model.layers.0.self_attn.sinks", torch.int32), "model.layers.0.self_attn.sinks", "dtype"),
 ])
 def test_refusals_name_file_and_tensor(tiny, tmp_path, edit, tensor, message):
     _, path = tiny
@@ -96,7 +71,7 @@ def test_mxfp4_blocks_must_be_uint8(tiny, tmp_path):
     if fmt != "mxfp4":
         pytest.skip("mxfp4 only")
     name = "model.layers.1.mlp.experts.down_proj_blocks"
-    bad = rewrite(path, tmp_path / "bad", _retype(name, torch.int16))
+    bad = rewrite(path, tmp_path / "bad", retype(name, torch.int16))
     with pytest.raises(CheckpointError, match="uint8") as e:
         load(bad)
     assert name in str(e.value)
@@ -106,8 +81,7 @@ def test_truncated_file_refused_before_a_model_exists(tiny, tmp_path):
     _, path = tiny
     bad = tmp_path / "bad"
     shutil.copytree(path, bad)
-    f = bad / "model.safetensors"
-    f.write_bytes(f.read_bytes()[:-100])
+    truncate(bad)
     with pytest.raises(CheckpointError, match="model.safetensors"):
         load(bad)
 
@@ -117,9 +91,6 @@ def test_no_code_from_the_directory_is_executed(tiny, tmp_path):
     d = tmp_path / "with_code"
     shutil.copytree(path, d)
     marker = tmp_path / "executed"
-    (d / "modeling_evil.py").write_text(f"open({str(marker)!r}, 'w').write('x')\n")
-    cfg = (d / "config.json").read_text().replace('"model_type"', '"auto_map": {"AutoModelForCausalLM": '
-                                                  '"modeling_evil.Evil"}, "model_type"', 1)
-    (d / "config.json").write_text(cfg)
+    plant_code(d, marker)
     load(d)
     assert not marker.exists()
