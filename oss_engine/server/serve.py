@@ -63,16 +63,16 @@ def _load(ctx: ServerContext, opts: ServeOptions, server: uvicorn.Server) -> Non
         log.info("oss-engine is serving %s on http://%s:%d", opts.settings.served_model_name, opts.host, opts.port)
     except (ValueError, OSError) as e:  # a bad checkpoint or setting (it names the file and tensor): refused
         log.error("loading the model failed: %s", e)
-        _refuse(ctx, server, e)
-    except Exception as e:
+        _refuse(ctx, server, 2)  # as the other commands exit on these
+    except Exception:
         log.exception("loading the model failed")
-        _refuse(ctx, server, e)
+        _refuse(ctx, server, 1)
 
 
-def _refuse(ctx: ServerContext, server: uvicorn.Server, error: Exception) -> None:
-    """A model that did not load stops the server: nothing is served from a partial model, and a supervisor
-    sees the exit status (`serve` returns 2 for a bad checkpoint or setting, as the other commands do)."""
-    ctx.extras["load_error"] = error
+def _refuse(ctx: ServerContext, server: uvicorn.Server, status: int) -> None:
+    """A model that did not load stops the server, which then exits with `status`: nothing is served from a
+    partial model, and a supervisor sees why."""
+    ctx.extras["exit_status"] = status
     ctx.engine.state = EngineState.FAILED
     server.should_exit = True
 
@@ -126,6 +126,4 @@ def serve(opts: ServeOptions) -> int:
         engine.stop()
     if "llm" in ctx.extras:
         ctx.extras["llm"].close()  # parallel workers stop with the server
-    if isinstance(ctx.extras.get("load_error"), (ValueError, OSError)):
-        return 2
-    return 0 if engine.state is not EngineState.FAILED else 1
+    return ctx.extras.get("exit_status", 0 if engine.state is not EngineState.FAILED else 1)
