@@ -134,11 +134,12 @@ def _dequant_tiled_kernel(blocks_ptr, scales_ptr, table_ptr, out_ptr, row_bytes,
     program's bases. A narrower last chunk is `_dequant_tiled_tail_kernel`'s."""
     pid = tl.program_id(0)
     block = (pid // n_prog).to(tl.int64) * 16 * row_bytes  # [] the row block's first byte, both layouts
+    part = pid % n_prog  # this program's BLOCK bytes of the block
     k = tl.arange(0, BLOCK)  # [BLOCK]
-    chunk = (pid % n_prog) * (BLOCK // 512) + k // 512
+    chunk = part * (BLOCK // 512) + k // 512
     mask = chunk < row_bytes // 32
     std = (k // 32) % 16 * row_bytes + chunk * 32 + k % 32  # [BLOCK] from the row block's first byte
-    byte = tl.load(blocks_ptr + block + (pid % n_prog) * BLOCK + k, mask=mask, other=0).to(tl.int32)
+    byte = tl.load(blocks_ptr + block + part * BLOCK + k, mask=mask, other=0).to(tl.int32)
     s = tl.load(scales_ptr + block // 16 + std // 16, mask=mask, other=127).to(tl.int32)
     tl.store(out_ptr + block + std, _pair_words(byte, s, table_ptr), mask=mask)
 
