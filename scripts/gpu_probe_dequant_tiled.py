@@ -20,7 +20,8 @@ import torch
 import triton
 import triton.language as tl
 
-from oss_engine.kernels.triton.moe_grouped_mm import _pair_words, dequantize, pair_table
+from oss_engine.kernels.triton.moe_grouped_mm import (_dequant_kernel, _dequant_tiled_kernel,
+                                                    _pair_words, dequantize, pair_table)
 from oss_engine.kernels.triton.tiles import tiled_offsets
 from oss_engine.kernels.types import ExpertWeight
 from oss_engine.weights.tiles import tile_rows
@@ -46,6 +47,42 @@ def old_tiled(blocks, scales, out):
     _old_tiled_kernel[(E_ * rows // 16, triton.cdiv(groups * 16, BLOCK // 16))](
         blocks, scales, pair_table(blocks.device), out.view(torch.int32), groups * 16, BLOCK_C=BLOCK // 16,
         num_warps=4)
+    return out
+
+
+@triton.jit
+def _mem_order_tiled_kernel(blocks_ptr, scales_ptr, table_ptr, out_ptr, row_bytes, n_prog, BLOCK: tl.constexpr):
+    """The tiled kernel as 8502f81 left it: its BLOCK bytes taken in memory order (chunk, row, byte), so that a
+    warp's 32 threads hold 16 rows x 2 halves of one chunk and its scale-byte loads touch 16 rows."""
+    pid = tl.program_id(0)
+    block = (pid // n_prog).to(tl.int64) * 16 * row_bytes
+    part = pid % n_prog
+    k = tl.arange(0, BLOCK)
+    chunk = part * (BLOCK // 512) + k // 512
+    mask = chunk < row_bytes // 32
+    std = (k // 32) % 16 * row_bytes + chunk * 32 + k % 32
+    byte = tl.load(blocks_ptr + block + part * BLOCK + k, mask=mask, other=0).to(tl.int32)
+    s = tl.load(scales_ptr + block // 16 + std // 16, mask=mask, other=127).to(tl.int32)
+    tl.store(out_ptr + block + std, _pair_words(byte, s, table_ptr), mask=mask)
+
+
+VARIANTS = {"8502f81 tiled": (_mem_order_tiled_kernel, dict(BLOCK=BLOCK))}  # for a CPU-side sm_90 compile check
+
+
+def tiled_form(kernel, blocks, scales, out, block=BLOCK, warps=4):
+    """kernel (a tiled one of _dequant_tiled_kernel's signature) over whole-chunk blocks [E, rows, G, 16]."""
+    E_, rows, groups, _ = blocks.shape
+    n_prog = triton.cdiv(groups * 16 // 32, block // 512)
+    kernel[(E_ * rows // 16 * n_prog,)](blocks, scales, pair_table(blocks.device), out.view(torch.int32),
+                                        groups * 16, n_prog, BLOCK=block, num_warps=warps)
+    return out
+
+
+def std_form(blocks, scales, out, block=8192, warps=8):
+    """The standard kernel at another block size and warp count."""
+    _dequant_kernel[(triton.cdiv(blocks.numel(), block),)](blocks, scales, pair_table(blocks.device),
+                                                           out.view(torch.int32), blocks.numel(), BLOCK=block,
+                                                           num_warps=warps)
     return out
 
 
@@ -76,15 +113,18 @@ def main() -> None:
         out = torch.empty((E, out_f, in_f), dtype=torch.bfloat16, device="cuda")
         want = dequantize(std_w)
         gb = (want.numel() * 2 + blocks.numel() + scales.numel()) / 1e9
-        forms = {"std": lambda: dequantize(std_w), "f3eda8f tiled": lambda: old_tiled(tiled, scales, out),
-                 "tiled": lambda: dequantize(til_w)}
+        forms = {"std": lambda: dequantize(std_w), "std 8192/8w": lambda: std_form(blocks, scales, out),
+                 "f3eda8f tiled": lambda: old_tiled(tiled, scales, out),
+                 "tiled": lambda: dequantize(til_w),
+                 "8502f81 tiled": lambda: tiled_form(_mem_order_tiled_kernel, tiled, scales, out),
+                 "tiled 8192/8w": lambda: tiled_form(_dequant_tiled_kernel, tiled, scales, out, 8192, 8)}
         print(f"{name}: {tuple(blocks.shape)}, {gb:.2f} GB moved")
         for rnd in range(2):
             for fname, fn in forms.items():
                 out.zero_()
                 ok = torch.equal(fn().view(torch.int16), want.view(torch.int16))
                 us = time_us(fn)
-                print(f"  r{rnd} {fname:13s} {us:8.1f} us  {gb / us * 1e6 / 1e3:5.2f} TB/s  "
+                print(f"  r{rnd} {fname:16s} {us:8.1f} us  {gb / us * 1e6 / 1e3:5.2f} TB/s  "
                       f"{'same bits' if ok else 'DIFFERENT'}", flush=True)
 
 
