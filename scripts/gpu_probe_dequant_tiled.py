@@ -16,6 +16,8 @@ Run: PYTHONPATH=.:scripts python scripts/gpu_probe_dequant_tiled.py
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 import triton
 import triton.language as tl
@@ -28,6 +30,8 @@ from oss_engine.weights.tiles import tile_rows
 
 E, D, I = 32, 2880, 2880
 BLOCK = 4096
+# (bytes a program, warps): 8192 / 8 ran std 642-645 us and tiled 765-779 on W1 (twenty-fourth session)
+SWEEP = ((1024, 1), (1024, 2), (2048, 2), (2048, 4), (4096, 2), (4096, 8))
 
 
 @triton.jit
@@ -51,22 +55,25 @@ def old_tiled(blocks, scales, out):
 
 
 @triton.jit
-def _mem_order_tiled_kernel(blocks_ptr, scales_ptr, table_ptr, out_ptr, row_bytes, n_prog, BLOCK: tl.constexpr):
-    """The tiled kernel as 8502f81 left it: its BLOCK bytes taken in memory order (chunk, row, byte), so that a
-    warp's 32 threads hold 16 rows x 2 halves of one chunk and its scale-byte loads touch 16 rows."""
+def _row_order_tiled_kernel(blocks_ptr, scales_ptr, table_ptr, out_ptr, row_bytes, n_prog, BLOCK: tl.constexpr):
+    """The package's tiled kernel with its BLOCK bytes taken in row order (row, chunk, byte), not in memory order
+    (chunk, row, byte): a thread still reads 16 contiguous bytes, but a warp's 32 threads hold 2 rows x 8 chunks,
+    so its scale-byte loads touch 2 rows' 16 contiguous scales, not 16 rows' 2. Tried in the twenty-fourth
+    session (378d1c0) and lost: W1 710-732 us against memory order's 686-690."""
     pid = tl.program_id(0)
     block = (pid // n_prog).to(tl.int64) * 16 * row_bytes
-    part = pid % n_prog
-    k = tl.arange(0, BLOCK)
-    chunk = part * (BLOCK // 512) + k // 512
+    n_c: tl.constexpr = BLOCK // 512
+    k = tl.arange(0, BLOCK)  # [BLOCK] = (row 16, chunk n_c, byte 32)
+    r = k // (32 * n_c)
+    chunk = pid % n_prog * n_c + (k // 32) % n_c
     mask = chunk < row_bytes // 32
-    std = (k // 32) % 16 * row_bytes + chunk * 32 + k % 32
-    byte = tl.load(blocks_ptr + block + part * BLOCK + k, mask=mask, other=0).to(tl.int32)
+    std = r * row_bytes + chunk * 32 + k % 32
+    byte = tl.load(blocks_ptr + block + chunk * 512 + r * 32 + k % 32, mask=mask, other=0).to(tl.int32)
     s = tl.load(scales_ptr + block // 16 + std // 16, mask=mask, other=127).to(tl.int32)
     tl.store(out_ptr + block + std, _pair_words(byte, s, table_ptr), mask=mask)
 
 
-VARIANTS = {"8502f81 tiled": (_mem_order_tiled_kernel, dict(BLOCK=BLOCK))}  # for a CPU-side sm_90 compile check
+VARIANTS = {"row-order tiled": (_row_order_tiled_kernel, dict(BLOCK=BLOCK))}  # for a CPU-side sm_90 compile check
 
 
 def tiled_form(kernel, blocks, scales, out, block=BLOCK, warps=4):
@@ -78,7 +85,7 @@ def tiled_form(kernel, blocks, scales, out, block=BLOCK, warps=4):
     return out
 
 
-def std_form(blocks, scales, out, block=8192, warps=8):
+def std_form(blocks, scales, out, block=BLOCK, warps=4):
     """The standard kernel at another block size and warp count."""
     _dequant_kernel[(triton.cdiv(blocks.numel(), block),)](blocks, scales, pair_table(blocks.device),
                                                            out.view(torch.int32), blocks.numel(), BLOCK=block,
@@ -113,18 +120,19 @@ def main() -> None:
         out = torch.empty((E, out_f, in_f), dtype=torch.bfloat16, device="cuda")
         want = dequantize(std_w)
         gb = (want.numel() * 2 + blocks.numel() + scales.numel()) / 1e9
-        forms = {"std": lambda: dequantize(std_w), "std 8192/8w": lambda: std_form(blocks, scales, out),
-                 "f3eda8f tiled": lambda: old_tiled(tiled, scales, out),
+        forms = {"std": lambda: dequantize(std_w), "f3eda8f tiled": lambda: old_tiled(tiled, scales, out),
                  "tiled": lambda: dequantize(til_w),
-                 "8502f81 tiled": lambda: tiled_form(_mem_order_tiled_kernel, tiled, scales, out),
-                 "tiled 8192/8w": lambda: tiled_form(_dequant_tiled_kernel, tiled, scales, out, 8192, 8)}
+                 "row-order tiled": lambda: tiled_form(_row_order_tiled_kernel, tiled, scales, out)}
+        for blk, warps in SWEEP:  # the package's two kernels at other program sizes
+            forms[f"std {blk}/{warps}w"] = partial(std_form, blocks, scales, out, blk, warps)
+            forms[f"tiled {blk}/{warps}w"] = partial(tiled_form, _dequant_tiled_kernel, tiled, scales, out, blk, warps)
         print(f"{name}: {tuple(blocks.shape)}, {gb:.2f} GB moved")
         for rnd in range(2):
             for fname, fn in forms.items():
                 out.zero_()
                 ok = torch.equal(fn().view(torch.int16), want.view(torch.int16))
                 us = time_us(fn)
-                print(f"  r{rnd} {fname:16s} {us:8.1f} us  {gb / us * 1e6 / 1e3:5.2f} TB/s  "
+                print(f"  r{rnd} {fname:17s} {us:8.1f} us  {gb / us * 1e6 / 1e3:5.2f} TB/s  "
                       f"{'same bits' if ok else 'DIFFERENT'}", flush=True)
 
 

@@ -127,22 +127,19 @@ def _dequant_kernel(blocks_ptr, scales_ptr, table_ptr, out_ptr, n_bytes, BLOCK: 
 def _dequant_tiled_kernel(blocks_ptr, scales_ptr, table_ptr, out_ptr, row_bytes, n_prog, BLOCK: tl.constexpr):
     """As `_dequant_kernel` for the whole 32-byte chunks of blocks in weights/tiles.py's layout (rows of
     row_bytes = 16 G): program p handles 16-row block p // n_prog, and in it the BLOCK / 512 chunks from
-    (p % n_prog) * BLOCK / 512 on (BLOCK contiguous bytes), taking them in row order: element k is row
-    k // (BLOCK / 16)'s byte k % (BLOCK / 16) of those chunks, written to the standard int32 index. So a
-    thread reads 16 contiguous bytes and a warp's 32 threads hold 2 rows x 8 chunks: their scale bytes are 2 rows'
-    16 contiguous ones (in memory order a warp held 16 rows' 2 and ran 30% slower on an H100). The same
-    one-dimensional form as the standard kernel (its layouts, its 16-byte loads; a 2-D or 3-D form of this
-    kernel converted its layouts through shared memory some ten times and ran at half the standard kernel's speed);
-    64-bit arithmetic only in the program's bases. A narrower last chunk is `_dequant_tiled_tail_kernel`'s."""
+    (p % n_prog) * BLOCK / 512 on, which are BLOCK contiguous bytes: byte k is row (k // 32) % 16's byte
+    chunk * 32 + k % 32, written to the standard int32 index. The same one-dimensional form as the standard
+    kernel (its layouts, its 16-byte loads; a 2-D or 3-D form of this kernel converted its layouts through shared
+    memory some ten times and ran at half the standard kernel's speed on an H100); 64-bit arithmetic only in the
+    program's bases. A narrower last chunk is `_dequant_tiled_tail_kernel`'s."""
     pid = tl.program_id(0)
     block = (pid // n_prog).to(tl.int64) * 16 * row_bytes  # [] the row block's first byte, both layouts
-    n_c: tl.constexpr = BLOCK // 512  # chunks a program
-    k = tl.arange(0, BLOCK)  # [BLOCK] = (row 16, chunk n_c, byte 32)
-    r = k // (32 * n_c)
-    chunk = pid % n_prog * n_c + (k // 32) % n_c
+    part = pid % n_prog  # this program's BLOCK bytes of the block
+    k = tl.arange(0, BLOCK)  # [BLOCK]
+    chunk = part * (BLOCK // 512) + k // 512
     mask = chunk < row_bytes // 32
-    std = r * row_bytes + chunk * 32 + k % 32  # [BLOCK] from the row block's first byte
-    byte = tl.load(blocks_ptr + block + chunk * 512 + r * 32 + k % 32, mask=mask, other=0).to(tl.int32)
+    std = (k // 32) % 16 * row_bytes + chunk * 32 + k % 32  # [BLOCK] from the row block's first byte
+    byte = tl.load(blocks_ptr + block + part * BLOCK + k, mask=mask, other=0).to(tl.int32)
     s = tl.load(scales_ptr + block // 16 + std // 16, mask=mask, other=127).to(tl.int32)
     tl.store(out_ptr + block + std, _pair_words(byte, s, table_ptr), mask=mask)
 
