@@ -9,7 +9,10 @@ Forms: "std" and "tiled" the package's kernels; "f3eda8f tiled" the tiled kernel
 a 16-row block's 256 columns, a [16, 256] tensor). First run (H100, this session) of that form and of a 3-D
 [16 rows, 16 groups, 16 bytes] one with a scale byte loaded once a group: W1 1,066-1,069 and 976-977 us against the
 standard kernel's 487-490 (a 2-D [256 groups, 16] standard form with scales loaded once: 573-578). Their Triton IR
-converts layouts through shared memory 8-11 times, the 1-D standard kernel's once.
+converts layouts through shared memory 8-11 times, the 1-D standard kernel's once. Twenty-fourth session (H100):
+8502f81's 1-D tiled form ("8502f81 tiled") W1 686-690 us against std's 538-541; in row order ("row-order tiled")
+710-732. Both load a scale byte for every byte in the compiled code (std: once per 16), which the package's
+kernel now avoids. SWEEP times both package kernels at other program sizes.
 
 Run: PYTHONPATH=.:scripts python scripts/gpu_probe_dequant_tiled.py
 """
@@ -30,7 +33,7 @@ from oss_engine.weights.tiles import tile_rows
 
 E, D, I = 32, 2880, 2880
 BLOCK = 4096
-# (bytes a program, warps): 8192 / 8 ran std 642-645 us and tiled 765-779 on W1 (twenty-fourth session)
+# (bytes a program, warps): 8192 / 8 ran std 642-645 us and the row-order tiled form 765-779 on W1 (24th session)
 SWEEP = ((1024, 1), (1024, 2), (2048, 2), (2048, 4), (4096, 2), (4096, 8))
 
 
@@ -55,6 +58,24 @@ def old_tiled(blocks, scales, out):
 
 
 @triton.jit
+def _per_byte_scale_tiled_kernel(blocks_ptr, scales_ptr, table_ptr, out_ptr, row_bytes, n_prog,
+                                 BLOCK: tl.constexpr):
+    """The tiled kernel as 8502f81 left it: its scale index std // 16 computed from each byte's position, so the
+    compiled code loads a scale byte for every byte (32 loads a thread; the standard kernel's code loads 2). H100,
+    twenty-fourth session: W1 686-690 us, W2 358-366, against the standard kernel's 538-541 and 296-299."""
+    pid = tl.program_id(0)
+    block = (pid // n_prog).to(tl.int64) * 16 * row_bytes
+    part = pid % n_prog
+    k = tl.arange(0, BLOCK)
+    chunk = part * (BLOCK // 512) + k // 512
+    mask = chunk < row_bytes // 32
+    std = (k // 32) % 16 * row_bytes + chunk * 32 + k % 32
+    byte = tl.load(blocks_ptr + block + part * BLOCK + k, mask=mask, other=0).to(tl.int32)
+    s = tl.load(scales_ptr + block // 16 + std // 16, mask=mask, other=127).to(tl.int32)
+    tl.store(out_ptr + block + std, _pair_words(byte, s, table_ptr), mask=mask)
+
+
+@triton.jit
 def _row_order_tiled_kernel(blocks_ptr, scales_ptr, table_ptr, out_ptr, row_bytes, n_prog, BLOCK: tl.constexpr):
     """The package's tiled kernel with its BLOCK bytes taken in row order (row, chunk, byte), not in memory order
     (chunk, row, byte): a thread still reads 16 contiguous bytes, but a warp's 32 threads hold 2 rows x 8 chunks,
@@ -73,7 +94,8 @@ def _row_order_tiled_kernel(blocks_ptr, scales_ptr, table_ptr, out_ptr, row_byte
     tl.store(out_ptr + block + std, _pair_words(byte, s, table_ptr), mask=mask)
 
 
-VARIANTS = {"row-order tiled": (_row_order_tiled_kernel, dict(BLOCK=BLOCK))}  # for a CPU-side sm_90 compile check
+VARIANTS = {"8502f81 tiled": (_per_byte_scale_tiled_kernel, dict(BLOCK=BLOCK)),
+            "row-order tiled": (_row_order_tiled_kernel, dict(BLOCK=BLOCK))}  # for a CPU-side sm_90 compile check
 
 
 def tiled_form(kernel, blocks, scales, out, block=BLOCK, warps=4):
@@ -122,6 +144,7 @@ def main() -> None:
         gb = (want.numel() * 2 + blocks.numel() + scales.numel()) / 1e9
         forms = {"std": lambda: dequantize(std_w), "f3eda8f tiled": lambda: old_tiled(tiled, scales, out),
                  "tiled": lambda: dequantize(til_w),
+                 "8502f81 tiled": lambda: tiled_form(_per_byte_scale_tiled_kernel, tiled, scales, out),
                  "row-order tiled": lambda: tiled_form(_row_order_tiled_kernel, tiled, scales, out)}
         for blk, warps in SWEEP:  # the package's two kernels at other program sizes
             forms[f"std {blk}/{warps}w"] = partial(std_form, blocks, scales, out, blk, warps)

@@ -131,16 +131,21 @@ def _dequant_tiled_kernel(blocks_ptr, scales_ptr, table_ptr, out_ptr, row_bytes,
     chunk * 32 + k % 32, written to the standard int32 index. The same one-dimensional form as the standard
     kernel (its layouts, its 16-byte loads; a 2-D or 3-D form of this kernel converted its layouts through shared
     memory some ten times and ran at half the standard kernel's speed on an H100); 64-bit arithmetic only in the
-    program's bases. A narrower last chunk is `_dequant_tiled_tail_kernel`'s."""
+    program's bases. Row, chunk and scale index come from k // 16 alone, so that the compiler sees that a thread's
+    16 bytes share one scale byte and loads it once, as in the standard kernel (computed from k, each byte loaded
+    its own: 32 scale loads a thread against 2). A narrower last chunk is `_dequant_tiled_tail_kernel`'s."""
     pid = tl.program_id(0)
     block = (pid // n_prog).to(tl.int64) * 16 * row_bytes  # [] the row block's first byte, both layouts
     part = pid % n_prog  # this program's BLOCK bytes of the block
     k = tl.arange(0, BLOCK)  # [BLOCK]
-    chunk = part * (BLOCK // 512) + k // 512
+    half = k // 16  # [BLOCK] = (chunk, row 16, half 2) of 16 bytes: one scale byte each
+    row = half // 2 % 16
+    chunk = part * (BLOCK // 512) + half // 32
     mask = chunk < row_bytes // 32
-    std = (k // 32) % 16 * row_bytes + chunk * 32 + k % 32  # [BLOCK] from the row block's first byte
+    std = row * row_bytes + chunk * 32 + k % 32  # [BLOCK] from the row block's first byte
     byte = tl.load(blocks_ptr + block + part * BLOCK + k, mask=mask, other=0).to(tl.int32)
-    s = tl.load(scales_ptr + block // 16 + std // 16, mask=mask, other=127).to(tl.int32)
+    s = tl.load(scales_ptr + block // 16 + row * (row_bytes // 16) + chunk * 2 + half % 2, mask=mask,
+                other=127).to(tl.int32)
     tl.store(out_ptr + block + std, _pair_words(byte, s, table_ptr), mask=mask)
 
 
