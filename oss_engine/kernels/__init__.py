@@ -60,8 +60,8 @@ def get_ops(name: str) -> Ops:
 
         return Ops("triton", linear_triton, add_rms_norm_triton, rope_store_kv_triton, attention, route_triton,
                    moe_experts, graph_safe=True,
-                   # off until an H100 A/B shows 20b prefill with the tiled layout (its dequantization in 1-D form
-                   # since 8502f81) no slower than standard's: docs/performance.md, twenty-third session
+                   # off until an H100 A/B shows 20b prefill with the tiled layout no slower than standard's (-2.5%
+                   # with 8502f81's dequantization; f876865 not yet run): docs/performance.md, twenty-fourth session
                    tiled_experts=False)
     if name == "ref":
         from .ref.attention import paged_attention_ref
