@@ -57,8 +57,8 @@ def test_dequantize_reads_tiled_blocks(E, out, inp):
 # (docs/performance.md, twenty-first session). 2-D and 3-D forms with vector loads converted layouts through shared
 # memory 8-11 times against the standard kernel's once, and took twice its time (twenty-third session).
 # 8502f81's 1-D form issued a scale-byte load for each byte (32 a thread, its scale index computed from the byte's
-# position) where the standard kernel's compiled code loads 2, and ran W1 in 686-690 us against 538-541 (twenty-
-# fourth session). So the check is on the machine code's loads and stores (cuobjdump -sass), not the PTX's.
+# position) where the standard kernel's compiled code loads 2, and ran W1 in 686-690 us against 538-541
+# (twenty-fourth session). So the check is on the machine code's loads and stores (cuobjdump -sass), not the PTX's.
 _DEQUANT_LOADS = r"""
 import re
 from collections import Counter

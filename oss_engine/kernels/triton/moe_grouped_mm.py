@@ -138,13 +138,13 @@ def _dequant_tiled_kernel(blocks_ptr, scales_ptr, table_ptr, out_ptr, row_bytes,
     block = (pid // n_prog).to(tl.int64) * 16 * row_bytes  # [] the row block's first byte, both layouts
     part = pid % n_prog  # this program's BLOCK bytes of the block
     k = tl.arange(0, BLOCK)  # [BLOCK]
-    half = k // 16  # [BLOCK] = (chunk, row 16, half 2) of 16 bytes: one scale byte each
-    row = half // 2 % 16
-    chunk = part * (BLOCK // 512) + half // 32
+    piece = k // 16  # [BLOCK] the 16-byte piece (chunk, row of 16, half of 2) holding byte k: one scale byte each
+    row = piece // 2 % 16
+    chunk = part * (BLOCK // 512) + piece // 32
     mask = chunk < row_bytes // 32
     std = row * row_bytes + chunk * 32 + k % 32  # [BLOCK] from the row block's first byte
     byte = tl.load(blocks_ptr + block + part * BLOCK + k, mask=mask, other=0).to(tl.int32)
-    s = tl.load(scales_ptr + block // 16 + row * (row_bytes // 16) + chunk * 2 + half % 2, mask=mask,
+    s = tl.load(scales_ptr + block // 16 + row * (row_bytes // 16) + chunk * 2 + piece % 2, mask=mask,
                 other=127).to(tl.int32)
     tl.store(out_ptr + block + std, _pair_words(byte, s, table_ptr), mask=mask)
 
