@@ -6,7 +6,7 @@ Why: the twenty-third session's H100 A/B found 2k prefill (8,192-token steps, th
 standard experts and 71.3k-72.4k tiled, after f3eda8f had made the tiled kernel's byte loads 16-byte vectors.
 
 Forms: "std" and "tiled" the package's kernels; "f3eda8f tiled" the tiled kernel as f3eda8f left it (one program
-a 16-row block's 256 columns, a [16, 256] tensor). First run (H100, this session) of that form and of a 3-D
+a 16-row block's 256 columns, a [16, 256] tensor). First run (H100, twenty-third session) of that form and of a 3-D
 [16 rows, 16 groups, 16 bytes] one with a scale byte loaded once a group: W1 1,066-1,069 and 976-977 us against the
 standard kernel's 487-490 (a 2-D [256 groups, 16] standard form with scales loaded once: 573-578). Their Triton IR
 converts layouts through shared memory 8-11 times, the 1-D standard kernel's once. Twenty-fourth session (H100):
@@ -77,7 +77,7 @@ def _per_byte_scale_tiled_kernel(blocks_ptr, scales_ptr, table_ptr, out_ptr, row
 
 @triton.jit
 def _row_order_tiled_kernel(blocks_ptr, scales_ptr, table_ptr, out_ptr, row_bytes, n_prog, BLOCK: tl.constexpr):
-    """The package's tiled kernel with its BLOCK bytes taken in row order (row, chunk, byte), not in memory order
+    """8502f81's tiled kernel with its BLOCK bytes taken in row order (row, chunk, byte), not in memory order
     (chunk, row, byte): a thread still reads 16 contiguous bytes, but a warp's 32 threads hold 2 rows x 8 chunks,
     so its scale-byte loads touch 2 rows' 16 contiguous scales, not 16 rows' 2. Tried in the twenty-fourth
     session (378d1c0) and lost: W1 710-732 us against memory order's 686-690."""
@@ -122,10 +122,6 @@ def std_inc(blocks, scales, out, block=BLOCK, warps=4):
                                                            num_warps=warps)
     return out
 
-
-VARIANTS = {"std, inc computed": (_std_inc_kernel, dict(BLOCK=BLOCK)),
-            "8502f81 tiled": (_per_byte_scale_tiled_kernel, dict(BLOCK=BLOCK)),
-            "row-order tiled": (_row_order_tiled_kernel, dict(BLOCK=BLOCK))}  # for a CPU-side sm_90 compile check
 
 
 def tiled_form(kernel, blocks, scales, out, block=BLOCK, warps=4):
