@@ -116,14 +116,6 @@ def _std_inc_kernel(blocks_ptr, scales_ptr, table_ptr, out_ptr, n_bytes, BLOCK: 
     tl.store(out_ptr + b, _pair_words_inc(byte, s, table_ptr), mask=mask)
 
 
-def std_inc(blocks, scales, out, block=BLOCK, warps=4):
-    _std_inc_kernel[(triton.cdiv(blocks.numel(), block),)](blocks, scales, pair_table(blocks.device),
-                                                           out.view(torch.int32), blocks.numel(), BLOCK=block,
-                                                           num_warps=warps)
-    return out
-
-
-
 def tiled_form(kernel, blocks, scales, out, block=BLOCK, warps=4):
     """kernel (a tiled one of _dequant_tiled_kernel's signature) over whole-chunk blocks [E, rows, G, 16]."""
     E_, rows, groups, _ = blocks.shape
@@ -133,11 +125,10 @@ def tiled_form(kernel, blocks, scales, out, block=BLOCK, warps=4):
     return out
 
 
-def std_form(blocks, scales, out, block=BLOCK, warps=4):
-    """The standard kernel at another block size and warp count."""
-    _dequant_kernel[(triton.cdiv(blocks.numel(), block),)](blocks, scales, pair_table(blocks.device),
-                                                           out.view(torch.int32), blocks.numel(), BLOCK=block,
-                                                           num_warps=warps)
+def std_form(kernel, blocks, scales, out, block=BLOCK, warps=4):
+    """kernel (a standard one of _dequant_kernel's signature) over blocks [E, rows, G, 16]."""
+    kernel[(triton.cdiv(blocks.numel(), block),)](blocks, scales, pair_table(blocks.device), out.view(torch.int32),
+                                                  blocks.numel(), BLOCK=block, num_warps=warps)
     return out
 
 
@@ -170,11 +161,11 @@ def main() -> None:
         gb = (want.numel() * 2 + blocks.numel() + scales.numel()) / 1e9
         forms = {"std": lambda: dequantize(std_w), "f3eda8f tiled": lambda: old_tiled(tiled, scales, out),
                  "tiled": lambda: dequantize(til_w),
-                 "std, inc computed": lambda: std_inc(blocks, scales, out),
+                 "std, inc computed": lambda: std_form(_std_inc_kernel, blocks, scales, out),
                  "8502f81 tiled": lambda: tiled_form(_per_byte_scale_tiled_kernel, tiled, scales, out),
                  "row-order tiled": lambda: tiled_form(_row_order_tiled_kernel, tiled, scales, out)}
         for blk, warps in SWEEP:  # the package's two kernels at other program sizes
-            forms[f"std {blk}/{warps}w"] = partial(std_form, blocks, scales, out, blk, warps)
+            forms[f"std {blk}/{warps}w"] = partial(std_form, _dequant_kernel, blocks, scales, out, blk, warps)
             forms[f"tiled {blk}/{warps}w"] = partial(tiled_form, _dequant_tiled_kernel, tiled, scales, out, blk, warps)
         print(f"{name}: {tuple(blocks.shape)}, {gb:.2f} GB moved")
         for rnd in range(2):
