@@ -1,4 +1,4 @@
-"""GPU machine: moe.py's grouping by expert (`group_by_expert`) on each of its paths, forced whatever the size:
+"""GPU machine: moe_grouping.py's grouping by expert (`group_by_expert`) on each of its paths, forced whatever the size:
 the chunked one-program kernel, the two-launch parallel kernels and torch.sort + searchsorted. Each point is
 checked against a stable torch.sort first, then timed as 20 calls captured in one CUDA graph (PDL as the
 engine runs it), the graph replayed 10 times (`gpu_bench_small_kernels.graph_us`); us a call. Routing ids
@@ -14,7 +14,7 @@ import argparse
 
 import torch
 
-import oss_engine.kernels.triton.moe as moe_mod
+import oss_engine.kernels.triton.moe_grouping as moe_mod
 from gpu_bench_small_kernels import graph_us  # 20 calls in one CUDA graph, replayed 10 times
 
 PATHS = {"chunked": (0, 1 << 30, 0), "parallel": (0, 0, 1 << 30), "torch": (0, 0, 0)}  # forced thresholds

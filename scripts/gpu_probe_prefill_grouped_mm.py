@@ -23,7 +23,8 @@ import torch
 
 from gpu_bench_moe import A, ALPHA, D, E, I, LIMIT, batch, mxfp4_weight, time_graph_flushed
 from gpu_bench_moe_decode import rel
-from oss_engine.kernels.triton.moe import default_config, group_by_expert, moe_experts_triton
+from oss_engine.kernels.triton.moe import default_config, moe_experts_triton
+from oss_engine.kernels.triton.moe_grouping import group_by_expert
 from oss_engine.kernels.types import ExpertWeight
 
 

@@ -15,12 +15,8 @@ pytest.importorskip("triton")
 
 from oss_engine.kernels.ref.moe import moe_experts_ref
 from oss_engine.kernels.triton import moe as moe_mod
-from oss_engine.kernels.triton.moe import (
-    GemmTiles,
-    MoeTritonConfig,
-    group_by_expert,
-    moe_experts_triton,
-)
+from oss_engine.kernels.triton.moe import GemmTiles, MoeTritonConfig, moe_experts_triton
+from oss_engine.kernels.triton.moe_grouping import group_by_expert
 from oss_engine.kernels.types import ExpertWeight
 from oss_engine.weights.mxfp4 import quantize_mxfp4
 from triton_cases import DEV, INTERPRET, rel_l2, tiled
@@ -229,44 +225,6 @@ def test_combine_sums_each_tokens_rows_in_order(y_dtype, out_dtype):
     for a in range(A):
         want += y[a::A].float()
     assert out.dtype == out_dtype and torch.equal(out, cast(want))
-
-
-GROUP_PATHS = {"small": (256, 0, 0), "chunked": (0, 1 << 30, 0), "parallel": (0, 0, 1 << 30),
-               "torch": (0, 0, 0)}  # (_SMALL_GROUP, _CHUNKED_GROUP, _PARALLEL_READS)
-
-
-@pytest.mark.parametrize("path", list(GROUP_PATHS))
-@pytest.mark.parametrize("T,A,E", [(1, 4, 32), (17, 4, 8), (64, 4, 32), (65, 4, 32), (16, 4, 128), (300, 1, 4),
-                                   (100, 4, 128), (600, 4, 32), (1100, 4, 128)])
-def test_group_by_expert(poisoned, monkeypatch, path, T, A, E):
-    """Each grouping path (one Triton program for small P, the chunked one, the two-launch parallel one,
-    torch.sort), forced whatever the size, equals a stable sort: one-chunk and multi-chunk cases, ragged last
-    chunks, empty experts; at 4,400 pairs over 128 experts the parallel path's 35 chunks take two blocks of
-    counts."""
-    monkeypatch.setattr(moe_mod, "_SMALL_GROUP", GROUP_PATHS[path][0])
-    monkeypatch.setattr(moe_mod, "_CHUNKED_GROUP", GROUP_PATHS[path][1])
-    monkeypatch.setattr(moe_mod, "_PARALLEL_READS", GROUP_PATHS[path][2])
-    if moe_mod.group_path(T * A, E) != path:  # only "small" can be refused: its [P, E] tile must fit
-        pytest.skip("past the one-program kernel's registers")
-    gen = torch.Generator().manual_seed(T)
-    ids = make_ids("ragged", T, E, A, gen).to(DEV)
-    order, bounds = group_by_expert(ids, E)
-    sorted_ids, expected = torch.sort(ids.reshape(-1), stable=True)
-    assert torch.equal(order, expected)
-    experts = torch.arange(E + 1, device=DEV)
-    assert torch.equal(bounds, torch.searchsorted(sorted_ids, experts, out_int32=True))
-
-
-def test_group_paths_by_size():
-    """Which path group_by_expert takes at the sizes the thresholds were measured for (docs/performance.md):
-    the one-program kernel at decode sizes, the chunked one up to 1024 pairs, the two-launch one above while
-    its count reads stay small (gpt-oss-20b's 16,384-token step: 65,536 pairs of 32 experts; 120b's 128 experts
-    up to 16,384 pairs), torch.sort beyond."""
-    assert moe_mod.group_path(32, 32) == "small" and moe_mod.group_path(256, 32) == "small"
-    assert moe_mod.group_path(257, 32) == "chunked" and moe_mod.group_path(256, 128) == "chunked"
-    assert moe_mod.group_path(1024, 128) == "chunked" and moe_mod.group_path(1025, 32) == "parallel"
-    assert moe_mod.group_path(65536, 32) == "parallel" and moe_mod.group_path(65537, 32) == "torch"
-    assert moe_mod.group_path(16384, 128) == "parallel" and moe_mod.group_path(16385, 128) == "torch"
 
 
 def test_dot_scaled_falls_back_off_bf16(poisoned):

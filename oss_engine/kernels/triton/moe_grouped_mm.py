@@ -22,7 +22,7 @@ so for them the path starts at GROUPED_MM_MIN_ROWS_DENSE = 512.
 Legend: T tokens, D hidden, I intermediate, E experts, A experts per token, P = T * A pairs, r a sorted row,
 p = t * A + a a pair.
 
-Pipeline (no host synchronisation; `order` and `bounds` come from moe.py's `group_by_expert`):
+Pipeline (no host synchronisation; `order` and `bounds` come from moe_grouping.py's `group_by_expert`):
   1. gather   xs[r] = x[order[r] // A]                                      xs [P, D] bf16
   2. W1       d1 = bf16(W1) [E, 2I, D] (`dequantize`; dense bf16 weights are read as they are)
   3. GEMM 1   u = grouped_mm(xs, d1^T, offs = bounds[1:])                  u [P, 2I] bf16
