@@ -22,13 +22,8 @@ import triton.testing
 
 from oss_engine.bench.kernel_bench import graph_us
 from oss_engine.kernels.ref.moe import moe_experts_ref, route_ref
-from oss_engine.kernels.triton.moe import (
-    GemmTiles,
-    MoeTritonConfig,
-    default_config,
-    triton_config,
-    moe_experts_triton,
-)
+from oss_engine.kernels.triton.moe import moe_experts_triton
+from oss_engine.kernels.triton.moe_config import GemmTiles, MoeTritonConfig, default_config, triton_config
 from oss_engine.kernels.types import ExpertWeight
 
 E, A, D, I = 32, 4, 2880, 2880

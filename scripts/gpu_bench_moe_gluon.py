@@ -15,7 +15,8 @@ import torch
 
 from gpu_bench_moe import ALPHA, A, E, EXPERT_BYTES, LIMIT, D, I, batch, mxfp4_weight, timed_cells
 from oss_engine.kernels.ref.moe import moe_experts_ref
-from oss_engine.kernels.triton.moe import GemmTiles, MoeTritonConfig, moe_experts_triton, triton_config
+from oss_engine.kernels.triton.moe import moe_experts_triton
+from oss_engine.kernels.triton.moe_config import GemmTiles, MoeTritonConfig, triton_config
 from oss_engine.kernels.triton.moe_decode import moe_experts_decode_triton, use_decode_path
 
 

@@ -17,7 +17,7 @@ import argparse
 import torch
 
 from gpu_bench_moe import A, E, prefill_rounds
-from oss_engine.kernels.triton.moe import GemmTiles, MoeTritonConfig, triton_config
+from oss_engine.kernels.triton.moe_config import GemmTiles, MoeTritonConfig, triton_config
 
 
 SWEEPS = {  # --sweep NAME: (block_m, block_n, block_k, warps, stages, group) for GEMM 1 and GEMM 2 alike, or a

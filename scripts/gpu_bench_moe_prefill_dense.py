@@ -26,7 +26,8 @@ import torch
 
 from gpu_bench_moe import ALPHA, A, D, E, EXPERT_FLOPS, I, LIMIT, batch, ceilings, mxfp4_weight, timed_cells
 from oss_engine.kernels.ref.moe import moe_experts_ref, swiglu_ref
-from oss_engine.kernels.triton.moe import moe_experts_triton, triton_config
+from oss_engine.kernels.triton.moe import moe_experts_triton
+from oss_engine.kernels.triton.moe_config import triton_config
 from oss_engine.kernels.triton.moe_grouping import group_by_expert
 from oss_engine.kernels.types import ExpertWeight
 

@@ -14,7 +14,8 @@ from dataclasses import replace
 import torch
 
 from gpu_bench_moe import A, ALPHA, D, E, I, LIMIT, batch, mxfp4_weight, prefill_rounds
-from oss_engine.kernels.triton.moe import MoeTritonConfig, default_config, moe_experts_triton
+from oss_engine.kernels.triton.moe import moe_experts_triton
+from oss_engine.kernels.triton.moe_config import MoeTritonConfig, default_config
 
 
 def with_tails(cfg: MoeTritonConfig, gemm1: bool, gemm2: bool) -> MoeTritonConfig:

@@ -13,7 +13,7 @@ import argparse
 import torch
 
 from gpu_bench_moe import A, E, prefill_rounds
-from oss_engine.kernels.triton.moe import WGMMA_GEMM1, MoeTritonConfig, default_config, triton_config
+from oss_engine.kernels.triton.moe_config import WGMMA_GEMM1, MoeTritonConfig, default_config, triton_config
 
 
 def variants(T: int) -> dict[str, MoeTritonConfig]:

@@ -23,7 +23,8 @@ import torch
 
 from gpu_bench_moe import A, ALPHA, D, E, I, LIMIT, batch, mxfp4_weight, time_graph_flushed
 from gpu_bench_moe_decode import rel
-from oss_engine.kernels.triton.moe import default_config, moe_experts_triton
+from oss_engine.kernels.triton.moe import moe_experts_triton
+from oss_engine.kernels.triton.moe_config import default_config
 from oss_engine.kernels.triton.moe_grouping import group_by_expert
 from oss_engine.kernels.types import ExpertWeight
 
@@ -44,7 +45,7 @@ def modes(Ts: list[int]) -> None:
     it replaced ("wgmma": moe_gluon_wgmma.py's GEMM 1, dot_scaled GEMM 2), and its pieces at each size."""
     from oss_engine.kernels.ref.moe import moe_experts_ref
     from oss_engine.kernels.triton import moe_grouped_mm as gmm
-    from oss_engine.kernels.triton.moe import WGMMA_GEMM1, MoeTritonConfig, triton_config
+    from oss_engine.kernels.triton.moe_config import WGMMA_GEMM1, MoeTritonConfig, triton_config
 
     gen = torch.Generator().manual_seed(0)
     w1, w2 = mxfp4_weight(2 * I, D, gen), mxfp4_weight(D, I, gen)
@@ -83,7 +84,7 @@ def dense(Ts: list[int]) -> None:
     """bf16 checkpoints (dense experts, no dequantization on this path): the Triton GEMMs' dense mode (what the
     default ran for them below 1024 rows an expert when this was measured) against "grouped_mm" at each size."""
     from oss_engine.kernels.ref.moe import moe_experts_ref
-    from oss_engine.kernels.triton.moe import MoeTritonConfig, triton_config
+    from oss_engine.kernels.triton.moe_config import MoeTritonConfig, triton_config
 
     gen = torch.Generator().manual_seed(0)
     q1, q2 = mxfp4_weight(2 * I, D, gen), mxfp4_weight(D, I, gen)

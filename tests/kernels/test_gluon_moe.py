@@ -17,6 +17,8 @@ pytest.importorskip("triton.experimental.gluon")
 from oss_engine.kernels.ref.moe import moe_experts_ref
 from oss_engine.kernels.triton import moe_gluon
 from oss_engine.kernels.triton import moe as moe_mod
+from oss_engine.kernels.triton import moe_config
+from oss_engine.kernels.triton.moe_config import GemmTiles, MoeTritonConfig
 from oss_engine.kernels.triton import moe_decode as dec_mod
 from oss_engine.kernels.triton.moe_decode import DecodeTiles, moe_experts_decode_triton
 from oss_engine.kernels.types import ExpertWeight
@@ -178,7 +180,7 @@ ptx = build(G._group_gemm2_gluon, dict(K=2880, E=32, E_PAD=32, BM=8, BN=32, PDL=
             dict(act_ptr="*i32", order_ptr="*i64", bounds_ptr="*i32", w_ptr="*i32", s_ptr="*u8", b_ptr="*bf16",
                  route_w_ptr="*bf16", y_ptr="*fp32"))
 assert loads_before_wait(ptx) == 0
-# blocks of 16 with half tails at their default tiles (moe.default_config: 64-wide steps, 4 warps, 3 ahead):
+# blocks of 16 with half tails at their default tiles (moe_config.default_config: 64-wide steps, 4 warps, 3 ahead):
 # one token tile or two, both compiled
 o16 = opts(3, 64, 4)
 build(G._group_gemm1_gluon, dict(K=2880, A=4, E=32, E_PAD=32, BM=16, BN=64, PDL=True, HALF_TAIL=True, **o16),
@@ -279,13 +281,12 @@ def test_falls_back_without_a_known_scale_range(monkeypatch):
         assert rel_l2(out, ref) < 2e-2
 
 
-GROUPED = moe_mod.MoeTritonConfig(moe_mod.GemmTiles(8, 32, 128, 2, 3), moe_mod.GemmTiles(8, 32, 128, 2, 3), "gluon")
-GROUPED_WIDE = moe_mod.MoeTritonConfig(moe_mod.GemmTiles(8, 64, 64, 2, 2), moe_mod.GemmTiles(8, 64, 128, 4, 3),
-                                       "gluon")
-GROUPED_16 = moe_mod.MoeTritonConfig(moe_mod.GemmTiles(16, 32, 128, 2, 2), moe_mod.GemmTiles(16, 64, 64, 4, 4),
-                                     "gluon")  # two token tiles a block; GEMM 2's weights 4 steps ahead
-GROUPED_16_HALF = moe_mod.MoeTritonConfig(replace(GROUPED_16.gemm1, half_tail=True),
-                                          replace(GROUPED_16.gemm2, half_tail=True), "gluon")  # tails of <= 8 rows
+GROUPED = MoeTritonConfig(GemmTiles(8, 32, 128, 2, 3), GemmTiles(8, 32, 128, 2, 3), "gluon")
+GROUPED_WIDE = MoeTritonConfig(GemmTiles(8, 64, 64, 2, 2), GemmTiles(8, 64, 128, 4, 3), "gluon")
+GROUPED_16 = MoeTritonConfig(GemmTiles(16, 32, 128, 2, 2), GemmTiles(16, 64, 64, 4, 4),
+                             "gluon")  # two token tiles a block; GEMM 2's weights 4 steps ahead
+GROUPED_16_HALF = MoeTritonConfig(replace(GROUPED_16.gemm1, half_tail=True),
+                                  replace(GROUPED_16.gemm2, half_tail=True), "gluon")  # tails of <= 8 rows
 
 
 @pytest.mark.gpu
@@ -301,7 +302,7 @@ def test_grouped_path_gluon(monkeypatch, fmt, cfg, T, kind):
     one or two); D = I = 320 masks the K tails. The Gluon kernels ran (a spy)."""
     check_against_twins(monkeypatch, moe_mod, fmt, T, kind,
                         lambda *case: moe_mod.moe_experts_triton(*case, ALPHA, config=cfg),
-                        lambda *case: moe_mod.moe_experts_triton(*case, ALPHA, config=moe_mod.triton_config(
+                        lambda *case: moe_mod.moe_experts_triton(*case, ALPHA, config=moe_config.triton_config(
                             T * 4, 16, torch.device("cuda"))))
 
 
@@ -326,8 +327,8 @@ def test_grouped_half_tail_needs_blocks_of_16():
 
 def test_default_config_picks_gluon_for_few_rows():
     cuda = torch.device("cuda")
-    assert moe_mod.default_config(4 * 32, 32, cuda).gemm1.block_m == 8  # 4 rows an expert: one mma tile
-    assert moe_mod.default_config(4 * 64, 32, cuda).gemm1.block_m == 16  # 8: two tiles share each decode
-    assert moe_mod.default_config(4 * 128, 32, cuda).mxfp4_decode == "gluon"  # 16 rows
-    assert moe_mod.default_config(4 * 256, 32, cuda).mxfp4_decode != "gluon"  # 32
-    assert moe_mod.default_config(4, 32, torch.device("cpu")).mxfp4_decode == "arith"
+    assert moe_config.default_config(4 * 32, 32, cuda).gemm1.block_m == 8  # 4 rows an expert: one mma tile
+    assert moe_config.default_config(4 * 64, 32, cuda).gemm1.block_m == 16  # 8: two tiles share each decode
+    assert moe_config.default_config(4 * 128, 32, cuda).mxfp4_decode == "gluon"  # 16 rows
+    assert moe_config.default_config(4 * 256, 32, cuda).mxfp4_decode != "gluon"  # 32
+    assert moe_config.default_config(4, 32, torch.device("cpu")).mxfp4_decode == "arith"

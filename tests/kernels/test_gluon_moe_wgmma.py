@@ -11,8 +11,10 @@ pytest.importorskip("triton.experimental.gluon.language.nvidia.hopper")
 
 from oss_engine.kernels.ref.moe import moe_experts_ref
 from oss_engine.kernels.triton import moe as moe_mod
+from oss_engine.kernels.triton import moe_config
 from oss_engine.kernels.triton import moe_gluon_wgmma as W
-from oss_engine.kernels.triton.moe import GemmTiles, MoeTritonConfig, moe_experts_triton
+from oss_engine.kernels.triton.moe import moe_experts_triton
+from oss_engine.kernels.triton.moe_config import GemmTiles, MoeTritonConfig
 from test_triton_moe import ALPHA, bf16_case
 from triton_cases import DEV, INTERPRET, rel_l2, run_compile_check
 
@@ -52,7 +54,7 @@ def test_compiles_for_sm90():
 import re
 from triton.experimental.gluon._runtime import GluonASTSource
 from oss_engine.kernels.triton import moe_gluon_wgmma as W
-from oss_engine.kernels.triton.moe import WGMMA_GEMM1 as t
+from oss_engine.kernels.triton.moe_config import WGMMA_GEMM1 as t
 
 fn = W._group_gemm1_wgmma
 types = dict(xp_ptr="*bf16", order_ptr="*i64", bounds_ptr="*i32", w_ptr="*i32", s_ptr="*u8", b_ptr="*bf16",
@@ -87,14 +89,14 @@ def test_default_config_takes_wgmma_above_32_rows_on_sm90(monkeypatch):
     """GEMM 1 by wgmma from 33 rows an expert, on sm_90 only; GEMM 2 keeps the dot_scaled tiles."""
     cuda = torch.device("cuda")
     monkeypatch.setattr(moe_mod.launch, "is_sm90", lambda device: True)
-    assert moe_mod.default_config(4 * 256, 32, cuda).mxfp4_decode == "dot_scaled"  # 32 rows an expert
-    assert moe_mod.default_config(4 * 264, 32, cuda).mxfp4_decode == "wgmma"  # 33
-    cfg = moe_mod.default_config(4 * 520, 32, cuda)
-    assert cfg.mxfp4_decode == "wgmma" and cfg.gemm1 == moe_mod.WGMMA_GEMM1
-    assert cfg.gemm2 == moe_mod.triton_config(4 * 520, 32, cuda).gemm2
-    assert moe_mod.default_config(4 * 520, 32, torch.device("cpu")).mxfp4_decode == "arith"
+    assert moe_config.default_config(4 * 256, 32, cuda).mxfp4_decode == "dot_scaled"  # 32 rows an expert
+    assert moe_config.default_config(4 * 264, 32, cuda).mxfp4_decode == "wgmma"  # 33
+    cfg = moe_config.default_config(4 * 520, 32, cuda)
+    assert cfg.mxfp4_decode == "wgmma" and cfg.gemm1 == moe_config.WGMMA_GEMM1
+    assert cfg.gemm2 == moe_config.triton_config(4 * 520, 32, cuda).gemm2
+    assert moe_config.default_config(4 * 520, 32, torch.device("cpu")).mxfp4_decode == "arith"
     monkeypatch.setattr(moe_mod.launch, "is_sm90", lambda device: False)  # e.g. sm_100: dot_scaled
-    assert moe_mod.default_config(4 * 520, 32, cuda) == moe_mod.triton_config(4 * 520, 32, cuda)
+    assert moe_config.default_config(4 * 520, 32, cuda) == moe_config.triton_config(4 * 520, 32, cuda)
 
 
 def wgmma_config(block_t: int = 128, group_m: int = 8, num_warps: int = 8, stages: int = 3,
@@ -155,7 +157,7 @@ def test_gpu_default_takes_wgmma_and_falls_back():
     dev = torch.device("cuda")
     E, A, T = 8, 4, 300
     x, weights, ids, w1, w2, _ = bf16_case("mxfp4", "uniform", T, E, A, D=320, I=384, seed=5)
-    cfg = moe_mod.default_config(T * A, E, dev)
+    cfg = moe_config.default_config(T * A, E, dev)
     assert cfg.mxfp4_decode == ("wgmma" if torch.cuda.get_device_capability(dev) == (9, 0) else "dot_scaled")
     ref = moe_experts_ref(x, weights, ids, w1, w2, 7.0, ALPHA)
     assert rel_l2(moe_experts_triton(x, weights, ids, w1, w2, 7.0, ALPHA), ref) < 2e-2

@@ -13,8 +13,10 @@ pytest.importorskip("triton")
 
 from oss_engine.kernels.ref.moe import moe_experts_ref, swiglu_ref
 from oss_engine.kernels.triton import moe as moe_mod
+from oss_engine.kernels.triton import moe_config
 from oss_engine.kernels.triton import moe_grouped_mm as gmm
-from oss_engine.kernels.triton.moe import GemmTiles, MoeTritonConfig, moe_experts_triton
+from oss_engine.kernels.triton.moe import moe_experts_triton
+from oss_engine.kernels.triton.moe_config import GemmTiles, MoeTritonConfig
 from oss_engine.kernels.types import ExpertWeight
 from test_triton_moe import make_ids, make_weight
 from triton_cases import DEV, INTERPRET, rel_l2, run_compile_check, tiled
@@ -205,16 +207,16 @@ def test_default_config_takes_grouped_mm_from_1024_rows_on_sm90(monkeypatch):
     cuda = torch.device("cuda")
     monkeypatch.setattr(moe_mod.launch, "is_sm90", lambda device: True)
     monkeypatch.setattr(gmm.launch, "is_sm90", lambda device: True)
-    assert moe_mod.default_config(4 * 8192, 32, cuda).mxfp4_decode == "grouped_mm"  # 1024 rows an expert
-    assert moe_mod.default_config(4 * 8184, 32, cuda).mxfp4_decode == "wgmma"  # 1023
-    assert moe_mod.default_config(4 * 8192, 32, cuda).gemm1 == moe_mod.WGMMA_GEMM1  # its fallback's tiles
-    assert moe_mod.default_config(4 * 8192, 32, torch.device("cpu")).mxfp4_decode == "arith"
-    assert moe_mod.default_config(4 * 4096, 32, cuda, dense=True).mxfp4_decode == "grouped_mm"  # 512 rows, bf16
-    assert moe_mod.default_config(4 * 4088, 32, cuda, dense=True).mxfp4_decode == "wgmma"  # 511
-    assert moe_mod.default_config(4 * 4096, 32, cuda).mxfp4_decode == "wgmma"  # 512 rows, MXFP4
+    assert moe_config.default_config(4 * 8192, 32, cuda).mxfp4_decode == "grouped_mm"  # 1024 rows an expert
+    assert moe_config.default_config(4 * 8184, 32, cuda).mxfp4_decode == "wgmma"  # 1023
+    assert moe_config.default_config(4 * 8192, 32, cuda).gemm1 == moe_config.WGMMA_GEMM1  # its fallback's tiles
+    assert moe_config.default_config(4 * 8192, 32, torch.device("cpu")).mxfp4_decode == "arith"
+    assert moe_config.default_config(4 * 4096, 32, cuda, dense=True).mxfp4_decode == "grouped_mm"  # 512 rows, bf16
+    assert moe_config.default_config(4 * 4088, 32, cuda, dense=True).mxfp4_decode == "wgmma"  # 511
+    assert moe_config.default_config(4 * 4096, 32, cuda).mxfp4_decode == "wgmma"  # 512 rows, MXFP4
     monkeypatch.setattr(moe_mod.launch, "is_sm90", lambda device: False)
     monkeypatch.setattr(gmm.launch, "is_sm90", lambda device: False)
-    assert moe_mod.default_config(4 * 8192, 32, cuda).mxfp4_decode == "dot_scaled"
+    assert moe_config.default_config(4 * 8192, 32, cuda).mxfp4_decode == "dot_scaled"
 
 
 @pytest.mark.gpu

@@ -28,7 +28,7 @@ def test_off_under_the_interpreter(monkeypatch):
 
 
 def test_is_sm90_only_for_hopper(monkeypatch):
-    """The wgmma kernels' gate (moe.default_config and moe_gluon_wgmma.takes both ask it)."""
+    """The wgmma kernels' gate (moe_config.default_config and moe_gluon_wgmma.takes both ask it)."""
     assert launch.is_sm90(torch.device("cpu")) is False
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     for cap, want in (((9, 0), True), ((8, 0), False), ((9, 1), False), ((10, 0), False)):

@@ -15,7 +15,9 @@ pytest.importorskip("triton")
 
 from oss_engine.kernels.ref.moe import moe_experts_ref
 from oss_engine.kernels.triton import moe as moe_mod
-from oss_engine.kernels.triton.moe import GemmTiles, MoeTritonConfig, moe_experts_triton
+from oss_engine.kernels.triton import moe_config
+from oss_engine.kernels.triton.moe import moe_experts_triton
+from oss_engine.kernels.triton.moe_config import GemmTiles, MoeTritonConfig
 from oss_engine.kernels.triton.moe_grouping import group_by_expert
 from oss_engine.kernels.types import ExpertWeight
 from oss_engine.weights.mxfp4 import quantize_mxfp4
@@ -237,7 +239,7 @@ def test_dot_scaled_falls_back_off_bf16(poisoned):
 def test_default_config_shapes(T):
     """The Triton kernels' CUDA defaults respect their constraints (dot dims >= 16, K steps of whole scale
     groups); default_config hands few rows an expert to moe_gluon.py (test_gluon_moe.py)."""
-    cfg = moe_mod.triton_config(4 * T, 32, torch.device("cuda"))
+    cfg = moe_config.triton_config(4 * T, 32, torch.device("cuda"))
     assert cfg.mxfp4_decode in ("arith", "dot_scaled", "dot_scaled_swap")
     for t in (cfg.gemm1, cfg.gemm2):
         assert t.block_m >= 16 and t.block_k % 64 == 0 and t.block_n >= 16
@@ -291,7 +293,7 @@ def test_gpu_bf16(mode, T):
     weights = torch.softmax(torch.randn(T, A, generator=gen), dim=-1).to(dev)
     config = None
     if mode not in ("default", "dense"):
-        base = moe_mod.triton_config(T * A, E, dev)
+        base = moe_config.triton_config(T * A, E, dev)
         config = MoeTritonConfig(base.gemm1, base.gemm2, mode)
     out = moe_experts_triton(x, weights, ids, w1, w2, 7.0, ALPHA, config=config)
     ref = moe_experts_ref(x, weights, ids, w1, w2, 7.0, ALPHA)
@@ -313,7 +315,7 @@ def test_gpu_tiled_same_bits(T, mode, fmt, D, I):
     x, weights, ids, w1, w2, limit = bf16_case(fmt, "ragged", T, 8, 4, D, I, seed=T + D)
     config = None
     if mode is not None:
-        base = moe_mod.triton_config(T * 4, 8, x.device)
+        base = moe_config.triton_config(T * 4, 8, x.device)
         config = MoeTritonConfig(base.gemm1, base.gemm2, mode)
     want = moe_experts_triton(x, weights, ids, w1, w2, limit, ALPHA, config=config)
     got = moe_experts_triton(x, weights, ids, tiled(w1), tiled(w2), limit, ALPHA, config=config)

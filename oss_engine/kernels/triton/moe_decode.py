@@ -23,7 +23,7 @@ were measured on an H200 at the gpt-oss-20b shapes (scripts/gpu_bench_moe_decode
 columns, 2 warps, 2 pipeline stages (each stage also holds the 16-row A tile, so 4 stages left few programs
 per SM: 55.7 vs 48.9 us at one token), GEMM 2 split in 2. Against the grouped path: 48.9 vs 64.4 us at 1 token,
 84.8 vs 93.5 at 2, equal at 4, and 259.9 vs 197.5 at 8 tokens (32 pairs, where blocks start to be shared).
-On CUDA both paths now default to moe_gluon.py's kernels (`GLUON_TILES` here, moe.py's `default_config`),
+On CUDA both paths now default to moe_gluon.py's kernels (`GLUON_TILES` here, moe_config.py's `default_config`),
 where the crossing moved down (scripts/gpu_bench_moe_gluon.py, H200): decode path 37.2 us at 1 token
 (grouped 71.8), 60.6 vs 66.7 at 2, but 99.3 vs 89.1 at 4 tokens: MAX_DECODE_PAIRS = 8.
 

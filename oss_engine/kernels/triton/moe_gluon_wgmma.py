@@ -19,7 +19,7 @@ permuted the same way within each BK step (`x_permutation`; `gemm1` gathers x[:,
 `gather_columns`, 47 MB at 8192 tokens).
 
 Blocks: BT sorted rows of one expert (moe.py's "Blocks"); with HALF_TAIL (GemmTiles.half_tail, on in
-moe.WGMMA_GEMM1) a block of <= BT / 2 rows, an expert's last, runs the same code with wgmma N = BT / 2.
+moe_config.WGMMA_GEMM1) a block of <= BT / 2 rows, an expert's last, runs the same code with wgmma N = BT / 2.
 
 Rows: fragment row 16w + g is weight row n0 + 2 (8w + g) (a gate), row 16w + g + 8 the next (its up), so the
 SwiGLU pairs in one lane as in moe_gluon.py. Scales: the factor 2**(s - 65) rides in the upcast's fma (exact

@@ -11,7 +11,8 @@ replaced (scripts/gpu_probe_prefill_grouped_mm.py; docs/performance.md, "Sixteen
   replaced kernels          2,092         3,043         3,913-3,925     7,453-7,796
   this path                 2,252         2,966         3,585-3,602     6,195
 with, at 16,384 tokens: dequantization 486 + 245, gather 274, GEMM 1 2,916, SwiGLU 528, GEMM 2 1,582, combine 189.
-The break-even is near 750 rows an expert; `default_config` takes this path from GROUPED_MM_MIN_ROWS = 1,024.
+The break-even is near 750 rows an expert; moe_config.py's `default_config` takes this path from
+GROUPED_MM_MIN_ROWS = 1,024.
 End to end (20b prefill of 2k prompts in 16,384-token steps) 63.6k-64.0k -> 78.0k-78.2k tok/s.
 bf16 checkpoints' experts need no dequantization: against the Triton kernels' dense mode (same probe, --dense)
   tokens (rows an expert)   512 (64)   1,024 (128)   2,048 (256)   4,096 (512)   6,144 (768)
