@@ -1,6 +1,7 @@
 """The tiles and modes of moe.py's MoE experts (`MoeTritonConfig`), and which the op table runs at each size
-(`default_config`, `triton_config`): every threshold and tile here is an H200 or H100 measurement, given in the
-docstrings with its script (the sweeps are in docs/performance.md). Pure host code: nothing here launches.
+(`default_config`, `triton_config`). The GPU thresholds and tiles are H200 or H100 measurements, each given in
+the docstrings with its script (the sweeps are in docs/performance.md); the CPU interpreter's tiles only keep
+the tests fast. Pure host code: nothing here launches.
 
 Legend: P (token, slot) pairs, E experts, rows an expert = P / E (uniform routing's mean).
 """

@@ -10,7 +10,7 @@ sorted row of expert e (bounds[E] = P). The same as torch.sort(stable=True) + se
 reference the tests compare with. Worked example, E = 4, ids.flat = [2, 0, 2, 3, 0]: order = [1, 4, 0, 2, 3],
 bounds = [0, 2, 2, 4, 5].
 
-Paths (`group_path`), each a stable counting sort, no host synchronisation (grids sized from shapes):
+Paths (`group_path`); the Triton ones are stable counting sorts with grids sized from shapes (no host sync):
   "small"     one program up to 256 pairs while its [P_PAD, E_PAD] tile fits (`_group_small_kernel`: decode)
   "chunked"   one program up to 1024 pairs, one-hot [CHUNK, E_PAD] tiles (`_group_chunked_kernel`)
   "parallel"  two launches of one program a chunk: counts, then places (`_group_count_kernel`,
