@@ -7,7 +7,7 @@ BM rows of a block (BLOCK_M), r a sorted row (0 <= r < P), p = t * A + a a pair.
 Pipeline, with no host synchronisation (every grid is sized from shapes):
   1. group    order [P] = stable argsort(ids.flat): sorted row r holds pair order[r], rows grouped by
               expert; bounds [E + 1] int32: bounds[e] = first sorted row of expert e (moe_grouping.py's
-              `group_by_expert`: one to two Triton launches, torch.sort beyond ~65k pairs).
+              `group_by_expert`: one or two Triton launches, torch.sort for the largest steps).
   2. GEMM 1   act[r] = swiglu(x[order[r] // A] @ W1[e]^T + b1[e])            act [P, I] (compute dtype)
   3. GEMM 2   y[order[r]] = weight[order[r]] * (act[r] @ W2[e]^T + b2[e])    y [P, D] (x.dtype)
   4. combine  out[t] = sum over a of y[t * A + a]                            out [T, D] (x.dtype)
