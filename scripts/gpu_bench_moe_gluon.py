@@ -1,4 +1,4 @@
-"""GPU machine: moe_gluon.py's grouped kernels (blocks of 8 sorted rows) against the Triton grouped kernels
+"""GPU machine: moe_gluon_grouped.py's kernels (blocks of 8 sorted rows) against the Triton grouped kernels
 (`triton_config`, tl.dot_scaled) and, up to 16 pairs, the decode path, at the gpt-oss-20b expert shapes
 (uniform routing, experts only, graph replay with L2 flushed: gpu_bench_moe's timer). Each variant is
 checked against the float32 reference first (rel L2 < 2e-2).

@@ -130,6 +130,7 @@ def test_compiles_for_sm90_without_shared_memory():
 import re
 from triton.experimental.gluon._runtime import GluonASTSource
 from oss_engine.kernels.triton import moe_gluon as G
+from oss_engine.kernels.triton import moe_gluon_grouped as GG
 
 def build(fn, consts, ptrs, floats=(), num_warps=2):
     consts = {"TILED": False, **consts}  # a constexpr left out here would compile as a runtime argument
@@ -171,22 +172,22 @@ ptx = build_both(G._pair_gemm2_gluon, dict(K=2880, S=2, K_SPLIT=1536, BN=32, PDL
                  dict(act_ptr="*i32", ids_ptr="*i64", w_ptr="*i32", s_ptr="*u8", b_ptr="*bf16",
                       route_w_ptr="*bf16", y_ptr="*fp32"))
 assert loads_before_wait(ptx) > 3 and "ld.global.cg" in ptx
-ptx = build_both(G._group_gemm1_gluon, dict(K=2880, A=4, E=32, E_PAD=32, BM=8, BN=32, PDL=True, HALF_TAIL=False,
+ptx = build_both(GG._group_gemm1_gluon, dict(K=2880, A=4, E=32, E_PAD=32, BM=8, BN=32, PDL=True, HALF_TAIL=False,
                                           **opts(4)),
                  dict(x_ptr="*i32", order_ptr="*i64", bounds_ptr="*i32", w_ptr="*i32", s_ptr="*u8", b_ptr="*bf16",
                       act_ptr="*bf16"), floats=("limit", "alpha"))
 assert loads_before_wait(ptx) == 0
-ptx = build(G._group_gemm2_gluon, dict(K=2880, E=32, E_PAD=32, BM=8, BN=32, PDL=True, HALF_TAIL=False, **opts(3)),
+ptx = build(GG._group_gemm2_gluon, dict(K=2880, E=32, E_PAD=32, BM=8, BN=32, PDL=True, HALF_TAIL=False, **opts(3)),
             dict(act_ptr="*i32", order_ptr="*i64", bounds_ptr="*i32", w_ptr="*i32", s_ptr="*u8", b_ptr="*bf16",
                  route_w_ptr="*bf16", y_ptr="*fp32"))
 assert loads_before_wait(ptx) == 0
 # blocks of 16 with half tails at their default tiles (moe_config.default_config: 64-wide steps, 4 warps, 3 ahead):
 # one token tile or two, both compiled
 o16 = opts(3, 64, 4)
-build(G._group_gemm1_gluon, dict(K=2880, A=4, E=32, E_PAD=32, BM=16, BN=64, PDL=True, HALF_TAIL=True, **o16),
+build(GG._group_gemm1_gluon, dict(K=2880, A=4, E=32, E_PAD=32, BM=16, BN=64, PDL=True, HALF_TAIL=True, **o16),
       dict(x_ptr="*i32", order_ptr="*i64", bounds_ptr="*i32", w_ptr="*i32", s_ptr="*u8", b_ptr="*bf16",
            act_ptr="*bf16"), floats=("limit", "alpha"), num_warps=4)
-build_both(G._group_gemm2_gluon, dict(K=2880, E=32, E_PAD=32, BM=16, BN=64, PDL=True, HALF_TAIL=True, **o16),
+build_both(GG._group_gemm2_gluon, dict(K=2880, E=32, E_PAD=32, BM=16, BN=64, PDL=True, HALF_TAIL=True, **o16),
            dict(act_ptr="*i32", order_ptr="*i64", bounds_ptr="*i32", w_ptr="*i32", s_ptr="*u8", b_ptr="*bf16",
                 route_w_ptr="*bf16", y_ptr="*bf16"), num_warps=4)
 for stages in (2, 4):  # the decode GEMM 2's other depths' prologues (3 above)

@@ -61,7 +61,7 @@ reaches through shared memory byte by byte; see the report in the issue.)
                      CPU interpreter runs it) but ~14 instructions a weight on sm_90 against ~5.2 for
                      "dot_scaled" (counted in the SASS of both at the decode tiles), so only a fallback there.
   "dense"            bf16 checkpoints: the same kernels reading plain [BN, BK] tiles.
-  "gluon", "wgmma"   moe_gluon.py's kernels for both GEMMs (few rows an expert, `default_config`), or GEMM 1
+  "gluon", "wgmma"   moe_gluon_grouped.py's kernels for both GEMMs (few rows an expert, `default_config`), or GEMM 1
                      by moe_gluon_wgmma.py (sm_90, prefill: the weights decoded straight into wgmma's register
                      operand) with GEMM 2 as "dot_scaled"; each falls back to these kernels where it does not
                      take the call.
@@ -91,9 +91,9 @@ from .swiglu import clamped_swiglu
 from .tiles import tiled_offsets
 
 try:  # Gluon (triton.experimental) ships with Triton >= 3.4; without it the "gluon" and "wgmma" modes fall back
-    from . import moe_gluon, moe_gluon_wgmma
+    from . import moe_gluon, moe_gluon_grouped, moe_gluon_wgmma
 except ImportError:  # pragma: no cover - depends on the installed Triton
-    moe_gluon = moe_gluon_wgmma = None
+    moe_gluon = moe_gluon_grouped = moe_gluon_wgmma = None
 
 _TL_DTYPE = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
 _MODES = {"dense": 0, "arith": 1, "dot_scaled": 2, "dot_scaled_swap": 3}
@@ -429,7 +429,7 @@ def combine(y: torch.Tensor, out: torch.Tensor, rows_per_token: int, pdl: bool) 
 def _experts_gluon(x: torch.Tensor, weights: torch.Tensor, w1: ExpertWeight, w2: ExpertWeight, limit: float,
                    alpha: float, cfg: MoeTritonConfig, order: torch.Tensor, bounds: torch.Tensor,
                    out: torch.Tensor) -> torch.Tensor:
-    """Steps 2-4 with moe_gluon.py's grouped GEMMs: blocks of block_m (8 or 16, both GEMMs the same) sorted
+    """Steps 2-4 with moe_gluon_grouped.py's GEMMs: blocks of block_m (8 or 16, both GEMMs the same) sorted
     rows, the same act, y and combine as the Triton kernels."""
     T, D = x.shape
     P = order.numel()
@@ -444,7 +444,7 @@ def _experts_gluon(x: torch.Tensor, weights: torch.Tensor, w1: ExpertWeight, w2:
     act = _empty((P, I), torch.bfloat16, x.device)  # rows in sorted order
     w, s, ws = _weight_args(w1, "dot_scaled")
     t = cfg.gemm1
-    moe_gluon._group_gemm1_gluon[(grid_m, (2 * I) // t.block_n)](
+    moe_gluon_grouped._group_gemm1_gluon[(grid_m, (2 * I) // t.block_n)](
         x.view(torch.int32), order, bounds, w.view(torch.int32), s, w1.bias, act, x.stride(0), ws[0], ws[1],
         *ws[3:], w1.bias.stride(0), act.stride(0), float(limit), float(alpha), K=D, A=A, BN=t.block_n,
         HALF_TAIL=_gluon_half_tail(t), TILED=w1.tiled,
@@ -452,7 +452,7 @@ def _experts_gluon(x: torch.Tensor, weights: torch.Tensor, w1: ExpertWeight, w2:
     y = _empty((P, D), x.dtype, x.device)  # pair rows in x.dtype (module docstring)
     w, s, ws = _weight_args(w2, "dot_scaled")
     t = cfg.gemm2
-    moe_gluon._group_gemm2_gluon[(grid_m, D // t.block_n)](
+    moe_gluon_grouped._group_gemm2_gluon[(grid_m, D // t.block_n)](
         act.view(torch.int32), order, bounds, w.view(torch.int32), s, w2.bias, weights.reshape(-1), y,
         act.stride(0), ws[0], ws[1], *ws[3:], w2.bias.stride(0), y.stride(0), K=I, BN=t.block_n,
         HALF_TAIL=_gluon_half_tail(t), TILED=w2.tiled,
@@ -473,7 +473,7 @@ def _half_tail(t: GemmTiles) -> bool:
 
 
 def _gluon_half_tail(t: GemmTiles) -> bool:
-    """t.half_tail for moe_gluon.py's grouped kernels, checked: their half block is one 8-row token tile."""
+    """t.half_tail for moe_gluon_grouped.py's kernels, checked: their half block is one 8-row token tile."""
     assert not t.half_tail or t.block_m == 16, f"the Gluon kernels' half_tail needs blocks of 16, got {t.block_m}"
     return t.half_tail
 

@@ -46,13 +46,13 @@ class MoeTritonConfig:
     mxfp4_decode: str = "arith"
 
 
-GLUON_MAX_ROWS = 16  # mean rows an expert up to which the default is moe_gluon.py's grouped kernels
+GLUON_MAX_ROWS = 16  # mean rows an expert up to which the default is moe_gluon_grouped.py's kernels
 WGMMA_MIN_ROWS = 32  # mean rows an expert above which GEMM 1 defaults to moe_gluon_wgmma.py on sm_90
 WGMMA_GEMM1 = GemmTiles(128, 128, 64, 8, 3, group_m=8, half_tail=True)  # BT 128, two warpgroups, 3 slots
 
 
 def default_config(num_pairs: int, num_experts: int, device: torch.device, dense: bool = False) -> MoeTritonConfig:
-    """Up to GLUON_MAX_ROWS rows an expert on CUDA: moe_gluon.py's kernels, falling back to `triton_config`
+    """Up to GLUON_MAX_ROWS rows an expert on CUDA: moe_gluon_grouped.py's kernels, falling back to `triton_config`
     for calls they do not take; otherwise `triton_config`. Measured on an H200 at the gpt-oss-20b expert
     shapes (scripts/gpu_bench_moe_gluon.py, experts only, L2 flushed), against the Triton kernels: up to 4
     rows an expert, blocks of 8 rows (one mma column tile), 64 weight rows, 4 warps, 128 k a step, the

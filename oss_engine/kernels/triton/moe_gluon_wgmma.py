@@ -50,7 +50,8 @@ from triton.experimental.gluon.language.nvidia.hopper import (async_copy, fence_
 
 from ..types import ExpertWeight
 from . import launch
-from .moe_gluon import DECODE_SHIFTS, MAGNITUDE_MASK, SIGN_MASK, _UNDO, _expert_block, _factor, in_exact_range
+from .moe_gluon import DECODE_SHIFTS, MAGNITUDE_MASK, SIGN_MASK, _UNDO, _factor, in_exact_range
+from .moe_gluon_grouped import _expert_block
 
 ROWS_PER_WARP = 16  # weight rows a program: 16 a warp, 64 a warpgroup (wgmma M = 64)
 GATHER_TILE = (1, 4096, 4)  # `gather_columns`: rows, columns, warps a program (H100 sweep, docs/performance.md)

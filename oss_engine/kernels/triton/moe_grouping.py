@@ -1,5 +1,5 @@
 """Grouping MoE (token, slot) pairs by expert, in Triton: step 1 of moe.py's pipeline, used by every grouped
-path (moe.py's Triton GEMMs, moe_gluon.py's grouped kernels, moe_gluon_wgmma.py, moe_grouped_mm.py).
+path (moe.py's Triton GEMMs, moe_gluon_grouped.py, moe_gluon_wgmma.py, moe_grouped_mm.py).
 
 Legend: T tokens, A experts per token, E experts, E_PAD = E rounded up to a power of two, P = T * A pairs,
 p = t * A + a a pair, r a sorted row (0 <= r < P).
