@@ -133,6 +133,54 @@ def _visible_span(tile0, k_begin, k_end, pos_min, pos_max, hi_key, window, BLOCK
 
 
 @triton.jit
+def _program_rows(pid, qsl_ptr, num_seqs, BLOCK_Q: tl.constexpr, ONE_EACH: tl.constexpr):
+    """Axis-0 program pid -> (sequence b, its first token row, the sequence's end row) by the module docstring's
+    F(b) = qsl[b] // BLOCK_Q + b; the caller returns when first row >= end (a program past its sequence)."""
+    if ONE_EACH:  # one new token a sequence (T = B, token b is sequence b's): program b, no search
+        b = pid
+        first_tok = pid
+        q_end = pid + 1
+    else:
+        # sequence b = the last one with F(b) <= pid
+        lo = pid * 0
+        hi = pid * 0 + num_seqs
+        while lo < hi:
+            mid = (lo + hi) // 2
+            go_right = tl.load(qsl_ptr + mid) // BLOCK_Q + mid <= pid
+            lo = tl.where(go_right, mid + 1, lo)
+            hi = tl.where(go_right, hi, mid)
+        b = lo - 1
+        q_start = tl.load(qsl_ptr + b)
+        q_end = tl.load(qsl_ptr + b + 1)
+        first_tok = q_start + (pid - (q_start // BLOCK_Q + b)) * BLOCK_Q
+    return b, first_tok, q_end
+
+
+@triton.jit
+def _store_partials(part_acc_ptr, part_ml_ptr, m_i, l_i, acc, split, num_tokens, num_heads, tok, head, row_ok,
+                    has_keys, D: tl.constexpr):
+    """A key split's partial state, without the sink: acc [M, D] into part_acc [P, T, H, D] (only where the
+    split had keys), (m, l) into part_ml [P, T, H, 2]; float32, contiguous."""
+    d = tl.arange(0, D)
+    row_off = (split * num_tokens + tok.to(tl.int64)) * num_heads + head  # [M]
+    tl.store(part_acc_ptr + row_off[:, None] * D + d[None, :], acc, mask=row_ok[:, None] & has_keys)
+    tl.store(part_ml_ptr + row_off * 2, m_i, mask=row_ok)
+    tl.store(part_ml_ptr + row_off * 2 + 1, l_i, mask=row_ok)
+
+
+@triton.jit
+def _store_with_sink(out_ptr, sinks_ptr, m_i, l_i, acc, tok, head, row_ok, s_ot, s_oh, s_od, D: tl.constexpr):
+    """The single-pass epilogue: the sink enters once (module docstring), out [T, H, D] in its dtype."""
+    d = tl.arange(0, D)
+    sink = tl.load(sinks_ptr + head, mask=row_ok, other=0.0).to(tl.float32) * 1.4426950408889634
+    m_f = tl.maximum(m_i, sink)
+    a = tl.exp2(m_i - m_f)
+    o = acc * (a / (l_i * a + tl.exp2(sink - m_f)))[:, None]
+    tl.store(out_ptr + tok[:, None] * s_ot + head[:, None] * s_oh + d[None, :] * s_od,
+             o.to(out_ptr.dtype.element_ty), mask=row_ok[:, None])
+
+
+@triton.jit
 def _attn_kernel(
     q_ptr, k_ptr, v_ptr, sinks_ptr, out_ptr, part_acc_ptr, part_ml_ptr,
     qsl_ptr, seq_lens_ptr, bt_ptr, pos_ptr,
@@ -150,25 +198,9 @@ def _attn_kernel(
     split = tl.program_id(2)
     num_splits = tl.num_programs(2)
 
-    if ONE_EACH:  # one new token a sequence (T = B, token b is sequence b's): program b, no search
-        b = pid
-        first_tok = pid
-        q_end = pid + 1
-    else:
-        # sequence b = the last one with F(b) = qsl[b] // BLOCK_Q + b <= pid (see the module docstring)
-        lo = pid * 0
-        hi = pid * 0 + num_seqs
-        while lo < hi:
-            mid = (lo + hi) // 2
-            go_right = tl.load(qsl_ptr + mid) // BLOCK_Q + mid <= pid
-            lo = tl.where(go_right, mid + 1, lo)
-            hi = tl.where(go_right, hi, mid)
-        b = lo - 1
-        q_start = tl.load(qsl_ptr + b)
-        q_end = tl.load(qsl_ptr + b + 1)
-        first_tok = q_start + (pid - (q_start // BLOCK_Q + b)) * BLOCK_Q
-        if first_tok >= q_end:
-            return
+    b, first_tok, q_end = _program_rows(pid, qsl_ptr, num_seqs, BLOCK_Q, ONE_EACH)
+    if first_tok >= q_end:  # past its sequence's end (never with ONE_EACH)
+        return
 
     r = tl.arange(0, BLOCK_M)
     tok = first_tok + r // G_PAD  # [M] token row of q/out
@@ -228,19 +260,11 @@ def _attn_kernel(
                                            S, COMPUTE, DOT_PRECISION, True)
 
     if SPLIT:
-        # partials [P, T, H, D] and [P, T, H, 2] (m, l), float32, contiguous
-        row_off = (split * num_tokens + tok.to(tl.int64)) * num_heads + head  # [M]
         has_keys = k_begin < k_end  # else acc is all zero, and the merge does not read it (l = 0)
-        tl.store(part_acc_ptr + row_off[:, None] * D + d[None, :], acc, mask=row_ok[:, None] & has_keys)
-        tl.store(part_ml_ptr + row_off * 2, m_i, mask=row_ok)
-        tl.store(part_ml_ptr + row_off * 2 + 1, l_i, mask=row_ok)
+        _store_partials(part_acc_ptr, part_ml_ptr, m_i, l_i, acc, split, num_tokens, num_heads, tok, head, row_ok,
+                        has_keys, D)
     else:
-        sink = tl.load(sinks_ptr + head, mask=row_ok, other=0.0).to(tl.float32) * 1.4426950408889634
-        m_f = tl.maximum(m_i, sink)
-        a = tl.exp2(m_i - m_f)
-        o = acc * (a / (l_i * a + tl.exp2(sink - m_f)))[:, None]
-        tl.store(out_ptr + tok[:, None] * s_ot + head[:, None] * s_oh + d[None, :] * s_od,
-                 o.to(out_ptr.dtype.element_ty), mask=row_ok[:, None])
+        _store_with_sink(out_ptr, sinks_ptr, m_i, l_i, acc, tok, head, row_ok, s_ot, s_oh, s_od, D)
 
 
 @triton.jit
