@@ -34,7 +34,7 @@ PKG = "oss_engine.kernels.triton."
 
 def find(name: str, *modules: str):
     """`name` (a jit function or a constant) from the first of `modules` (under oss_engine.kernels.triton) that
-    has it; None where none does."""
+    has it; LookupError where none does (`main` then skips the build)."""
     for m in modules:
         try:
             mod = importlib.import_module(PKG + m)
@@ -42,7 +42,7 @@ def find(name: str, *modules: str):
             continue
         if hasattr(mod, name):
             return getattr(mod, name)
-    return None
+    raise LookupError(f"{name} is in none of {', '.join(modules)}")
 
 
 def sass(k) -> str:
@@ -57,7 +57,8 @@ def sass(k) -> str:
 
 def build(fn, consts: dict, ptrs: dict, floats=(), num_warps: int = 4, options: dict | None = None, gluon=False):
     """fn compiled for sm_90: constexprs `consts`, pointer types `ptrs`, float32 scalars `floats`, other scalars
-    i32; pointers and integers 16-divisible as a launch specializes them."""
+    i32. Declared 16-divisible: the pointers, and for Gluon kernels the integers too (as the compile tests of
+    tests/kernels declare them); the same on both trees of a comparison, which is all a diff needs."""
     sig = {n: "constexpr" if n in consts else ptrs.get(n, "fp32" if n in floats else "i32") for n in fn.arg_names}
     div = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(fn.arg_names)
            if (n in ptrs) or (gluon and sig[n] not in ("constexpr", "fp32"))}
@@ -71,7 +72,6 @@ def build(fn, consts: dict, ptrs: dict, floats=(), num_warps: int = 4, options: 
 
 
 def attention_builds() -> dict:
-    fn = find("_attn_kernel", "attention")
     ptrs = dict(q_ptr="*bf16", k_ptr="*bf16", v_ptr="*bf16", sinks_ptr="*bf16", out_ptr="*bf16",
                 part_acc_ptr="*fp32", part_ml_ptr="*fp32", qsl_ptr="*i32", seq_lens_ptr="*i32", bt_ptr="*i32",
                 pos_ptr="*i64")
@@ -83,7 +83,8 @@ def attention_builds() -> dict:
         "attn_prefill_full": (dict(BLOCK_Q=16, BLOCK_M=128, BLOCK_N=64, SPLIT=False, ONE_EACH=False, SPANS=True), 8, 2),
         "attn_prefill_window": (dict(BLOCK_Q=8, BLOCK_M=64, BLOCK_N=32, SPLIT=False, ONE_EACH=False, SPANS=True), 4, 2),
     }
-    return {n: lambda c=c, w=w, st=st: build(fn, dict(base, **c), ptrs, ("qk_scale",), w, {"num_stages": st})
+    return {n: lambda c=c, w=w, st=st: build(find("_attn_kernel", "attention"), dict(base, **c), ptrs, ("qk_scale",),
+                                             w, {"num_stages": st})
             for n, (c, w, st) in cases.items()}
 
 
@@ -156,7 +157,7 @@ def main() -> None:
     for name, make in {**attention_builds(), **grouping_builds(), **gluon_builds()}.items():
         try:
             text = sass(make())
-        except AttributeError as e:  # a kernel none of its candidate modules has (find returned None)
+        except LookupError as e:  # a kernel none of its candidate modules has
             print(f"{name}: skipped ({e})")
             continue
         open(os.path.join(dest, name + ".sass"), "w").write(text)
