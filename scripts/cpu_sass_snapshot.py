@@ -12,7 +12,7 @@ A kernel is looked up in each of its candidate modules in turn (code moves betwe
 line saying so where none has it. Covered: paged attention (decode with splits and one token a sequence, decode
 with the search, prefill full and 128-key window), the MoE grouping kernels and combine, the Gluon MoE GEMMs
 (the decode path's pair GEMMs, the grouped ones at blocks of 8 and 16) and the wgmma GEMM 1, each Gluon one in
-the standard and the tiled byte layout.
+the standard and the tiled byte layout; add + RMSNorm.
 """
 
 from __future__ import annotations
@@ -104,6 +104,23 @@ def grouping_builds() -> dict:
     }
 
 
+def norm_builds() -> dict:
+    """add + RMSNorm as the model launches it: after attention, at the first layer (no residual), and on an MoE's
+    RowSum of 8 float32 rows (the decode path's A * S; trees whose kernel has no N skip it)."""
+    ptrs = dict(x_ptr="*bf16", res_ptr="*bf16", w_ptr="*fp32", out_ptr="*bf16", r_out_ptr="*bf16")
+
+    def norm(has_res: bool, n: int):
+        fn = find("_add_rms_norm_kernel", "norm")
+        summing = "SUM_ROWS" in fn.arg_names
+        if n and not summing:
+            raise LookupError("this tree's _add_rms_norm_kernel sums no rows (no SUM_ROWS)")
+        consts = dict(HAS_RESIDUAL=has_res, BLOCK_D=4096, PDL=True, **({"SUM_ROWS": n} if summing else {}))
+        return build(fn, consts, dict(ptrs, x_ptr="*fp32") if n else ptrs, ("eps",), num_warps=8)
+
+    return {"add_rms_norm": lambda: norm(True, 0), "rms_norm_first": lambda: norm(False, 0),
+            "add_rms_norm_rowsum8": lambda: norm(True, 8)}
+
+
 def gluon_builds() -> dict:
     try:
         G = importlib.import_module(PKG + "moe_gluon")
@@ -154,7 +171,7 @@ def main() -> None:
         raise SystemExit("unset TRITON_INTERPRET: the interpreter compiles nothing")
     dest = sys.argv[1]
     os.makedirs(dest, exist_ok=True)
-    for name, make in {**attention_builds(), **grouping_builds(), **gluon_builds()}.items():
+    for name, make in {**attention_builds(), **grouping_builds(), **norm_builds(), **gluon_builds()}.items():
         try:
             text = sass(make())
         except LookupError as e:  # a kernel none of its candidate modules has

@@ -69,6 +69,7 @@ def layer_times(llm, bandwidth: float, matmul: float, tokens=TOKENS) -> list[Ker
     runner, model, m = llm.engine.runner, llm.model, llm.config.model
     li = m.layer_types.index(LAYER_FULL) if LAYER_FULL in m.layer_types else 0
     layer, kv = model.layers[li], runner.kv_caches[li]
+    moe = model.layers[m.num_hidden_layers - 1].mlp  # the last layer's MoE sums its rows itself (never defer_sum)
     D = m.hidden_size
     out = []
     with torch.inference_mode():
@@ -76,7 +77,7 @@ def layer_times(llm, bandwidth: float, matmul: float, tokens=TOKENS) -> list[Ker
             h = torch.randn(T, D, device=runner.device).to(model.embed.weight.dtype)  # never time on zeros
             moe_bytes = experts_touched(m, T) * expert_weight_bytes(m)
             moe_flops = 2 * T * m.num_experts_per_tok * 3 * D * m.intermediate_size
-            us = graph_us(lambda: layer.mlp(h), runner.device)
+            us = graph_us(lambda: moe(h), runner.device)
             out.append(KernelTime("moe", T, us, 1e6 * max(moe_bytes / bandwidth, moe_flops / matmul)))
             batch = _attention_batch(runner, T, m.layer_types[li])
             rope = model.rotary(batch.positions)

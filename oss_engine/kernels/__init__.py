@@ -15,18 +15,24 @@ from typing import Callable
 class Ops:
     name: str
     linear: Callable  # (x [M, K], weight [N, K], bias [N] | None) -> [M, N] in x.dtype
-    add_rms_norm: Callable  # (x [T, D], residual [T, D] | None, w [D], eps) -> (normed, x + residual)
+    # (x [T, D] or a RowSum of it, residual [T, D] | None, w [D], eps) -> (normed, x + residual)
+    add_rms_norm: Callable
     # (q [T, H, hd], k [T, K, hd], v, cos [T, hd/2], sin, k_cache [N, S, K, hd], v_cache, slot_mapping [T])
     #   -> rotated q [T, H, hd]; the rotated k and v are written to the caches
     rope_store_kv: Callable
     attention: Callable  # (q [T, H, hd], k_cache, v_cache, sinks [H], meta, positions [T], window, scale)
     route: Callable  # (router_logits [T, E], k) -> (weights [T, A], ids [T, A])
-    moe_experts: Callable  # (x [T, D], weights [T, A], ids [T, A], w1, w2, limit, alpha) -> [T, D]
+    # (x [T, D], weights [T, A], ids [T, A], w1, w2, limit, alpha, defer_sum=False) -> [T, D]; with defer_sum
+    # it may return a RowSum instead (types.py: the sum left to the next add_rms_norm, which takes either)
+    moe_experts: Callable
     # no op syncs with the host, so a CUDA graph can hold a step (the reference MoE reads routing on the host)
     graph_safe: bool
     # moe_experts reads MXFP4 experts fastest in the tiled layout (weights/tiles.py): the model re-lays them so
     # once they are loaded (ExpertWeight.tiled says which layout a weight is in; every kernel takes both)
     tiled_experts: bool = False
+    # the model asks moe_experts for its rows unsummed (defer_sum) wherever its output goes straight into the next
+    # layer's add_rms_norm (no MoE communication, the next layer on the same stage): one kernel fewer a layer
+    defer_moe_sum: bool = False
 
 
 def resolve_kernels(name: str, device: str) -> str:
@@ -53,16 +59,19 @@ def get_ops(name: str) -> Ops:
             return paged_attention_triton(q, k_cache, v_cache, sinks, meta, positions, window, scale,
                                           max_query_len=meta.max_query_len)
 
-        def moe_experts(x, weights, ids, w1, w2, limit, alpha):
+        def moe_experts(x, weights, ids, w1, w2, limit, alpha, defer_sum=False):
             if use_decode_path(ids.numel(), w1.bias.shape[0]):  # a few tokens: per-pair streaming
-                return moe_experts_decode_triton(x, weights, ids, w1, w2, limit, alpha)
-            return moe_experts_triton(x, weights, ids, w1, w2, limit, alpha)
+                return moe_experts_decode_triton(x, weights, ids, w1, w2, limit, alpha, defer_sum=defer_sum)
+            return moe_experts_triton(x, weights, ids, w1, w2, limit, alpha, defer_sum=defer_sum)
 
         return Ops("triton", linear_triton, add_rms_norm_triton, rope_store_kv_triton, attention, route_triton,
                    moe_experts, graph_safe=True,
                    # off until an H100 A/B shows 20b prefill with the tiled layout no slower than standard's (-2.5%
                    # with 8502f81's dequantization; f876865 not yet run): docs/performance.md, twenty-fourth session
-                   tiled_experts=False)
+                   tiled_experts=False,
+                   # off until an H100 A/B shows the decode steps faster with it (built without a GPU, the
+                   # twenty-sixth session: docs/performance.md)
+                   defer_moe_sum=False)
     if name == "ref":
         from .ref.attention import paged_attention_ref
         from .ref.linear import linear_ref

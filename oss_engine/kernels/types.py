@@ -1,4 +1,4 @@
-"""Tensor bundles that the op table's kernels take (shared by the reference and the fast versions)."""
+"""Tensor bundles that the op table's kernels take or return (shared by the reference and the fast versions)."""
 
 from __future__ import annotations
 
@@ -49,3 +49,27 @@ class ExpertWeight:
         """This weight with its blocks in the standard layout (a copy where tiled; for readers outside the
         kernels, e.g. transformers' comparison)."""
         return replace(self, blocks=untile_rows(self.blocks), tiled=False) if self.tiled else self
+
+
+@dataclass(frozen=True)
+class RowSum:
+    """A [T, D] result left as its unsummed rows: row t is the float32 sum, in order, of rows[t n .. t n + n),
+    rounded to `dtype`. The MoE returns its slot rows so when the model asks (Ops.defer_moe_sum), and the next
+    `add_rms_norm` sums them in its own pass, one kernel boundary fewer a layer (moe.py's `combine` is that sum
+    as a kernel of its own)."""
+
+    rows: torch.Tensor  # [T * n, D], any float dtype, unit column stride
+    n: int  # rows a token
+    dtype: torch.dtype  # of the sum
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.rows.shape[0] // self.n, self.rows.shape[1]
+
+    def total(self) -> torch.Tensor:
+        """The sum as a tensor [T, D] in `dtype`, added in float32 row by row (the fused kernels' order)."""
+        parts = self.rows.unflatten(0, self.shape[:1] + (self.n,))  # [T, n, D]
+        acc = parts[:, 0].float()
+        for j in range(1, self.n):
+            acc = acc + parts[:, j].float()
+        return acc.to(self.dtype)

@@ -16,6 +16,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..kernels import Ops
+from ..kernels.types import RowSum
 from ..parallel.comm import ModelComms
 from ..parallel.shard import RankShard
 from .attention import Attention
@@ -35,13 +36,17 @@ class DecoderLayer(nn.Module):
         self.input_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, ops)
         self.attn = Attention(cfg, layer, dtype, ops, shard, comms.tp)
         self.post_attn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, ops)
-        self.mlp = MoE(cfg, dtype, ops, shard, comms.moe)
+        # the MoE's sum left to the next layer's input norm where that norm is the only reader (Ops.defer_moe_sum)
+        defer = ops.defer_moe_sum and comms.moe.local and shard.holds_layer(layer + 1)
+        self.mlp = MoE(cfg, dtype, ops, shard, comms.moe, defer_sum=defer)
 
-    def forward(self, x: torch.Tensor, residual: torch.Tensor | None, batch: ForwardBatch,
+    def forward(self, x: torch.Tensor | RowSum, residual: torch.Tensor | None, batch: ForwardBatch,
                 rope: tuple[torch.Tensor, torch.Tensor], kv_cache: tuple[torch.Tensor, torch.Tensor]
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+                ) -> tuple[torch.Tensor | RowSum, torch.Tensor]:
         """The reference's h = h + attn(norm(h)); h = h + mlp(norm(h)), with each add deferred into the next
-        norm: in (x, residual), out (mlp output, residual), where the layer's h is their sum."""
+        norm: in (x, residual), out (mlp output, residual), where the layer's h is their sum. The mlp output
+        is a RowSum (its rows, unsummed) where the next layer of this stage sums it in its norm (`mlp.defer_sum`);
+        the stage's last layer returns a tensor."""
         h, residual = self.input_norm(x, residual)
         h, residual = self.post_attn_norm(self.attn(h, batch, rope, kv_cache), residual)
         return self.mlp(h, batch.dp_tokens), residual
@@ -81,7 +86,7 @@ class GptOssModel(nn.Module):
         """The stage's layers: carry in (None on the first stage: the embedding) -> carry out."""
         x, residual = (self.embed(batch.input_ids), None) if carry is None else carry  # [T, D]
         rope = self.rotary(batch.positions)  # cos, sin [T, hd/2]
-        for i, kv in zip(range(*self.shard.layers), kv_caches):
+        for i, kv in zip(range(*self.shard.layers), kv_caches):  # x between layers: a tensor or a RowSum
             x, residual = self.layers[i](x, residual, batch, rope, kv)
         return x, residual
 

@@ -20,7 +20,7 @@ from torch import nn
 
 from ..config import MXFP4_BLOCK, ModelConfig
 from ..kernels import Ops
-from ..kernels.types import ExpertWeight
+from ..kernels.types import ExpertWeight, RowSum
 from ..parallel.comm import MoEComm
 from ..parallel.shard import RankShard
 from ..weights.tiles import can_tile, tile_in_place
@@ -36,10 +36,11 @@ class _Experts(nn.Module):
         super().__init__()
         self.ops, self.limit, self.alpha = ops, limit, alpha
 
-    def forward(self, h: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        # h [Ta, D], weights / ids [Ta, A] (ids local to this rank's experts) -> [Ta, D]
+    def forward(self, h: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor,
+                defer_sum: bool = False) -> torch.Tensor | RowSum:
+        # h [Ta, D], weights / ids [Ta, A] (ids local to this rank's experts) -> [Ta, D] (or a RowSum: defer_sum)
         w1, w2 = self.weights()
-        return self.ops.moe_experts(h, weights, ids, w1, w2, self.limit, self.alpha)
+        return self.ops.moe_experts(h, weights, ids, w1, w2, self.limit, self.alpha, defer_sum=defer_sum)
 
 
 class MXFP4Experts(_Experts):
@@ -91,7 +92,8 @@ class NoExperts(nn.Module):
     """A tensor-parallel rank whose intermediate slice is empty (e.g. I = 96 over 4 ranks: 32, 32, 32, 0)
     contributes exactly zero; it never holds the down bias (the first MoE rank does)."""
 
-    def forward(self, h: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor,
+                defer_sum: bool = False) -> torch.Tensor:
         return torch.zeros_like(h)
 
 
@@ -116,8 +118,14 @@ class AllExperts(nn.Module):
 
 
 class MoE(nn.Module):
-    def __init__(self, cfg: ModelConfig, dtype: torch.dtype, ops: Ops, shard: RankShard, comm: MoEComm):
+    """defer_sum (settled by the model, which knows what follows): return the experts' rows unsummed, as a
+    RowSum for the next layer's norm to sum (Ops.defer_moe_sum); only where there is no communication to do."""
+
+    def __init__(self, cfg: ModelConfig, dtype: torch.dtype, ops: Ops, shard: RankShard, comm: MoEComm,
+                 defer_sum: bool = False):
         super().__init__()
+        if defer_sum and not comm.local:
+            raise ValueError("an MoE whose output is reduced over ranks cannot defer its sum")
         E, D, I = shard.num_experts, cfg.hidden_size, shard.intermediate_size
         self.top_k = cfg.num_experts_per_tok
         self.router = Linear(D, cfg.num_local_experts, bias=True, dtype=dtype, ops=ops)  # every rank routes over all E
@@ -127,10 +135,12 @@ class MoE(nn.Module):
             experts_cls = MXFP4Experts if cfg.weight_format == "mxfp4" else DenseExperts
             self.experts = experts_cls(E, D, I, dtype, ops, cfg.swiglu_limit, cfg.swiglu_alpha)
         self.expert_map = AllExperts() if E == cfg.num_local_experts else ExpertMap(shard.experts)
-        self.ops, self.comm = ops, comm
+        self.ops, self.comm, self.defer_sum = ops, comm, defer_sum
 
-    def forward(self, h: torch.Tensor, dp_tokens: tuple[int, ...] | None = None) -> torch.Tensor:
-        # h [T, D] -> [T, D]; dp_tokens: T of every data-parallel replica (ForwardBatch.dp_tokens)
+    def forward(self, h: torch.Tensor, dp_tokens: tuple[int, ...] | None = None) -> torch.Tensor | RowSum:
+        # h [T, D] -> [T, D] (a RowSum of it when defer_sum); dp_tokens: T of every data-parallel replica
+        # (ForwardBatch.dp_tokens)
         h_all = self.comm.gather(h, dp_tokens)  # [Ta, D]
         weights, ids = self.expert_map(*self.ops.route(self.router(h_all), self.top_k))  # [Ta, A] each
-        return self.comm.reduce(self.experts(h_all, weights, ids), dp_tokens)  # [T, D]
+        y = self.experts(h_all, weights, ids, self.defer_sum)
+        return y if self.defer_sum else self.comm.reduce(y, dp_tokens)  # [T, D]; defer_sum: comm is local

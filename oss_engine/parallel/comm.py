@@ -79,6 +79,11 @@ class MoEComm:
     moe: GroupComm = GroupComm()
     dp: GroupComm = GroupComm()
 
+    @property
+    def local(self) -> bool:
+        """No collective runs: gather and reduce are the identity (one rank, no group)."""
+        return not (self.moe.active or self.dp.active) and self.moe.size == 1 and self.dp.size == 1
+
     def gather(self, h: torch.Tensor, dp_tokens: tuple[int, ...]) -> torch.Tensor:
         # h [T, D] -> [Ta, D]: every replica's tokens, replica 0 first
         if self.dp.size == 1:  # one replica (dp_tokens is None): nothing to gather

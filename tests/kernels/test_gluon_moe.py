@@ -21,7 +21,7 @@ from oss_engine.kernels.triton import moe_config
 from oss_engine.kernels.triton.moe_config import GemmTiles, MoeTritonConfig
 from oss_engine.kernels.triton import moe_decode as dec_mod
 from oss_engine.kernels.triton.moe_decode import DecodeTiles, moe_experts_decode_triton
-from oss_engine.kernels.types import ExpertWeight
+from oss_engine.kernels.types import ExpertWeight, RowSum
 from oss_engine.weights.mxfp4 import dequantize_mxfp4
 from test_triton_moe import ALPHA, bf16_case, make_weight, to_bf16
 from triton_cases import INTERPRET, rel_l2, run_compile_check
@@ -318,6 +318,25 @@ def test_grouped_half_tail_same_bits(T, kind):
     half = moe_mod.moe_experts_triton(x, weights, ids, w1, w2, limit, ALPHA, config=GROUPED_16_HALF)
     full = moe_mod.moe_experts_triton(x, weights, ids, w1, w2, limit, ALPHA, config=GROUPED_16)
     assert torch.equal(half, full)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(INTERPRET, reason="inline PTX: a GPU only")
+@pytest.mark.parametrize("T", [1, 2, 16])
+def test_deferred_sum_gluon(monkeypatch, T):
+    """defer_sum on the Gluon paths (decode at 1-2 tokens, grouped at 16), bf16: the RowSum's rows, summed by the
+    combine, are the bits the path returns without it; its n rows a token are A (grouped) or A x S (decode)."""
+    module, run = ((dec_mod, lambda *c, **k: moe_experts_decode_triton(*c, ALPHA, tiles=GLUON, **k)) if T <= 2
+                   else (moe_mod, lambda *c, **k: moe_mod.moe_experts_triton(*c, ALPHA, config=GROUPED_16, **k)))
+    calls = []
+    real = module._experts_gluon
+    monkeypatch.setattr(module, "_experts_gluon", lambda *a, **k: calls.append(1) or real(*a, **k))
+    case = bf16_case("mxfp4", "uniform", T, E=16, A=4, D=320, I=320, seed=T)
+    out, rows = run(*case), run(*case, defer_sum=True)
+    assert calls == [1, 1], "the Gluon kernels did not run"
+    n = 4 * dec_mod._gemm2_split(320, GLUON)[0] if T <= 2 else 4
+    assert isinstance(rows, RowSum) and rows.n == n and rows.dtype == out.dtype
+    assert torch.equal(moe_mod.combine(rows.rows, torch.empty_like(out), rows.n, False), out)
 
 
 def test_grouped_half_tail_needs_blocks_of_16():

@@ -78,8 +78,9 @@ assert pre.count("ld.global") == 6 and pre.count("ld.global.v4.b32") == 6, pre.c
 pre = before_wait(GV._gemv_kernel, dict(K=4096, HAS_BIAS=False, BLOCK_N=8, BLOCK_K=512, DEPTH=0, PRE_K=2048, s_xk=1,
                                         s_wk=1, s_yn=1), gemv_ptrs, divisible=gemv_div)
 assert pre.count("ld.global") == 16 and pre.count("ld.global.v4.b32") == 16, pre.count("ld.global")
-before_wait(NO._add_rms_norm_kernel, dict(HAS_RESIDUAL=True, BLOCK_D=4096),
-            dict(x_ptr="*bf16", res_ptr="*bf16", w_ptr="*bf16", out_ptr="*bf16", r_out_ptr="*bf16"), floats=("eps",))
+for n, x in ((0, "*bf16"), (8, "*fp32")):  # a tensor, and a RowSum of 8 rows
+    before_wait(NO._add_rms_norm_kernel, dict(SUM_ROWS=n, HAS_RESIDUAL=True, BLOCK_D=4096),
+                dict(x_ptr=x, res_ptr="*bf16", w_ptr="*bf16", out_ptr="*bf16", r_out_ptr="*bf16"), floats=("eps",))
 pre = before_wait(MD._pair_gemm1_kernel,
                   dict(K=2880, N=5760, A=4, MODE=2, BLOCK_N=32, BLOCK_K=256, COMPUTE=tl.bfloat16, PRECISION="tf32",
                        TILED=False, s_xk=1, s_wk=1, s_bn=1, s_sg=1, s_ah=1),

@@ -19,7 +19,7 @@ from oss_engine.kernels.triton import moe_config
 from oss_engine.kernels.triton.moe import moe_experts_triton
 from oss_engine.kernels.triton.moe_config import GemmTiles, MoeTritonConfig
 from oss_engine.kernels.triton.moe_grouping import group_by_expert
-from oss_engine.kernels.types import ExpertWeight
+from oss_engine.kernels.types import ExpertWeight, RowSum
 from oss_engine.weights.mxfp4 import quantize_mxfp4
 from triton_cases import DEV, INTERPRET, rel_l2, tiled
 
@@ -227,6 +227,24 @@ def test_combine_sums_each_tokens_rows_in_order(y_dtype, out_dtype):
     for a in range(A):
         want += y[a::A].float()
     assert out.dtype == out_dtype and torch.equal(out, cast(want))
+
+
+@pytest.mark.parametrize("config", [SMALL, FP32], ids=["small", "fp32"])
+@pytest.mark.parametrize("fmt", ["mxfp4", "dense"])
+def test_deferred_sum_is_the_combines_input(poisoned, fmt, config):
+    """defer_sum: the grouped path returns its pair rows as a RowSum of A rows a token, which the combine turns
+    into the very tensor the path returns without it."""
+    E, A, D, I, T = 8, 4, 32, 64, 17
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(T, D, generator=gen).to(DEV)
+    ids = make_ids("ragged", T, E, A, gen).to(DEV)
+    weights = torch.softmax(torch.randn(T, A, generator=gen), dim=-1).to(DEV)
+    w1, w2 = make_weight(fmt, E, 2 * I, D, gen), make_weight(fmt, E, D, I, gen)
+    args = (x, weights, ids, w1, w2, 0.6, ALPHA)
+    out = moe_experts_triton(*args, config=config, compute_dtype=torch.float32)
+    rows = moe_experts_triton(*args, config=config, compute_dtype=torch.float32, defer_sum=True)
+    assert isinstance(rows, RowSum) and rows.n == A and rows.shape == (T, D) and rows.dtype == x.dtype
+    assert torch.equal(moe_mod.combine(rows.rows, torch.empty_like(out), A, False), out)
 
 
 def test_dot_scaled_falls_back_off_bf16(poisoned):

@@ -24,6 +24,8 @@ from oss_engine.kernels.triton.moe_decode import (
     triton_decode_tiles,
     use_decode_path,
 )
+from oss_engine.kernels.triton.moe import combine
+from oss_engine.kernels.types import RowSum
 from test_triton_moe import ALPHA, bf16_case, make_ids, make_weight, to_bf16
 from triton_cases import DEV, INTERPRET, rel_l2, tiled
 
@@ -121,6 +123,40 @@ def test_op_table_takes_both_paths(poisoned, monkeypatch):
         out = ops.moe_experts(x, weights, ids, w1, w2, 0.6, ALPHA)
         assert calls == expect
         assert rel_l2(out, moe_experts_ref(x, weights, ids, w1, w2, 0.6, ALPHA)) < (1e-5 if INTERPRET else 2e-2)
+
+
+@pytest.mark.parametrize("tiles", [SMALL, WIDE], ids=["small", "wide"])
+def test_deferred_sum_is_the_combines_input(poisoned, tiles):
+    """defer_sum: the path returns its float32 rows (A slots x S splits a token) as a RowSum, which moe.py's
+    combine turns into the very tensor the path returns without it."""
+    E, A, D, I, T = 8, 2, 96, 160, 3
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(T, D, generator=gen).to(DEV)
+    ids = make_ids("uniform", T, E, A, gen).to(DEV)
+    weights = torch.softmax(torch.randn(T, A, generator=gen), dim=-1).to(DEV)
+    w1, w2 = make_weight("mxfp4", E, 2 * I, D, gen), make_weight("mxfp4", E, D, I, gen)
+    args = (x, weights, ids, w1, w2, 0.6, ALPHA)
+    out = moe_experts_decode_triton(*args, tiles=tiles, compute_dtype=torch.float32)
+    rows = moe_experts_decode_triton(*args, tiles=tiles, compute_dtype=torch.float32, defer_sum=True)
+    S = dec_mod._gemm2_split(I, tiles)[0]
+    assert isinstance(rows, RowSum) and rows.n == A * S and rows.shape == (T, D) and rows.dtype == x.dtype
+    assert torch.equal(combine(rows.rows, torch.empty_like(out), rows.n, False), out)
+    assert torch.equal(rows.total(), out)
+
+
+def test_op_table_defers_on_both_paths(poisoned):
+    """Ops.moe_experts passes defer_sum down the decode and the grouped path alike."""
+    ops = get_ops("triton")
+    gen = torch.Generator().manual_seed(6)
+    E, A, D, I = 32, 4, 64, 64
+    w1, w2 = make_weight("mxfp4", E, 2 * I, D, gen), make_weight("mxfp4", E, D, I, gen)
+    for T in (1, 9):  # the decode path; the grouped path
+        x = torch.randn(T, D, generator=gen).to(DEV)
+        ids = make_ids("uniform", T, E, A, gen).to(DEV)
+        weights = torch.softmax(torch.randn(T, A, generator=gen), dim=-1).to(DEV)
+        out = ops.moe_experts(x, weights, ids, w1, w2, 0.6, ALPHA)
+        rows = ops.moe_experts(x, weights, ids, w1, w2, 0.6, ALPHA, defer_sum=True)
+        assert isinstance(rows, RowSum) and torch.equal(rows.total(), out), T
 
 
 def test_empty_batch():

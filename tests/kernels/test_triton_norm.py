@@ -16,7 +16,9 @@ pytest.importorskip("triton")
 
 from oss_engine.kernels.ref.norm import add_rms_norm_ref
 from oss_engine.kernels.triton import norm as norm_mod
+from oss_engine.kernels.triton.moe import combine
 from oss_engine.kernels.triton.norm import add_rms_norm_triton
+from oss_engine.kernels.types import RowSum
 from triton_cases import DEV, INTERPRET, rel_l2, run_compile_check
 
 EPS = 1e-5
@@ -98,6 +100,51 @@ def test_empty_batch():
     assert n.shape == (0, 32) and r.shape == (0, 32)
 
 
+def make_row_sum(T: int, D: int, n: int, rows_dtype, dtype, device=DEV) -> RowSum:
+    """An MoE's unsummed rows: n rows a token (e.g. the decode path's A slots x S splits), scaled apart so that the
+    order of the sum shows in float32 rounding."""
+    rows = torch.randn(T * n, D) * torch.logspace(0, 3, n).repeat(T)[:, None]
+    return RowSum(rows.to(device, rows_dtype), n, dtype)
+
+
+def combined_then_norm(s: RowSum, residual, weight):
+    """The unfused pair the fused kernel replaces: moe.py's combine kernel, then add + RMSNorm."""
+    T, D = s.shape
+    summed = combine(s.rows, torch.empty(T, D, dtype=s.dtype, device=s.rows.device), s.n, False)
+    return add_rms_norm_triton(summed, residual, weight, EPS)
+
+
+@pytest.mark.parametrize("with_residual", [True, False])
+@pytest.mark.parametrize("n", [1, 4, 8])
+@pytest.mark.parametrize("T,D", [(1, 2880), (7, 100), (33, 16)])
+def test_row_sum(T, D, n, with_residual):
+    """x given as a RowSum: the same bits as combine + the kernel on the summed tensor, and the reference's values
+    (RowSum.total, then add + norm); inputs untouched, nothing left unwritten."""
+    s = make_row_sum(T, D, n, torch.float32, torch.float32)
+    _, residual, weight = make(T, D, with_residual)
+    rows0 = s.rows.clone()
+    got_n, got_r = add_rms_norm_triton(s, residual, weight, EPS)
+    assert torch.equal(s.rows, rows0), "an input was modified"
+    assert got_n.shape == (T, D) and got_r.shape == (T, D) and got_r is not s.rows
+    assert not got_n.isnan().any() and not got_r.isnan().any(), "elements left unwritten"
+    want_n, want_r = combined_then_norm(s, residual, weight)
+    assert torch.equal(got_n, want_n) and torch.equal(got_r, want_r)
+    ref_n, ref_r = add_rms_norm_ref(s, residual, weight, EPS)
+    assert torch.equal(got_r, ref_r)  # float32, both summed in row order: exact
+    assert rel_l2(got_n, ref_n) < 2e-6
+
+
+def test_row_sum_order_is_the_rows_order():
+    """Row 0 + 1e8 - 1e8 cancels only in order: summed in another order the small row would be lost or kept
+    differently; RowSum.total and the kernel both keep the rows' order."""
+    T, D = 2, 16
+    rows = torch.stack([torch.full((D,), 1.0), torch.full((D,), 1e8), torch.full((D,), -1e8)] * T)  # n = 3
+    s = RowSum(rows.to(DEV), 3, torch.float32)
+    assert torch.equal(s.total(), torch.zeros(T, D, device=DEV))  # (1 + 1e8) - 1e8 in float32: 0
+    _, got_r = add_rms_norm_triton(s, torch.zeros(T, D, device=DEV), torch.ones(D, device=DEV), EPS)
+    assert torch.equal(got_r, s.total())
+
+
 def ulp_bf16(v: torch.Tensor) -> torch.Tensor:
     # spacing of bf16 numbers at |v| (8 significant bits); floor at the smallest normal's spacing
     e = torch.floor(torch.log2(v.float().abs().clamp_min(2.0**-126)))
@@ -117,6 +164,20 @@ def test_bf16_gpu(T, with_residual):
     assert not got_n.isnan().any()
     # the norm: within 2 bf16 ulps of the reference everywhere (float32 reduction order differs)
     assert ((got_n.float() - want_n.float()).abs() <= 2 * ulp_bf16(want_n)).all()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(INTERPRET, reason="TRITON_INTERPRET=1 casts float32 to bf16 by truncation")
+@pytest.mark.parametrize("rows_dtype,n", [(torch.float32, 8), (torch.bfloat16, 4)])  # decode path; grouped paths
+@pytest.mark.parametrize("T", [1, 8, 64])
+def test_row_sum_bf16_gpu(T, rows_dtype, n):
+    """In a bf16 model: the fused sum + add + norm gives combine + add_rms_norm's bits exactly."""
+    s = make_row_sum(T, 2880, n, rows_dtype, torch.bfloat16, device="cuda")
+    _, residual, weight = make(T, 2880, True, dtype=torch.bfloat16, device="cuda")
+    got_n, got_r = add_rms_norm_triton(s, residual, weight, EPS)
+    want_n, want_r = combined_then_norm(s, residual, weight)
+    assert got_n.dtype == got_r.dtype == torch.bfloat16
+    assert torch.equal(got_n, want_n) and torch.equal(got_r, want_r)
 
 
 @pytest.mark.gpu
@@ -140,7 +201,9 @@ from oss_engine.kernels.triton import norm as N
 
 ptrs = dict(x_ptr="*bf16", res_ptr="*bf16", w_ptr="*fp32", out_ptr="*bf16", r_out_ptr="*bf16")
 for has_res in (True, False):
-    compile_sm90(N._add_rms_norm_kernel, dict(HAS_RESIDUAL=has_res, BLOCK_D=4096, PDL=True), ptrs, floats=("eps",))
+    for n, x in ((0, "*bf16"), (8, "*fp32"), (4, "*bf16")):  # a tensor; RowSums of the decode and grouped paths
+        compile_sm90(N._add_rms_norm_kernel, dict(SUM_ROWS=n, HAS_RESIDUAL=has_res, BLOCK_D=4096, PDL=True),
+                     dict(ptrs, x_ptr=x), floats=("eps",))
 print("ok")
 """
 

@@ -10,13 +10,13 @@ import dataclasses
 import pytest
 import torch
 
-from oss_engine import LLM, SamplingParams
+from oss_engine import LLM
 from oss_engine.model import build
 from oss_engine.model.moe import MXFP4Experts
 from oss_engine.tiny import make_tiny_checkpoint
 
 from ..conftest import PARITY_SPEC
-from .test_parity_hf import our_logits, prompt
+from .same_outputs import assert_same_logits_and_tokens
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
 
@@ -49,12 +49,4 @@ def test_tiled_experts_same_logits_and_tokens(mxfp4_checkpoint, device, monkeypa
     mlp_std, mlp_til = std.model.layers[0].mlp.experts, til.model.layers[0].mlp.experts
     for name in ("w1_blocks", "w2_blocks"):  # the bytes did move
         assert not torch.equal(getattr(mlp_std, name), getattr(mlp_til, name)), name
-    ids = prompt(5, 40)
-    for chunks in (None, [1] * len(ids)):  # the whole prompt, then one token a step (the decode kernels)
-        want, got = our_logits(std, ids, chunks), our_logits(til, ids, chunks)
-        assert torch.isfinite(want).all() and torch.equal(got, want), chunks
-    params = SamplingParams(max_tokens=16, temperature=0.0, ignore_eos=True)
-    prompts = [prompt(21), prompt(22, 30), prompt(23, 9)]  # a batch: the grouped kernels on the GPU
-    outs = [[o.outputs[0].token_ids for o in llm.generate(prompt_token_ids=prompts, sampling_params=params)]
-            for llm in (std, til)]
-    assert outs[0] == outs[1] and all(len(t) == 16 for t in outs[0])
+    assert_same_logits_and_tokens(std, til, seed=5)

@@ -3,7 +3,7 @@ E experts, A experts per token (top-k)."""
 
 import torch
 
-from ..types import ExpertWeight
+from ..types import ExpertWeight, RowSum
 
 
 def route_ref(router_logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -23,10 +23,12 @@ def swiglu_ref(u: torch.Tensor, limit: float, alpha: float) -> torch.Tensor:
 
 
 def moe_experts_ref(x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor, w1: ExpertWeight,
-                    w2: ExpertWeight, limit: float, alpha: float) -> torch.Tensor:
+                    w2: ExpertWeight, limit: float, alpha: float,
+                    defer_sum: bool = False) -> torch.Tensor | RowSum:
     """sum over the A selected experts of weight * (W2 swiglu(W1 x + b1) + b2), in float32.
 
-    x [T, D], weights [T, A], ids [T, A] -> [T, D] in x.dtype
+    x [T, D], weights [T, A], ids [T, A] -> [T, D] in x.dtype; with defer_sum the float32 sum as a RowSum of one
+    row a token (the same values once rounded: the op table's contract, Ops.moe_experts)
     """
     out = torch.zeros(x.shape, dtype=torch.float32, device=x.device)  # [T, D]
     xf = x.float()
@@ -35,4 +37,4 @@ def moe_experts_ref(x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor, w
         u = xf[tok] @ w1.expert(e, torch.float32).T + w1.bias[e].float()  # [t, 2I]
         y = swiglu_ref(u, limit, alpha) @ w2.expert(e, torch.float32).T + w2.bias[e].float()  # [t, D]
         out.index_add_(0, tok, y * weights[tok, slot, None].float())
-    return out.to(x.dtype)
+    return RowSum(out, 1, x.dtype) if defer_sum else out.to(x.dtype)

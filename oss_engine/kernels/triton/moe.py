@@ -11,6 +11,7 @@ Pipeline, with no host synchronisation (every grid is sized from shapes):
   2. GEMM 1   act[r] = swiglu(x[order[r] // A] @ W1[e]^T + b1[e])            act [P, I] (compute dtype)
   3. GEMM 2   y[order[r]] = weight[order[r]] * (act[r] @ W2[e]^T + b2[e])    y [P, D] (x.dtype)
   4. combine  out[t] = sum over a of y[t * A + a]                            out [T, D] (x.dtype)
+              (or, with defer_sum, y returned as a RowSum that the next add_rms_norm sums: `sum_rows`)
 GEMM 2 writes each pair's row once and the combine sums the A rows in float32 in a fixed order: deterministic,
 unlike atomics into out. The grouped paths' pair rows are in x.dtype: in bf16 each weighted expert output is
 rounded once before the sum, as the reference model's bf16 path rounds it, and the [P, D] round trip is half
@@ -83,7 +84,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..types import ExpertWeight
+from ..types import ExpertWeight, RowSum
 from . import launch, moe_grouped_mm
 from .moe_config import GemmTiles, MoeTritonConfig, default_config, triton_config
 from .moe_grouping import group_by_expert
@@ -426,9 +427,18 @@ def combine(y: torch.Tensor, out: torch.Tensor, rows_per_token: int, pdl: bool) 
     return out
 
 
+def sum_rows(y: torch.Tensor, out: torch.Tensor, rows_per_token: int, pdl: bool,
+             defer_sum: bool) -> torch.Tensor | RowSum:
+    """Step 4: `combine` y into out, or, with defer_sum, y as a RowSum that the next add_rms_norm sums in its own
+    pass (the same bits: norm.py's docstring)."""
+    if defer_sum:
+        return RowSum(y, rows_per_token, out.dtype)
+    return combine(y, out, rows_per_token, pdl)
+
+
 def _experts_gluon(x: torch.Tensor, weights: torch.Tensor, w1: ExpertWeight, w2: ExpertWeight, limit: float,
                    alpha: float, cfg: MoeTritonConfig, order: torch.Tensor, bounds: torch.Tensor,
-                   out: torch.Tensor) -> torch.Tensor:
+                   out: torch.Tensor, defer_sum: bool) -> torch.Tensor | RowSum:
     """Steps 2-4 with moe_gluon_grouped.py's GEMMs: blocks of block_m (8 or 16, both GEMMs the same) sorted
     rows, the same act, y and combine as the Triton kernels."""
     T, D = x.shape
@@ -457,7 +467,7 @@ def _experts_gluon(x: torch.Tensor, weights: torch.Tensor, w1: ExpertWeight, w2:
         act.stride(0), ws[0], ws[1], *ws[3:], w2.bias.stride(0), y.stride(0), K=I, BN=t.block_n,
         HALF_TAIL=_gluon_half_tail(t), TILED=w2.tiled,
         **moe_gluon.launch_options(t.block_k, t.num_warps, t.num_stages), launch_pdl=pdl, **common)
-    return combine(y, out, A, pdl)
+    return sum_rows(y, out, A, pdl, defer_sum)
 
 
 def _grid(grid_m: int, grid_n: int, group_m: int) -> tuple[int, ...]:
@@ -480,11 +490,13 @@ def _gluon_half_tail(t: GemmTiles) -> bool:
 
 def moe_experts_triton(x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor, w1: ExpertWeight,
                        w2: ExpertWeight, limit: float, alpha: float, config: MoeTritonConfig | None = None,
-                       compute_dtype: torch.dtype | None = None) -> torch.Tensor:
+                       compute_dtype: torch.dtype | None = None, defer_sum: bool = False) -> torch.Tensor | RowSum:
     """x [T, D], weights [T, A], ids [T, A] -> [T, D] in x.dtype; the contract of `moe_experts_ref`.
 
     compute_dtype: the tl.dot operand dtype, bf16 on the GPU and float32 elsewhere by default (the CPU
     interpreter's bf16 dot is wrong); accumulation is float32 in either case.
+    defer_sum: return the pair rows as a RowSum (step 4 left to the next add_rms_norm) where the path has them;
+    the grouped_mm path sums its sorted rows itself and returns the tensor.
     """
     T, D = x.shape
     A = ids.shape[1]
@@ -507,7 +519,7 @@ def moe_experts_triton(x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor
         if moe_gluon is not None and t1.block_m == t2.block_m and moe_gluon.takes(
                 x, w1, w2, compute, (t1.block_n, t1.block_k, t1.num_warps), (t2.block_n, t2.block_k, t2.num_warps),
                 t1.block_m):
-            return _experts_gluon(x, weights, w1, w2, limit, alpha, cfg, order, bounds, out)
+            return _experts_gluon(x, weights, w1, w2, limit, alpha, cfg, order, bounds, out, defer_sum)
         cfg = triton_config(P, E, x.device)
     wgmma = False
     if cfg.mxfp4_decode == "wgmma":  # GEMM 1 by moe_gluon_wgmma.py where it takes the call, GEMM 2 dot_scaled
@@ -546,4 +558,4 @@ def moe_experts_triton(x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor
         BLOCK_M=t2.block_m, BLOCK_N=t2.block_n, BLOCK_K=t2.block_k, num_warps=t2.num_warps,
         num_stages=t2.num_stages, launch_pdl=pdl, GROUP_M=t2.group_m, HALF_TAIL=_half_tail(t2), **common)
 
-    return combine(y, out, A, pdl)
+    return sum_rows(y, out, A, pdl, defer_sum)

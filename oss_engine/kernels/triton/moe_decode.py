@@ -13,7 +13,8 @@ critical path. Here every pair streams its own expert's rows, found with one loa
                                                                              grid (P, D / BN2, S)
   combine  out[t] = sum over the A * S rows t * A * S .. of y, in a fixed order (moe.py's `combine`)
 Splitting GEMM 2's reduction I into S chunks gives it as many programs as GEMM 1 (D = I but W2 has half
-W1's rows); the combine sums the splits with the slots, so the result stays deterministic.
+W1's rows); the combine sums the splits with the slots, so the result stays deterministic. With defer_sum the
+combine is left to the next add_rms_norm (y returned as a RowSum: moe.py's `sum_rows`).
 Two tokens routed to one expert read its rows twice (the second read mostly from L2 when their programs run
 together): this path is for a few tokens per step (`use_decode_path`).
 
@@ -39,11 +40,11 @@ import torch
 import triton
 import triton.language as tl
 
-from ..types import ExpertWeight
+from ..types import ExpertWeight, RowSum
 from . import launch
 
-from .moe import (_load_a, _mma_step, _weight_args, act_strides, combine, kernel_mode, moe_gluon,  # None: no Gluon
-                  same_layout)
+from .moe import (_load_a, _mma_step, _weight_args, act_strides, kernel_mode, moe_gluon,  # None: no Gluon
+                  same_layout, sum_rows)
 from .swiglu import clamped_swiglu
 
 MAX_DECODE_PAIRS = 8  # pairs up to which the op table takes this path (see use_decode_path)
@@ -167,7 +168,8 @@ def _gemm2_split(I: int, tiles: DecodeTiles) -> tuple[int, int]:
 
 
 def _experts_gluon(x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor, w1: ExpertWeight, w2: ExpertWeight,
-                   limit: float, alpha: float, tiles: DecodeTiles, out: torch.Tensor) -> torch.Tensor:
+                   limit: float, alpha: float, tiles: DecodeTiles, out: torch.Tensor,
+                   defer_sum: bool) -> torch.Tensor | RowSum:
     """The decode path with moe_gluon.py's GEMMs (same buffers, grids and combine as the Triton kernels)."""
     T, D = x.shape
     A = ids.shape[1]
@@ -192,13 +194,15 @@ def _experts_gluon(x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor, w1
         *ws[3:], w2.bias.stride(0), y.stride(0), K=I, S=S, K_SPLIT=k_split, BN=tiles.block_n2, PDL=pdl,
         TILED=w2.tiled, launch_pdl=pdl, **moe_gluon.launch_options(tiles.block_k2, tiles.warps2, tiles.stages2))
 
-    return combine(y, out, A * S, pdl)
+    return sum_rows(y, out, A * S, pdl, defer_sum)
 
 
 def moe_experts_decode_triton(x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor, w1: ExpertWeight,
                               w2: ExpertWeight, limit: float, alpha: float, tiles: DecodeTiles | None = None,
-                              compute_dtype: torch.dtype | None = None) -> torch.Tensor:
-    """x [T, D], weights [T, A], ids [T, A] -> [T, D] in x.dtype; `moe_experts_triton`'s contract."""
+                              compute_dtype: torch.dtype | None = None,
+                              defer_sum: bool = False) -> torch.Tensor | RowSum:
+    """x [T, D], weights [T, A], ids [T, A] -> [T, D] in x.dtype, or a RowSum of it (defer_sum); the contract of
+    `moe_experts_triton`."""
     T, D = x.shape
     A = ids.shape[1]
     E, two_i = w1.bias.shape
@@ -213,7 +217,7 @@ def moe_experts_decode_triton(x: torch.Tensor, weights: torch.Tensor, ids: torch
     if tiles.mxfp4_decode == "gluon":
         t1, t2 = (tiles.block_n1, tiles.block_k1, tiles.warps1), (tiles.block_n2, tiles.block_k2, tiles.warps2)
         if moe_gluon is not None and moe_gluon.takes(x, w1, w2, compute, t1, t2):
-            return _experts_gluon(x, weights, ids, w1, w2, limit, alpha, tiles, out)
+            return _experts_gluon(x, weights, ids, w1, w2, limit, alpha, tiles, out, defer_sum)
         tiles = triton_decode_tiles()
     if w1.is_mxfp4 and tiles.mxfp4_decode == "dot_scaled_swap":  # its [BN, BM] accumulator: grouped path only
         raise ValueError("MXFP4 decode mode 'dot_scaled_swap' not available on the decode path")
@@ -240,4 +244,4 @@ def moe_experts_decode_triton(x: torch.Tensor, weights: torch.Tensor, ids: torch
         BLOCK_K=tiles.block_k2, num_warps=tiles.warps2, num_stages=tiles.stages2, PDL=pdl, launch_pdl=pdl,
         **common)
 
-    return combine(y, out, A * S, pdl)
+    return sum_rows(y, out, A * S, pdl, defer_sum)
