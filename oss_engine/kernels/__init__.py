@@ -69,8 +69,8 @@ def get_ops(name: str) -> Ops:
                    # off until an H100 A/B shows 20b prefill with the tiled layout no slower than standard's (-2.5%
                    # with 8502f81's dequantization; f876865 not yet run): docs/performance.md, twenty-fourth session
                    tiled_experts=False,
-                   # off until an H100 A/B shows the decode steps faster with it (built without a GPU, the
-                   # twenty-sixth session: docs/performance.md)
+                   # off until an H100 A/B shows the decode steps faster with it, and to be removed if it does not
+                   # (built without a GPU in the twenty-sixth session: docs/performance.md)
                    defer_moe_sum=False)
     if name == "ref":
         from .ref.attention import paged_attention_ref
