@@ -50,7 +50,7 @@ def test_transformers_twin_gets_our_weights(parity_checkpoint):
     assert rotary and all(b.dtype == torch.float32 for b in rotary)  # rebuilt in float32, not rounded
     hf = hf.float()
     ids = torch.randint(0, llm.config.model.vocab_size, (1, 24), generator=torch.Generator().manual_seed(0))
-    from tests.model.test_parity_hf import our_logits
+    from tests.model.model_runs import our_logits
 
     want = our_logits(llm, ids[0].tolist())
     with torch.no_grad():

@@ -19,7 +19,8 @@ import torch
 
 from oss_engine import LLM, SamplingParams
 
-from .test_parity_hf import our_logits, prompt, rel_l2
+from .model_runs import our_logits, prompt
+from .test_parity_hf import rel_l2
 
 NEAR_TIE = 0.05
 ROUTER_NEAR_TIE = 0.05

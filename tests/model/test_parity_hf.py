@@ -7,11 +7,10 @@ import pytest
 import torch
 
 from oss_engine import LLM, SamplingParams
-from oss_engine.engine.runner import ScheduledSeq
+
+from .model_runs import PROMPT_LEN, our_logits, prompt
 
 transformers = pytest.importorskip("transformers")
-
-PROMPT_LEN = 80  # longer than the sliding window (8) and than original_max_position_embeddings (64)
 
 
 def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -30,23 +29,6 @@ def pair(parity_checkpoint):
     assert all(p.dtype == torch.float32 for p in hf.parameters())
     ours = LLM(str(path), dtype="float32", device="cpu", skip_tokenizer_init=True, progress=False)
     return fmt, hf, ours
-
-
-def prompt(seed: int, n: int = PROMPT_LEN) -> list[int]:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(0, 201088, (n,), generator=g).tolist()
-
-
-def our_logits(llm: LLM, ids: list[int], chunks: list[int] | None = None) -> torch.Tensor:
-    """Logits at every position, computing the prompt in the given chunk sizes through the paged cache."""
-    runner = llm.engine.runner
-    blocks = list(range(-(-len(ids) // runner.block_size)))  # the same blocks in every cache group
-    out, done = [], 0
-    for n in chunks or [len(ids)]:
-        step = runner.execute([ScheduledSeq(ids, done, n, {g: blocks for g in runner.groups}, all_logits=True)])
-        out.append(step.logits)
-        done += n
-    return torch.cat(out)
 
 
 def hf_logits(hf, ids: list[int]) -> torch.Tensor:

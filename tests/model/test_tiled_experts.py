@@ -16,7 +16,7 @@ from oss_engine.model.moe import MXFP4Experts
 from oss_engine.tiny import make_tiny_checkpoint
 
 from ..conftest import PARITY_SPEC
-from .same_outputs import assert_same_logits_and_tokens
+from .model_runs import assert_same_logits_and_tokens
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
 

@@ -1,0 +1,73 @@
+"""The op table (kernels/__init__.py) end to end: the Triton table runs a tiny gpt-oss model through the Triton
+kernels it names (on the CPU in Triton's interpreter, float32: paged attention, RoPE + KV store, add + RMSNorm,
+routing, the MoE's decode and grouped paths; its linears go through torch off CUDA) to the reference table's
+logits and greedy tokens, for MXFP4 and bf16 checkpoints; and with the deferred MoE sum (Ops.defer_moe_sum: the
+norm kernel summing the MoE's rows) to the same bits as without it. On a GPU the same cases run compiled."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from oss_engine import LLM, SamplingParams
+from oss_engine.model import build
+from oss_engine.tiny import make_tiny_checkpoint
+from tests.conftest import PARITY_SPEC
+from tests.model.model_runs import our_logits, prompt
+from triton_cases import DEV, rel_l2
+
+
+CHUNKS = (None, [1] * 3 + [13])  # the whole prompt (the grouped MoE path), then one token a step (the decode path)
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory) -> dict:
+    """fmt -> a tiny checkpoint directory, written on first use."""
+    made = {}
+
+    def get(fmt: str):
+        if fmt not in made:
+            made[fmt] = tmp_path_factory.mktemp(f"tiny-table-{fmt}")
+            make_tiny_checkpoint(made[fmt], fmt=fmt, seed=4, write_tokenizer=False, **PARITY_SPEC)
+        return made[fmt]
+    return get
+
+
+def load(path, kernels: str, defer: bool = False) -> LLM:
+    """A float32 LLM on DEV with the named op table, its deferred MoE sum on or off."""
+    table = build.get_ops
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(build, "get_ops", lambda name: dataclasses.replace(table(name), defer_moe_sum=defer))
+        llm = LLM(str(path), dtype="float32", device=DEV, skip_tokenizer_init=True, progress=False,
+                  kernels=kernels, enforce_eager=True)
+    assert llm.model.ops.name == kernels
+    return llm
+
+
+@pytest.mark.parametrize("fmt", ["mxfp4", "bf16"])
+def test_triton_table_runs_the_model_to_the_reference(checkpoints, fmt):
+    ref, tri = load(checkpoints(fmt), "ref"), load(checkpoints(fmt), "triton")
+    ids = prompt(8, 16)
+    for chunks in CHUNKS:
+        want, got = our_logits(ref, ids, chunks), our_logits(tri, ids, chunks)
+        assert got.shape == want.shape and want.std() > 0.1
+        assert rel_l2(got, want) < 1e-5, chunks
+    params = SamplingParams(max_tokens=3, temperature=0.0, ignore_eos=True)
+    prompts = [prompt(41, 12), prompt(42, 5)]  # one batch: varlen attention, both sequences' rows in one MoE
+    outs = [[o.outputs[0].token_ids for o in llm.generate(prompt_token_ids=prompts, sampling_params=params)]
+            for llm in (ref, tri)]
+    assert outs[0] == outs[1] and all(len(t) == 3 for t in outs[0])
+
+
+def test_deferred_moe_sum_same_bits(checkpoints):
+    """MXFP4 only: the dense experts' rows take the same sum (test_triton_moe.py's deferred case)."""
+    std, fused = load(checkpoints("mxfp4"), "triton"), load(checkpoints("mxfp4"), "triton", defer=True)
+    assert any(layer.mlp.defer_sum for layer in fused.model.layers)
+    ids = prompt(9, 16)
+    for chunks in CHUNKS:
+        want, got = our_logits(std, ids, chunks), our_logits(fused, ids, chunks)
+        assert torch.isfinite(want).all() and torch.equal(got, want), chunks
