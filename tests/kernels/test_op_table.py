@@ -1,8 +1,8 @@
 """The op table (kernels/__init__.py) end to end: the Triton table runs a tiny gpt-oss model through the Triton
 kernels it names (on the CPU in Triton's interpreter, float32: paged attention, RoPE + KV store, add + RMSNorm,
 routing, the MoE's decode and grouped paths; its linears go through torch off CUDA) to the reference table's
-logits and greedy tokens, for MXFP4 and bf16 checkpoints; and with the deferred MoE sum (Ops.defer_moe_sum: the
-norm kernel summing the MoE's rows) to the same bits as without it. On a GPU the same cases run compiled."""
+logits and greedy tokens, for MXFP4 and bf16 checkpoints; and with each of its switches on (the deferred MoE sum,
+the tiled expert layout) to the same bits as without it. On a GPU the same cases run compiled."""
 
 from __future__ import annotations
 
@@ -21,6 +21,8 @@ from tests.model.model_runs import our_logits, prompt
 from triton_cases import DEV, rel_l2
 
 
+# rows of more than one 32-byte chunk (W1: 64 bytes, W2: 48), so that the tiled layout differs from the standard one
+WIDE = dict(hidden_size=128, intermediate_size=96)
 CHUNKS = (None, [1] * 3 + [13])  # the whole prompt (the grouped MoE path), then one token a step (the decode path)
 
 
@@ -32,16 +34,17 @@ def checkpoints(tmp_path_factory) -> dict:
     def get(fmt: str):
         if fmt not in made:
             made[fmt] = tmp_path_factory.mktemp(f"tiny-table-{fmt}")
-            make_tiny_checkpoint(made[fmt], fmt=fmt, seed=4, write_tokenizer=False, **PARITY_SPEC)
+            spec = dict(PARITY_SPEC, **WIDE if fmt == "mxfp4-wide" else {})
+            make_tiny_checkpoint(made[fmt], fmt=fmt.removesuffix("-wide"), seed=4, write_tokenizer=False, **spec)
         return made[fmt]
     return get
 
 
-def load(path, kernels: str, defer: bool = False) -> LLM:
-    """A float32 LLM on DEV with the named op table, its deferred MoE sum on or off."""
+def load(path, kernels: str, **switches) -> LLM:
+    """A float32 LLM on DEV with the named op table, its switches (Ops fields: defer_moe_sum, tiled_experts) set."""
     table = build.get_ops
     with pytest.MonkeyPatch.context() as m:
-        m.setattr(build, "get_ops", lambda name: dataclasses.replace(table(name), defer_moe_sum=defer))
+        m.setattr(build, "get_ops", lambda name: dataclasses.replace(table(name), **switches))
         llm = LLM(str(path), dtype="float32", device=DEV, skip_tokenizer_init=True, progress=False,
                   kernels=kernels, enforce_eager=True)
     assert llm.model.ops.name == kernels
@@ -63,11 +66,16 @@ def test_triton_table_runs_the_model_to_the_reference(checkpoints, fmt):
     assert outs[0] == outs[1] and all(len(t) == 3 for t in outs[0])
 
 
-def test_deferred_moe_sum_same_bits(checkpoints):
-    """MXFP4 only: the dense experts' rows take the same sum (test_triton_moe.py's deferred case)."""
-    std, fused = load(checkpoints("mxfp4"), "triton"), load(checkpoints("mxfp4"), "triton", defer=True)
-    assert any(layer.mlp.defer_sum for layer in fused.model.layers)
+@pytest.mark.parametrize("switch,fmt", [("defer_moe_sum", "mxfp4"), ("tiled_experts", "mxfp4-wide")])
+def test_switches_keep_the_bits(checkpoints, switch, fmt):
+    """The deferred MoE sum (the norm kernel summing the MoE's rows) and the tiled expert layout (every MoE kernel
+    reading tiled bytes) change no bit of the logits. MXFP4 only: dense experts are never tiled, and their rows
+    take the same sum (test_triton_moe.py's deferred case)."""
+    std, on = load(checkpoints(fmt), "triton"), load(checkpoints(fmt), "triton", **{switch: True})
+    used = {"defer_moe_sum": any(layer.mlp.defer_sum for layer in on.model.layers),
+            "tiled_experts": all(layer.mlp.experts.tiled for layer in on.model.layers)}
+    assert used[switch]
     ids = prompt(9, 16)
     for chunks in CHUNKS:
-        want, got = our_logits(std, ids, chunks), our_logits(fused, ids, chunks)
+        want, got = our_logits(std, ids, chunks), our_logits(on, ids, chunks)
         assert torch.isfinite(want).all() and torch.equal(got, want), chunks
