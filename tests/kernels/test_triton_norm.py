@@ -33,11 +33,12 @@ def poisoned(monkeypatch):
 
 def make(T: int, D: int, with_residual: bool, dtype=torch.float32, device=DEV, row_pad: int = 0):
     """x [T, D] (a view with row stride D + row_pad when row_pad > 0), residual [T, D] or None, weight [D]."""
-    x = (3 * torch.randn(T, D + row_pad))[:, :D]  # scaled: the norm must not just return w * x
+    x = 3 * torch.randn(T, D + row_pad)  # scaled: the norm must not just return w * x
     residual = 5 * torch.randn(T, D) if with_residual else None
     weight = 1 + 0.5 * torch.randn(D)
     cast = {"dtype": dtype, "device": device}
-    return x.to(**cast), None if residual is None else residual.to(**cast), weight.to(device)
+    # sliced on the device: a copy to CUDA of the strided view would be made contiguous
+    return x.to(**cast)[:, :D], None if residual is None else residual.to(**cast), weight.to(device)
 
 
 def check_fp32(x, residual, weight):
@@ -74,8 +75,8 @@ def test_strided_rows(with_residual):
 def test_transposed_operands():
     # x, residual stored transposed (column stride T) and a strided weight: every stride is used
     x, residual, weight = make(9, 100, True)
-    tx, tres = (torch.randn(100, 9).t().copy_(a) for a in (x, residual))
-    tw = torch.randn(200)[::2].copy_(weight)
+    tx, tres = (torch.randn(100, 9, device=DEV).t().copy_(a) for a in (x, residual))
+    tw = torch.randn(200, device=DEV)[::2].copy_(weight)
     want_n, want_r = add_rms_norm_ref(x, residual, weight, EPS)
     got_n, got_r = add_rms_norm_triton(tx, tres, tw, EPS)
     assert torch.equal(got_r, want_r) and rel_l2(got_n, want_n) < 2e-6
