@@ -66,12 +66,11 @@ def get_ops(name: str) -> Ops:
 
         return Ops("triton", linear_triton, add_rms_norm_triton, rope_store_kv_triton, attention, route_triton,
                    moe_experts, graph_safe=True,
-                   # off until an H100 A/B shows 20b prefill with the tiled layout no slower than standard's (-2.5%
-                   # with 8502f81's dequantization; f876865 not yet run): docs/performance.md, twenty-fourth session
-                   tiled_experts=False,
-                   # off until an H100 A/B shows the decode steps faster with it, and to be removed if it does not
-                   # (built without a GPU in the twenty-sixth session: docs/performance.md)
-                   defer_moe_sum=False)
+                   # both on since the twenty-sixth session's H100 A/B (docs/performance.md), 20b against both off:
+                   # decode 509-510 -> 526-529 tok/s at batch 1, 1,649 -> 1,748-1,752 at 8, 8,503 -> 8,941-8,950 at
+                   # 64; 2k prefill 77.5k-77.6k -> 76.9k (the tiled dequantization now at the standard one's speed)
+                   tiled_experts=True,
+                   defer_moe_sum=True)
     if name == "ref":
         from .ref.attention import paged_attention_ref
         from .ref.linear import linear_ref

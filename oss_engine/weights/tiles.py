@@ -24,8 +24,9 @@ decode 511 -> 521 tok/s at batch 1, 1,655 -> 1,739 at 8 and 8,453 -> 8,848 at 64
 rounds: 20b decode +2.3 / +5.3 / +4.7%, 120b +2.4% at batch 1 and +6.6% at 64 and 120b prefill +6.0%, but 20b
 prefill still -6% (its 2-D and 3-D dequantization kernels ran at half the standard one's speed). The twenty-fourth
 session, with 8502f81's 1-D dequantization: 20b prefill -2.5% (W1 686-690 us against 518-562; a scale-byte load for
-every byte in its machine code, which f876865 removes, not yet run on a GPU), the MoE layer at 2,048 tokens
-1,199.8 -> 1,090.8 us. The op table does not ask for it yet (Ops.tiled_experts).
+every byte in its machine code, which f876865 removes), the MoE layer at 2,048 tokens 1,199.8 -> 1,090.8 us. The
+twenty-sixth session, with f876865: 20b 2k prefill 76.9k-77.7k against standard's 77.5k-77.6k, decode 521 / 1,742
+/ 8,904-8,946 tok/s against 509-510 / 1,649 / 8,503; the Triton op table asks for it since (Ops.tiled_experts).
 
 Every kernel that reads blocks takes this layout where ExpertWeight.tiled says so; the torch reference reads
 the standard layout (`untile_rows`).

@@ -40,11 +40,16 @@ def checkpoints(tmp_path_factory) -> dict:
     return get
 
 
+OFF = {"defer_moe_sum": False, "tiled_experts": False}  # the switches the table has (Ops fields)
+
+
 def load(path, kernels: str, **switches) -> LLM:
-    """A float32 LLM on DEV with the named op table, its switches (Ops fields: defer_moe_sum, tiled_experts) set."""
+    """A float32 LLM on DEV with the named op table: its switches as the table sets them when none is named, else
+    all off but those named."""
     table = build.get_ops
     with pytest.MonkeyPatch.context() as m:
-        m.setattr(build, "get_ops", lambda name: dataclasses.replace(table(name), **switches))
+        if switches:
+            m.setattr(build, "get_ops", lambda name: dataclasses.replace(table(name), **dict(OFF, **switches)))
         llm = LLM(str(path), dtype="float32", device=DEV, skip_tokenizer_init=True, progress=False,
                   kernels=kernels, enforce_eager=True)
     assert llm.model.ops.name == kernels
@@ -73,7 +78,7 @@ def test_switches_keep_the_bits(checkpoints, switch, fmt):
     """The deferred MoE sum (the norm kernel summing the MoE's rows) and the tiled expert layout (every MoE kernel
     reading tiled bytes) change no bit of the logits. MXFP4 only: dense experts are never tiled, and their rows
     take the same sum (test_triton_moe.py's deferred case)."""
-    std, on = load(checkpoints(fmt), "triton"), load(checkpoints(fmt), "triton", **{switch: True})
+    std, on = load(checkpoints(fmt), "triton", **{switch: False}), load(checkpoints(fmt), "triton", **{switch: True})
     used = {"defer_moe_sum": any(layer.mlp.defer_sum for layer in on.model.layers),
             "tiled_experts": all(layer.mlp.experts.tiled for layer in on.model.layers)}
     assert used[switch]
