@@ -83,10 +83,10 @@ def test_any_strides():
     # every operand with a non-unit last stride (transposed storage), caches too: the kernel must use each stride
     T, H, K, D, S = 7, 4, 2, 16, 4
     q, k, v, cos, sin, k_cache, v_cache, slots = make(T, H, K, D, S=S)
-    tq = torch.randn(D, H, T).permute(2, 1, 0).copy_(q)  # [T, H, D], strides (1, T, H T)
-    tk, tv = (torch.randn(D, K, T).permute(2, 1, 0).copy_(x) for x in (k, v))
-    tcos, tsin = (torch.randn(D // 2, T).t().copy_(x) for x in (cos, sin))
-    tkc, tvc = (torch.randn(D, K, S, x.shape[0]).permute(3, 2, 1, 0).copy_(x) for x in (k_cache, v_cache))
+    tq = torch.randn(D, H, T, device=DEV).permute(2, 1, 0).copy_(q)  # [T, H, D], strides (1, T, H T)
+    tk, tv = (torch.randn(D, K, T, device=DEV).permute(2, 1, 0).copy_(x) for x in (k, v))
+    tcos, tsin = (torch.randn(D // 2, T, device=DEV).t().copy_(x) for x in (cos, sin))
+    tkc, tvc = (torch.randn(D, K, S, x.shape[0], device=DEV).permute(3, 2, 1, 0).copy_(x) for x in (k_cache, v_cache))
     want_k, want_v = k_cache.clone(), v_cache.clone()
     want_q = rope_store_kv_ref(q, k, v, cos, sin, want_k, want_v, slots)
     got_q = rope_store_kv_triton(tq, tk, tv, tcos, tsin, tkc, tvc, slots)
