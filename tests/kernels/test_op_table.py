@@ -6,18 +6,15 @@ the tiled expert layout) to the same bits as without it. On a GPU the switches' 
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import torch
 
 pytest.importorskip("triton")
 
 from oss_engine import LLM, SamplingParams
-from oss_engine.model import build
 from oss_engine.tiny import make_tiny_checkpoint
 from tests.conftest import PARITY_SPEC
-from tests.model.model_runs import our_logits, prompt
+from tests.model.model_runs import load_with_switches, our_logits, prompt
 from triton_cases import DEV, INTERPRET, rel_l2
 
 
@@ -46,12 +43,8 @@ OFF = {"defer_moe_sum": False, "tiled_experts": False}  # the switches the table
 def load(path, kernels: str, **switches) -> LLM:
     """A float32 LLM on DEV with the named op table: its switches as the table sets them when none is named, else
     all off but those named."""
-    table = build.get_ops
-    with pytest.MonkeyPatch.context() as m:
-        if switches:
-            m.setattr(build, "get_ops", lambda name: dataclasses.replace(table(name), **dict(OFF, **switches)))
-        llm = LLM(str(path), dtype="float32", device=DEV, skip_tokenizer_init=True, progress=False,
-                  kernels=kernels, enforce_eager=True)
+    llm = load_with_switches(path, dtype="float32", device=DEV, kernels=kernels, enforce_eager=True,
+                             **(dict(OFF, **switches) if switches else {}))
     assert llm.model.ops.name == kernels
     return llm
 

@@ -1,15 +1,31 @@
-"""Running a loaded LLM for the tests that compare models: random prompts, logits at every position through the
-paged cache, and the check that two loadings of one checkpoint compute alike bit for bit (the op table's layout
-and fusion switches: test_tiled_experts.py, test_deferred_moe_sum.py)."""
+"""Loading and running an LLM for the tests that compare models: a load with the op table's switches set, random
+prompts, logits at every position through the paged cache, and the check that two loadings of one checkpoint
+compute alike bit for bit (the op table's layout and fusion switches: test_tiled_experts.py,
+test_deferred_moe_sum.py, tests/kernels/test_op_table.py)."""
 
 from __future__ import annotations
 
+import dataclasses
+
+import pytest
 import torch
 
 from oss_engine import LLM, SamplingParams
 from oss_engine.engine.runner import ScheduledSeq
+from oss_engine.model import build
 
 PROMPT_LEN = 80  # longer than the tiny checkpoints' sliding window (8) and original_max_position_embeddings (64)
+
+
+def load_with_switches(path, *, dtype: str, device: str, kernels: str = "auto", enforce_eager: bool = False,
+                       **switches: bool) -> LLM:
+    """An LLM of the checkpoint at `path` whose op table has the named switches (Ops fields: tiled_experts,
+    defer_moe_sum) set as given; the others as the table sets them."""
+    table = build.get_ops
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(build, "get_ops", lambda name: dataclasses.replace(table(name), **switches))
+        return LLM(str(path), dtype=dtype, device=device, skip_tokenizer_init=True, progress=False, kernels=kernels,
+                   enforce_eager=enforce_eager)
 
 
 def prompt(seed: int, n: int = PROMPT_LEN) -> list[int]:

@@ -13,7 +13,6 @@ import torch
 from oss_engine import LLM
 from oss_engine.config import ModelConfig, ParallelConfig
 from oss_engine.kernels import get_ops
-from oss_engine.model import build
 from oss_engine.model.gpt_oss import GptOssModel
 from oss_engine.model.moe import MoE
 from oss_engine.parallel.comm import GroupComm, ModelComms, MoEComm
@@ -21,7 +20,7 @@ from oss_engine.parallel.shard import RankShard
 from oss_engine.tiny import TinySpec, make_config, make_tiny_checkpoint
 
 from ..conftest import PARITY_SPEC
-from .model_runs import assert_same_logits_and_tokens
+from .model_runs import assert_same_logits_and_tokens, load_with_switches
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
 
@@ -33,21 +32,18 @@ def checkpoint(tmp_path_factory):
     return path
 
 
-def load(path, device: str, defer: bool, monkeypatch) -> LLM:
+def load(path, device: str, defer: bool) -> LLM:
     """A bf16 LLM whose op table asks (or not) for the deferred sum; asserts which MoE layers took it: all but
     the last (whose output goes to the final norm through the model's carry)."""
-    table = build.get_ops
-    with monkeypatch.context() as m:
-        m.setattr(build, "get_ops", lambda name: dataclasses.replace(table(name), defer_moe_sum=defer))
-        llm = LLM(str(path), dtype="bfloat16", device=device, skip_tokenizer_init=True, progress=False)
+    llm = load_with_switches(path, dtype="bfloat16", device=device, defer_moe_sum=defer)
     flags = [layer.mlp.defer_sum for layer in llm.model.layers]
     assert flags == [defer] * (len(flags) - 1) + [False]
     return llm
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_deferred_sum_same_logits_and_tokens(checkpoint, device, monkeypatch):
-    std, fused = load(checkpoint, device, False, monkeypatch), load(checkpoint, device, True, monkeypatch)
+def test_deferred_sum_same_logits_and_tokens(checkpoint, device):
+    std, fused = load(checkpoint, device, False), load(checkpoint, device, True)
     assert_same_logits_and_tokens(std, fused, seed=7)
 
 

@@ -5,18 +5,15 @@ the reference table (which decodes tiled experts through ExpertWeight.expert), o
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import torch
 
 from oss_engine import LLM
-from oss_engine.model import build
 from oss_engine.model.moe import MXFP4Experts
 from oss_engine.tiny import make_tiny_checkpoint
 
 from ..conftest import PARITY_SPEC
-from .model_runs import assert_same_logits_and_tokens
+from .model_runs import assert_same_logits_and_tokens, load_with_switches
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
 
@@ -31,21 +28,18 @@ def mxfp4_checkpoint(tmp_path_factory):
     return path
 
 
-def load(path, device: str, tiles: bool, monkeypatch) -> LLM:
+def load(path, device: str, tiles: bool) -> LLM:
     """A bf16 LLM whose op table asks (or not) for tiled experts; asserts every expert module followed it."""
-    table = build.get_ops
-    with monkeypatch.context() as m:
-        m.setattr(build, "get_ops", lambda name: dataclasses.replace(table(name), tiled_experts=tiles))
-        llm = LLM(str(path), dtype="bfloat16", device=device, skip_tokenizer_init=True, progress=False)
+    llm = load_with_switches(path, dtype="bfloat16", device=device, tiled_experts=tiles)
     experts = [mod for mod in llm.model.modules() if isinstance(mod, MXFP4Experts)]
     assert experts and all(e.tiled == tiles for e in experts)
     return llm
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_tiled_experts_same_logits_and_tokens(mxfp4_checkpoint, device, monkeypatch):
-    std = load(mxfp4_checkpoint, device, False, monkeypatch)
-    til = load(mxfp4_checkpoint, device, True, monkeypatch)
+def test_tiled_experts_same_logits_and_tokens(mxfp4_checkpoint, device):
+    std = load(mxfp4_checkpoint, device, False)
+    til = load(mxfp4_checkpoint, device, True)
     mlp_std, mlp_til = std.model.layers[0].mlp.experts, til.model.layers[0].mlp.experts
     for name in ("w1_blocks", "w2_blocks"):  # the bytes did move
         assert not torch.equal(getattr(mlp_std, name), getattr(mlp_til, name)), name
