@@ -77,10 +77,10 @@ def add_rms_norm_triton(x: torch.Tensor | RowSum, residual: torch.Tensor | None,
                         eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     # x [T, D] or a RowSum of [T, D], residual [T, D], weight [D] -> (normed [T, D], new_residual [T, D]) in x's
     # dtype; see the module docstring
-    rows, n, dtype = (x.rows, x.n, x.dtype) if isinstance(x, RowSum) else (x, 0, x.dtype)  # n: SUM_ROWS
+    rows, n = (x.rows, x.n) if isinstance(x, RowSum) else (x, 0)  # n: SUM_ROWS
     T, D = x.shape
-    out = _empty((T, D), dtype, rows.device)
-    r_out = x if residual is None and n == 0 else _empty((T, D), dtype, rows.device)
+    out = _empty((T, D), x.dtype, rows.device)
+    r_out = x if residual is None and n == 0 else _empty((T, D), x.dtype, rows.device)
     if T == 0:
         return out, r_out
     block = triton.next_power_of_2(D)
